@@ -1,0 +1,52 @@
+"""The ``mobilenet-v1`` command: each subcommand module registers its own parser.
+
+Every known user error (``ValueError``, ``OSError``) becomes one line on stderr and exit
+code 2; an unexpected error prints a short message and the path of a file holding the
+full traceback (exit code 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import traceback
+from collections.abc import Sequence
+
+from . import cost
+
+PROG = "mobilenet-v1"
+SUBCOMMANDS = (cost,)
+
+
+class Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line (no usage block), exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(2)
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog=PROG, description="MobileNet V1: models, cost, weights, training, export.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in SUBCOMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, OSError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # last resort: keep the traceback, show one line
+        with tempfile.NamedTemporaryFile("w", prefix="mobilenet-v1-crash-", suffix=".txt", delete=False) as f:
+            traceback.print_exc(file=f)
+        print(f"{PROG}: unexpected error: {type(exc).__name__}: {exc} (traceback in {f.name})", file=sys.stderr)
+        return 1

@@ -1,0 +1,340 @@
+"""MobileNet V1 (Howard et al., 2017, arXiv:1704.04861).
+
+The network is the paper's Table 1: one full 3x3 convolution with stride 2, then 13
+depthwise separable blocks (Section 3.1), global average pooling, dropout and a fully
+connected classifier. The width multiplier alpha (Section 3.3) thins every layer; the
+resolution multiplier rho (Section 3.4) is simply the input size.
+
+Options needed to load Google's released models (TF-slim, TFLite): ReLU6, TensorFlow
+"SAME" padding (asymmetric on stride 2), BN epsilon 1e-3, 1001 outputs, and batch norm
+folded into the convolutions (``folded_bn=True``: each conv gets a bias, no BN layer).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "SHALLOW_REMOVED",
+    "TABLE1",
+    "LayerSpec",
+    "MobileNetV1",
+    "MobileNetV1Config",
+    "layer_plan",
+    "mobilenet_v1",
+]
+
+Variant = Literal["standard", "full-conv", "shallow"]
+VARIANTS: tuple[str, ...] = ("standard", "full-conv", "shallow")
+ACTIVATIONS: tuple[str, ...] = ("relu", "relu6")
+PADDINGS: tuple[str, ...] = ("symmetric", "same")
+CHANNEL_RULES: tuple[str, ...] = ("tf-slim", "divisible-by-8")
+MIN_INPUT_SIZE = 32
+
+# Paper Table 1, one row per layer group: (depthwise stride, pointwise out channels at
+# alpha=1). Row 0 is the stem, a full 3x3 conv. Table 1 prints "s2" on the last depthwise
+# layer; its 7x7 input and the 569M mult-adds of Table 6 show the stride is 1.
+TABLE1: tuple[tuple[int, int], ...] = (
+    (2, 32),  # Conv / s2, 3x3x3x32
+    (1, 64),  # Conv dw / s1, Conv / s1 1x1x32x64
+    (2, 128),
+    (1, 128),
+    (2, 256),
+    (1, 256),
+    (2, 512),
+    (1, 512),  # 5x, Table 1's "5x" rows at 14x14x512
+    (1, 512),
+    (1, 512),
+    (1, 512),
+    (1, 512),
+    (2, 1024),
+    (1, 1024),  # "s2" in Table 1 is a typo, see above
+)
+# Table 5's "Shallow MobileNet" removes the five 14x14x512 separable blocks (7-11).
+SHALLOW_REMOVED: tuple[int, ...] = (7, 8, 9, 10, 11)
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One convolution of the network, as counted in Table 1 (28 layers + FC)."""
+
+    name: str
+    kind: Literal["conv", "depthwise", "pointwise"]
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int
+
+
+@dataclass(frozen=True)
+class MobileNetV1Config:
+    """Everything that determines the architecture (and so its cost)."""
+
+    alpha: float = 1.0
+    num_classes: int = 1000
+    variant: str = "standard"
+    activation: str = "relu"
+    padding: str = "symmetric"
+    bn_eps: float = 1e-5
+    folded_bn: bool = False
+    channel_rule: str = "tf-slim"
+    dropout: float = 0.001
+    min_depth: int = 8
+
+    def __post_init__(self) -> None:
+        validate_alpha(self.alpha)
+        validate_num_classes(self.num_classes)
+        _check_choice("variant", self.variant, VARIANTS)
+        _check_choice("activation", self.activation, ACTIVATIONS)
+        _check_choice("padding", self.padding, PADDINGS)
+        _check_choice("channel_rule", self.channel_rule, CHANNEL_RULES)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not self.bn_eps > 0:
+            raise ValueError(f"bn_eps must be > 0, got {self.bn_eps!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose from {', '.join(choices)}")
+
+
+def validate_alpha(alpha: object) -> float:
+    """Return alpha as a float, or raise ValueError naming the bad value."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise ValueError(f"alpha must be a number > 0, got {alpha!r}")
+    if not math.isfinite(alpha) or alpha <= 0:
+        raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
+    return float(alpha)
+
+
+def validate_num_classes(num_classes: object) -> int:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    return num_classes
+
+
+def validate_input_size(size: object) -> tuple[int, int]:
+    """Accept ``224`` or ``(h, w)``; both sides must be integers >= 32 (Section 3.4)."""
+    sides = size if isinstance(size, (tuple, list)) else (size, size)
+    if len(sides) != 2 or any(isinstance(s, bool) or not isinstance(s, int) for s in sides):
+        raise ValueError(f"input size must be an integer or (height, width), got {size!r}")
+    if min(sides) < MIN_INPUT_SIZE:
+        raise ValueError(f"input size must be at least {MIN_INPUT_SIZE} pixels, got {size!r}")
+    return int(sides[0]), int(sides[1])
+
+
+def scaled_channels(channels: int, alpha: float, rule: str = "tf-slim", min_depth: int = 8) -> int:
+    """Width multiplier (Section 3.3). TF-slim's rule is ``max(int(c * alpha), 8)``."""
+    if rule == "tf-slim":
+        return max(int(channels * alpha), min_depth)
+    # torchvision's _make_divisible: round to a multiple of 8, never below 90%.
+    value = channels * alpha
+    rounded = max(min_depth, int(value + 4) // 8 * 8)
+    return rounded + 8 if rounded < 0.9 * value else rounded
+
+
+def layer_plan(config: MobileNetV1Config) -> list[LayerSpec]:
+    """The convolutions of Table 1 for this configuration, in order (no FC)."""
+    width = [scaled_channels(c, config.alpha, config.channel_rule, config.min_depth) for _, c in TABLE1]
+    specs = [LayerSpec("stem", "conv", 3, width[0], 3, TABLE1[0][0])]
+    for i in range(1, len(TABLE1)):
+        if config.variant == "shallow" and i in SHALLOW_REMOVED:
+            continue
+        stride, cin, cout = TABLE1[i][0], width[i - 1], width[i]
+        if config.variant == "full-conv":
+            specs.append(LayerSpec(f"block{i}", "conv", cin, cout, 3, stride))
+        else:
+            specs.append(LayerSpec(f"block{i}.dw", "depthwise", cin, cin, 3, stride))
+            specs.append(LayerSpec(f"block{i}.pw", "pointwise", cin, cout, 1, 1))
+    return specs
+
+
+class Conv2dSame(nn.Conv2d):
+    """Conv2d with TensorFlow "SAME" padding: any extra pad goes after (right/bottom)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads: list[int] = []
+        for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride), strict=True):
+            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            pads += [total // 2, total - total // 2]
+        return super().forward(F.pad(x, pads))
+
+
+class ConvBNAct(nn.Module):
+    """Conv + BN + activation: every layer of Table 1 (Figure 3)."""
+
+    def __init__(self, spec: LayerSpec, config: MobileNetV1Config) -> None:
+        super().__init__()
+        groups = spec.in_channels if spec.kind == "depthwise" else 1
+        same_pad = config.padding == "same" and spec.stride > 1
+        conv_cls = Conv2dSame if same_pad else nn.Conv2d
+        self.conv = conv_cls(
+            spec.in_channels,
+            spec.out_channels,
+            spec.kernel,
+            stride=spec.stride,
+            padding=0 if same_pad else spec.kernel // 2,
+            groups=groups,
+            bias=config.folded_bn,
+        )
+        self.bn = nn.Identity() if config.folded_bn else nn.BatchNorm2d(spec.out_channels, eps=config.bn_eps)
+        self.act = nn.ReLU6(inplace=True) if config.activation == "relu6" else nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+class DepthwiseSeparable(nn.Module):
+    """3x3 depthwise conv + BN + act, then 1x1 pointwise conv + BN + act (Section 3.1)."""
+
+    def __init__(self, dw: LayerSpec, pw: LayerSpec, config: MobileNetV1Config) -> None:
+        super().__init__()
+        self.dw = ConvBNAct(dw, config)
+        self.pw = ConvBNAct(pw, config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pw(self.dw(x))
+
+
+def _build_features(plan: list[LayerSpec], config: MobileNetV1Config) -> nn.Sequential:
+    layers: list[nn.Module] = [ConvBNAct(plan[0], config)]
+    i = 1
+    while i < len(plan):
+        if plan[i].kind == "depthwise":
+            layers.append(DepthwiseSeparable(plan[i], plan[i + 1], config))
+            i += 2
+        else:
+            layers.append(ConvBNAct(plan[i], config))
+            i += 1
+    return nn.Sequential(*layers)
+
+
+class MobileNetV1(nn.Module):
+    """MobileNet V1 with a timm-style surface.
+
+    ``features`` holds the stem and the 13 blocks; ``feature_info`` names, for each
+    output stride 4, 8, 16 and 32, the last block at that stride, for use as a
+    detection or segmentation backbone (Section 4.6).
+    """
+
+    def __init__(self, config: MobileNetV1Config) -> None:
+        super().__init__()
+        self.config = config
+        self.plan = layer_plan(config)
+        self.features = _build_features(self.plan, config)
+        self.num_features = self.plan[-1].out_channels
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(self.num_features, config.num_classes)
+        self.feature_info = _feature_info(self.features)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # TF-slim: truncated normal, stddev 0.09, for every conv; BN starts at identity.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.trunc_normal_(m.weight, std=0.09, a=-0.18, b=0.18)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x)
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.dropout(torch.flatten(self.pool(x), 1))
+        return x if pre_logits else self.classifier(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps at output strides 4, 8, 16 and 32 (see ``feature_info``)."""
+        _check_input(x)
+        taps = {info["index"] for info in self.feature_info}
+        outs = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in taps:
+                outs.append(x)
+        return outs
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier with a freshly initialised one (e.g. for fine-tuning)."""
+        validate_num_classes(num_classes)
+        self.classifier = nn.Linear(self.num_features, num_classes)
+        nn.init.normal_(self.classifier.weight, std=0.01)
+        nn.init.zeros_(self.classifier.bias)
+        self.config = MobileNetV1Config(**{**self.config.to_dict(), "num_classes": num_classes})
+
+
+def _check_input(x: torch.Tensor) -> None:
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"expected input of shape (N, 3, H, W), got {tuple(x.shape)}")
+    if min(x.shape[-2:]) < MIN_INPUT_SIZE:
+        raise ValueError(f"input must be at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} pixels, got {tuple(x.shape[-2:])}")
+
+
+def _feature_info(features: nn.Sequential) -> list[dict[str, Any]]:
+    info: dict[int, dict[str, Any]] = {}
+    reduction = 1
+    for i, layer in enumerate(features):
+        convs = [m for m in layer.modules() if isinstance(m, nn.Conv2d)]
+        reduction *= math.prod(c.stride[0] for c in convs)
+        if reduction >= 4:
+            info[reduction] = {
+                "index": i,
+                "module": f"features.{i}",
+                "reduction": reduction,
+                "num_chs": convs[-1].out_channels,
+            }
+    return [info[r] for r in sorted(info)]
+
+
+def mobilenet_v1(
+    *,
+    alpha: float = 1.0,
+    num_classes: int = 1000,
+    variant: Variant = "standard",
+    activation: Literal["relu", "relu6"] = "relu",
+    padding: Literal["symmetric", "same"] = "symmetric",
+    bn_eps: float = 1e-5,
+    folded_bn: bool = False,
+    channel_rule: Literal["tf-slim", "divisible-by-8"] = "tf-slim",
+    dropout: float = 0.001,
+) -> MobileNetV1:
+    """Build MobileNet V1 (Table 1) for width multiplier ``alpha``.
+
+    The defaults follow the paper (ReLU, symmetric padding). Google's released models use
+    ``activation="relu6", padding="same", bn_eps=1e-3, num_classes=1001``; with
+    ``folded_bn=True`` each conv has a bias and no BN layer follows it. ``variant`` picks
+    the paper's ablations: ``"full-conv"`` (Table 4) or ``"shallow"`` (Table 5).
+    """
+    config = MobileNetV1Config(
+        alpha=validate_alpha(alpha),
+        num_classes=num_classes,
+        variant=variant,
+        activation=activation,
+        padding=padding,
+        bn_eps=bn_eps,
+        folded_bn=folded_bn,
+        channel_rule=channel_rule,
+        dropout=dropout,
+    )
+    return MobileNetV1(config)
