@@ -1,0 +1,256 @@
+"""Data-parallel training on many processes and nodes: torchrun + DistributedDataParallel.
+
+The paper trained with asynchronous gradient descent on many workers (Section 4, citing
+TensorFlow); we use the synchronous equivalent, DDP: every process holds a replica, sees
+its own shard of each global batch, and gradients are averaged across processes before
+each optimizer step, so ``W`` processes with batch ``b`` take the same steps as one
+process with batch ``W * b`` (up to float rounding and per-process batch-norm statistics).
+
+torchrun is detected from the environment like nanoGPT does (``RANK``/``WORLD_SIZE``);
+without them everything here is a no-op and training runs as one process. Every wait on
+other processes (rendezvous, collectives) is bounded by ``MOBILENET_V1_DIST_TIMEOUT``
+seconds, so a missing peer is an error, not a hang.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sized
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset, DistributedSampler, Sampler
+
+__all__ = [
+    "TIMEOUT_ENV",
+    "DistEnv",
+    "ShardSampler",
+    "all_reduce_sum",
+    "barrier",
+    "cleanup",
+    "dist_timeout",
+    "global_batch_size",
+    "init_distributed",
+    "local_device",
+    "make_eval_sampler",
+    "make_sampler",
+    "read_env",
+    "scaling_summary",
+    "unwrap_model",
+    "wrap_model",
+]
+
+TIMEOUT_ENV = "MOBILENET_V1_DIST_TIMEOUT"
+DEFAULT_TIMEOUT_S = 600.0  # torchrun's own rendezvous join timeout
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits in the job: global rank, number of processes, rank on its node."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 logs, writes checkpoints and plots; the others only compute."""
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _env_int(environ: Mapping[str, str], name: str) -> int:
+    value = environ[name]
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
+
+
+def read_env(environ: Mapping[str, str] | None = None) -> DistEnv:
+    """Read torchrun's ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``; a single process when unset.
+
+    ``LOCAL_RANK`` defaults to ``RANK`` (right for processes started by hand on one node).
+    """
+    environ = os.environ if environ is None else environ
+    present = [name for name in ("RANK", "WORLD_SIZE") if name in environ]
+    if not present:
+        return DistEnv()
+    if len(present) == 1:
+        missing = "WORLD_SIZE" if present == ["RANK"] else "RANK"
+        raise ValueError(f"{present[0]} is set but {missing} is not: launch with torchrun or set both")
+    rank, world_size = _env_int(environ, "RANK"), _env_int(environ, "WORLD_SIZE")
+    local_rank = _env_int(environ, "LOCAL_RANK") if "LOCAL_RANK" in environ else rank
+    if world_size < 1:
+        raise ValueError(f"WORLD_SIZE must be >= 1, got {world_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"RANK must be in [0, WORLD_SIZE={world_size}), got {rank}")
+    if not 0 <= local_rank <= rank:
+        raise ValueError(f"LOCAL_RANK must be in [0, RANK={rank}], got {local_rank}")
+    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def dist_timeout(environ: Mapping[str, str] | None = None) -> timedelta:
+    """The bound on any wait for other processes: ``MOBILENET_V1_DIST_TIMEOUT`` seconds (default 600)."""
+    environ = os.environ if environ is None else environ
+    raw = environ.get(TIMEOUT_ENV, str(DEFAULT_TIMEOUT_S))
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"{TIMEOUT_ENV} must be a positive number of seconds, got {raw!r}")
+    return timedelta(seconds=seconds)
+
+
+def local_device(device: torch.device | str, env: DistEnv) -> torch.device:
+    """This process's device: on CUDA, GPU ``local_rank`` of its node (one GPU per process)."""
+    device = torch.device(device)
+    if device.type != "cuda" or not env.is_distributed:
+        return device
+    count = torch.cuda.device_count()
+    if env.local_rank >= count:
+        raise ValueError(f"LOCAL_RANK {env.local_rank} needs GPU {env.local_rank}, but this node has {count} GPU(s)")
+    return torch.device("cuda", env.local_rank)
+
+
+def init_distributed(device: torch.device | str) -> DistEnv:
+    """Join the process group when launched by torchrun (gloo on CPU, nccl on CUDA).
+
+    A rendezvous that cannot be reached or does not fill up (a wrong ``WORLD_SIZE``, a
+    peer that never starts) raises ``TimeoutError`` after the timeout (:func:`dist_timeout`)
+    on every process that is waiting, instead of hanging.
+    """
+    env = read_env()
+    if not env.is_distributed:
+        return env
+    device = local_device(device, env)
+    timeout = dist_timeout()
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        if name not in os.environ:
+            raise ValueError(f"RANK and WORLD_SIZE are set but {name} is not: launch with torchrun or set it")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    endpoint = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    try:
+        dist.init_process_group(backend, timeout=timeout, rank=env.rank, world_size=env.world_size)
+        # The store only proves that rank 0 is up; one collective proves that all ranks are.
+        barrier(env)
+    except RuntimeError as exc:  # DistNetworkError, DistStoreError, gloo's timeouts
+        cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TimeoutError(
+            f"rank {env.rank} of {env.world_size}: could not join the {backend} process group at {endpoint} "
+            f"within {timeout.total_seconds():g} s (is every rank started, with the same WORLD_SIZE?): {cause}"
+        ) from exc
+    return env
+
+
+def wrap_model(model: nn.Module, env: DistEnv, device: torch.device | str, sync_bn: bool = False) -> nn.Module:
+    """Wrap ``model`` (already on ``device``) in DDP; unchanged for a single process.
+
+    Without ``sync_bn`` each process normalizes with its own batch's statistics (batch
+    ``b``, not ``W * b``), like the paper's asynchronous workers; with it, batch norm
+    uses the statistics of the global batch (CUDA only: PyTorch has no CPU kernel).
+    """
+    if not env.is_distributed:
+        return model
+    device = torch.device(device)
+    if sync_bn:
+        if device.type != "cuda":
+            raise ValueError(f"--sync-bn needs CUDA devices (SyncBatchNorm has no CPU kernel), got {device}")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    device_ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain model inside DDP: save its ``state_dict`` and evaluate it without collectives."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def make_sampler(dataset: Dataset, env: DistEnv, shuffle: bool, seed: int) -> Sampler | None:
+    """Training sampler: each process gets a disjoint, equal-length shard of every epoch.
+
+    When shuffling, a :class:`DistributedSampler` is returned even for one process: the
+    epoch's order then depends only on ``seed`` and the epoch (``set_epoch``, which the
+    caller must call), so ``W`` processes with batch ``b`` see the same global batches as
+    one process with batch ``W * b``. Shards are padded by repeating samples so that all
+    processes run the same number of steps (DDP needs that).
+    """
+    if not shuffle and not env.is_distributed:
+        return None
+    return DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=shuffle, seed=seed)
+
+
+class ShardSampler(Sampler[int]):
+    """Indices ``rank, rank + W, ...``: evaluation shards without padding or duplicates.
+
+    Shards differ in length by at most one, so per-rank sums reduced with
+    :func:`all_reduce_sum` equal a single-process evaluation exactly.
+    """
+
+    def __init__(self, dataset: Sized, env: DistEnv) -> None:
+        self.num_samples = len(dataset)
+        self.env = env
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.env.rank, self.num_samples, self.env.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.env.rank, self.num_samples, self.env.world_size))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Nothing to do (the order is fixed); there so callers treat both samplers alike."""
+
+
+def make_eval_sampler(dataset: Sized, env: DistEnv) -> Sampler | None:
+    """Evaluation sampler: a :class:`ShardSampler` when distributed, else ``None`` (in order)."""
+    return ShardSampler(dataset, env) if env.is_distributed else None
+
+
+def all_reduce_sum(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Sum ``tensor`` over all processes, in place, and return it (unchanged for one process).
+
+    Reduce sums (loss * count, correct, count), never means, so the result is exact.
+    """
+    if env.is_distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def barrier(env: DistEnv) -> None:
+    """Wait for all processes (e.g. rank 0 finished writing a checkpoint); bounded by the timeout."""
+    if env.is_distributed:
+        dist.barrier()
+
+
+def cleanup(env: DistEnv) -> None:
+    """Leave the process group (call on every exit path so the next launch starts clean)."""
+    if env.is_distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def global_batch_size(batch_size: int, env: DistEnv) -> int:
+    """``--batch-size`` is per process (as in torchvision's references): the global batch is ``W * b``."""
+    return batch_size * env.world_size
+
+
+def scaling_summary(batch_size: int, lr: float, env: DistEnv, reference_batch: int | None = None) -> str:
+    """One log line: processes, per-process and global batch, the LR used and how it relates to the batch.
+
+    With ``reference_batch``, ``lr`` was set by the linear scaling rule (Goyal et al., 2017)
+    ``lr = base_lr * global_batch / reference_batch``; that is stated so runs can be compared.
+    """
+    total = global_batch_size(batch_size, env)
+    line = f"{env.world_size} process(es) x batch {batch_size} = global batch {total}; lr {lr:g}"
+    if reference_batch is not None:
+        line += f" (linearly scaled for global batch {total} from reference batch {reference_batch})"
+    return line
