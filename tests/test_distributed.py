@@ -165,11 +165,22 @@ PROBE = (
 )
 
 
-def launch_probe(world_size: int, ranks: list[int], port: int) -> list[subprocess.CompletedProcess]:
+FAIL_ON_RANK_1 = (
+    "from mobilenet_v1.distributed import init_distributed, fail_together\n"
+    "env = init_distributed('cpu')\n"
+    "with fail_together(env, 'read its data'):\n"
+    "    if env.rank == 1:\n"
+    "        raise FileNotFoundError('data folder not found: /nowhere')\n"
+)
+
+
+def launch_probe(
+    world_size: int, ranks: list[int], port: int, script: str = PROBE
+) -> list[subprocess.CompletedProcess]:
     """Start ``ranks`` by hand (as on separate nodes) and wait for all, each bounded by a timeout."""
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", PROBE],
+            [sys.executable, "-c", script],
             env=run_env(
                 {
                     "RANK": str(r),
@@ -210,3 +221,10 @@ def test_mismatched_world_size_is_a_timeout_error_on_every_rank():
     for rank, result in enumerate(results):
         assert result.returncode != 0
         assert f"rank {rank} of 3: could not join the gloo process group" in result.stderr
+
+
+def test_setup_failure_on_one_rank_fails_every_rank():
+    rank0, rank1 = launch_probe(2, [0, 1], free_port(), FAIL_ON_RANK_1)
+    assert rank0.returncode != 0 and rank1.returncode != 0
+    assert "FileNotFoundError: data folder not found: /nowhere" in rank1.stderr
+    assert "ValueError: rank 1 failed to read its data: FileNotFoundError: data folder not found" in rank0.stderr

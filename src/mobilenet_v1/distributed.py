@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping, Sized
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -33,6 +34,7 @@ __all__ = [
     "barrier",
     "cleanup",
     "dist_timeout",
+    "fail_together",
     "global_batch_size",
     "init_distributed",
     "local_device",
@@ -230,6 +232,31 @@ def barrier(env: DistEnv) -> None:
     """Wait for all processes (e.g. rank 0 finished writing a checkpoint); bounded by the timeout."""
     if env.is_distributed:
         dist.barrier()
+
+
+@contextmanager
+def fail_together(env: DistEnv, what: str) -> Iterator[None]:
+    """Run a setup step (e.g. reading the data) on every rank; if it fails on any rank, fail on all.
+
+    Without this, a rank whose data folder is missing would exit while the others wait in
+    their first collective until the timeout. With it, every rank raises at once: the
+    failing rank its own error, the others ``ValueError("rank R failed to <what>: ...")``.
+    """
+    error: Exception | None = None
+    try:
+        yield
+    except Exception as exc:  # any failure must reach the other ranks before we leave
+        error = exc
+    if env.is_distributed:
+        messages: list[str | None] = [None] * env.world_size
+        mine = None if error is None else f"{type(error).__name__}: {error}"
+        dist.all_gather_object(messages, mine)
+        failed = [(rank, message) for rank, message in enumerate(messages) if message is not None]
+        if failed and error is None:
+            rank, message = failed[0]
+            raise ValueError(f"rank {rank} failed to {what}: {message}")
+    if error is not None:
+        raise error
 
 
 def cleanup(env: DistEnv) -> None:
