@@ -15,6 +15,8 @@ seconds, so a missing peer is an error, not a hang.
 from __future__ import annotations
 
 import os
+import socket
+import time
 from collections.abc import Iterator, Mapping, Sized
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ __all__ = [
     "ShardSampler",
     "all_reduce_sum",
     "barrier",
+    "broadcast_buffers",
     "cleanup",
     "dist_timeout",
     "fail_together",
@@ -123,6 +126,26 @@ def local_device(device: torch.device | str, env: DistEnv) -> torch.device:
     return torch.device("cuda", env.local_rank)
 
 
+def _wait_for_endpoint(host: str, port: int, timeout: float, env: DistEnv) -> None:
+    """Wait until rank 0's store accepts connections, or raise a one-line ``TimeoutError``.
+
+    Checked before ``init_process_group`` so that an unreachable endpoint is our clear
+    error, not the store client's retry log with C++ stack frames.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=max(0.1, min(1.0, deadline - time.monotonic()))):
+                return
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"rank {env.rank} of {env.world_size}: rendezvous endpoint {host}:{port} unreachable for "
+                    f"{timeout:g} s ({exc.strerror or exc}); is rank 0 running, and MASTER_ADDR/MASTER_PORT right?"
+                ) from None
+            time.sleep(0.2)
+
+
 def init_distributed(device: torch.device | str) -> DistEnv:
     """Join the process group when launched by torchrun (gloo on CPU, nccl on CUDA).
 
@@ -131,7 +154,7 @@ def init_distributed(device: torch.device | str) -> DistEnv:
     on every process that is waiting, instead of hanging.
     """
     env = read_env()
-    if not env.is_distributed:
+    if not env.is_distributed or dist.is_initialized():  # a second call (CLI, then train) is free
         return env
     device = local_device(device, env)
     timeout = dist_timeout()
@@ -141,7 +164,10 @@ def init_distributed(device: torch.device | str) -> DistEnv:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    endpoint = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    host, port = os.environ["MASTER_ADDR"], _env_int(os.environ, "MASTER_PORT")
+    endpoint = f"{host}:{port}"
+    if env.rank != 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":  # torchrun's store is up
+        _wait_for_endpoint(host, port, timeout.total_seconds(), env)
     try:
         dist.init_process_group(backend, timeout=timeout, rank=env.rank, world_size=env.world_size)
         # The store only proves that rank 0 is up; one collective proves that all ranks are.
@@ -226,6 +252,18 @@ def all_reduce_sum(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
     if env.is_distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def broadcast_buffers(model: nn.Module, env: DistEnv) -> None:
+    """Copy rank 0's buffers (BN running statistics) to every rank, e.g. before evaluating.
+
+    DDP syncs buffers at the start of each training forward, so after the last step each
+    rank holds statistics updated by its own batch; this makes all ranks evaluate the
+    model that rank 0 saves.
+    """
+    if env.is_distributed:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def barrier(env: DistEnv) -> None:
