@@ -13,10 +13,10 @@ import tempfile
 import traceback
 from collections.abc import Sequence
 
-from . import cost
+from . import bench, cost, export, train
 
 PROG = "mobilenet-v1"
-SUBCOMMANDS = (cost,)
+SUBCOMMANDS = (cost, train, export, bench)
 
 
 class Parser(argparse.ArgumentParser):

@@ -1,0 +1,103 @@
+"""Training checkpoints: atomic writes, RNG state capture, and the run directory's files.
+
+A checkpoint is a plain dict (torchvision-reference style) of the model, optimizer,
+scheduler, EMA, scaler, RNG states and the position in training ``(epoch, step in
+epoch, global step)``. It is written to a temporary file in the same folder, flushed,
+fsync'ed and renamed over the old one, so a crash at any moment leaves either the old or
+the new checkpoint, never a torn file. Loading uses ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "BEST",
+    "LAST",
+    "atomic_save",
+    "capture_rng",
+    "find_checkpoint",
+    "load_checkpoint",
+    "restore_rng",
+]
+
+LAST = "checkpoint-last.pt"
+BEST = "checkpoint-best.pt"
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` via temp file + fsync + rename (never a partial file)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename itself is durable only once the directory entry is synced (POSIX).
+    if hasattr(os, "O_DIRECTORY"):
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def find_checkpoint(run_dir: str | Path) -> Path:
+    """The last checkpoint of a run; ``FileNotFoundError`` naming the folder if none."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder to resume not found: {run_dir}")
+    path = run_dir / LAST
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint to resume in {run_dir} (expected {LAST})")
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise ValueError(f"cannot read checkpoint {path}: {exc}") from None
+
+
+def capture_rng() -> dict[str, Any]:
+    """Python, NumPy, torch (and CUDA) RNG states, as tensors/plain values for weights_only."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    # torch.load may return lists where random.setstate wants tuples.
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value

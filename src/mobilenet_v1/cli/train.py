@@ -1,0 +1,85 @@
+"""``mobilenet-v1 train``: train or fine-tune on an image folder, resumable (``--resume``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..optim import OPTIMIZERS
+from ..train_config import RECIPES, TrainConfig
+from . import args as types
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train or fine-tune on an image folder (DIR/train + DIR/val, or one folder split by seed)",
+    )
+    p.add_argument("--data", help="image folder: DIR/<class>/*.jpg, or DIR/train and DIR/val")
+    p.add_argument("--output", help="new run folder (must not exist or be empty)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--weights", help="start from these weights (Google's name, .tflite or .safetensors)")
+    p.add_argument("--alpha", type=types.alpha, help="width multiplier for training from scratch (default 1.0)")
+    p.add_argument("--resolution", type=types.resolution, help="input size (default: the weights' or 224)")
+    p.add_argument("--recipe", choices=tuple(RECIPES), help="paper: RMSprop (TF) + exp. decay; modern: SGD + cosine")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="override the recipe's optimizer")
+    p.add_argument("--epochs", type=types.positive_int)
+    p.add_argument("--batch-size", type=types.positive_int, help="per process (default 32)")
+    p.add_argument("--lr", type=types.positive_float, help="default: the recipe's, scaled to the batch size")
+    p.add_argument("--weight-decay", type=float, help="L2 on conv/FC weights, not on depthwise/BN/bias (4e-5)")
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--warmup-epochs", type=float, help="modern recipe: linear warm-up length (1)")
+    p.add_argument("--freeze-backbone", action="store_true", default=None, help="train the classifier only")
+    p.add_argument("--val-fraction", type=float, help="share of each class held out when there is no DIR/val")
+    p.add_argument("--seed", type=int, help="seed of init, data order, augmentation and split (0)")
+    p.add_argument("--workers", type=non_negative_int, help="data loading processes (2)")
+    p.add_argument("--ema", action="store_true", default=None, help="keep an EMA of the weights; evaluate/save it")
+    p.add_argument("--ema-decay", type=float)
+    precision = p.add_mutually_exclusive_group()
+    precision.add_argument("--amp", action="store_const", const="amp", dest="precision", help="fp16 AMP (CUDA)")
+    precision.add_argument("--bf16", action="store_const", const="bf16", dest="precision", help="bf16 autocast")
+    p.add_argument("--channels-last", action="store_true", default=None)
+    p.add_argument("--checkpoint-minutes", type=types.positive_float, help="also checkpoint this often (10)")
+    p.add_argument("--checkpoint-steps", type=non_negative_int, help="also checkpoint every N steps (0: off)")
+    p.add_argument("--sync-bn", action="store_true", default=None, help="batch norm over the global batch (DDP)")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
+    p.set_defaults(func=run)
+
+
+def _settings(args: argparse.Namespace) -> dict[str, object]:
+    names = (
+        "weights alpha resolution recipe optimizer epochs batch_size lr weight_decay label_smoothing "
+        "warmup_epochs freeze_backbone val_fraction seed workers ema ema_decay precision channels_last "
+        "checkpoint_minutes checkpoint_steps sync_bn device"
+    ).split()
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..train import train
+    from ..train_setup import prepare_run
+
+    settings = _settings(args)
+    if args.resume:
+        if args.output and args.output != args.resume:
+            raise ValueError(f"--output {args.output} differs from --resume {args.resume}; give only --resume")
+        if args.data:
+            settings["data"] = args.data
+        plan = prepare_run(None, resume=args.resume, **settings)
+    else:
+        if not args.data or not args.output:
+            raise ValueError("train needs --data DIR and --output RUN_DIR (or --resume RUN_DIR)")
+        plan = prepare_run(TrainConfig(data=args.data, output=args.output, **settings))
+    summary = train(plan)
+    print(json.dumps({k: v for k, v in summary.items() if k != "classes"}, indent=2))
+    return 0

@@ -1,0 +1,135 @@
+"""Optimizers and learning-rate schedules of the two training recipes.
+
+``paper``: the paper trains "in TensorFlow using RMSprop with asynchronous gradient
+descent similar to Inception V3" with "very little or no weight decay on the depthwise
+filters" (Section 3.2). TF-slim's Inception/MobileNet setup is RMSProp(decay 0.9,
+momentum 0.9, epsilon 1.0), L2 weight decay 4e-5 and an exponential decay of the
+learning rate by 0.94 every 2.5 epochs (``staircase``).
+
+``torch.optim.RMSprop`` differs from TensorFlow's ``RMSPropOptimizer`` in three ways
+that matter with epsilon 1.0, so ``RMSpropTF`` implements TF's update:
+
+* eps is added *inside* the square root: ``g / sqrt(ms + eps)`` (torch: ``sqrt(ms) + eps``);
+* the mean square ``ms`` starts at 1, not 0 (no huge first steps);
+* the learning rate multiplies the step *before* it enters the momentum buffer, so a
+  learning-rate change does not rescale the momentum already accumulated.
+
+``modern``: SGD with Nesterov momentum (or AdamW), linear warm-up then cosine decay.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+__all__ = ["RMSpropTF", "build_optimizer", "exponential_decay", "param_groups", "warmup_cosine"]
+
+OPTIMIZERS = ("rmsprop-tf", "sgd", "adamw")
+
+
+class RMSpropTF(torch.optim.Optimizer):
+    """TensorFlow 1.x ``RMSPropOptimizer`` (non-centered), with coupled L2 weight decay.
+
+    ms <- rho * ms + (1 - rho) * g^2;  mom <- momentum * mom + lr * g / sqrt(ms + eps);
+    w <- w - mom.  Weight decay adds ``weight_decay * w`` to g, the gradient of
+    TF-slim's ``l2_regularizer(weight_decay)`` (``weight_decay * sum(w^2) / 2``).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[nn.Parameter] | Iterable[dict],
+        lr: float = 0.045,
+        rho: float = 0.9,
+        momentum: float = 0.9,
+        eps: float = 1.0,
+        weight_decay: float = 0.0,
+    ) -> None:
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr!r}")
+        defaults = {"lr": lr, "rho": rho, "momentum": momentum, "eps": eps, "weight_decay": weight_decay}
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = torch.enable_grad()(closure)() if closure is not None else None
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            if group["weight_decay"]:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            ms, mom = [], []
+            for p in params:
+                state = self.state[p]
+                if not state:
+                    state["ms"] = torch.ones_like(p, memory_format=torch.preserve_format)
+                    state["mom"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                ms.append(state["ms"])
+                mom.append(state["mom"])
+            rho = group["rho"]
+            torch._foreach_mul_(ms, rho)
+            torch._foreach_addcmul_(ms, grads, grads, value=1 - rho)
+            denom = torch._foreach_sqrt(torch._foreach_add(ms, group["eps"]))
+            torch._foreach_mul_(mom, group["momentum"])
+            torch._foreach_addcdiv_(mom, grads, denom, value=group["lr"])
+            torch._foreach_sub_(params, mom)
+        return loss
+
+
+def _no_decay(param: nn.Parameter, module: nn.Module) -> bool:
+    # Section 3.2: "very little or no weight decay on the depthwise filters"; BN and biases
+    # are never decayed (TF-slim's regularizer only covers conv/FC weights).
+    if param.ndim <= 1:
+        return True
+    return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Trainable parameters split into a decayed group and a no-decay group."""
+    decay, no_decay = [], []
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            if param.requires_grad:
+                (no_decay if _no_decay(param, module) else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    groups = [g for g in param_groups(model, weight_decay) if g["params"]]
+    if not groups:
+        raise ValueError("the model has no trainable parameters")
+    if name == "rmsprop-tf":
+        return RMSpropTF(groups, lr=lr, rho=0.9, momentum=0.9, eps=1.0)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, foreach=True)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, foreach=True)
+    raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
+
+
+def exponential_decay(
+    optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs_per_decay: float = 2.5, factor: float = 0.94
+) -> LambdaLR:
+    """TF's ``exponential_decay(staircase=True)``: lr x ``factor`` every ``epochs_per_decay``."""
+    decay_steps = max(1, int(steps_per_epoch * epochs_per_decay))
+    return LambdaLR(optimizer, lambda step: factor ** (step // decay_steps))
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -> LambdaLR:
+    """Linear warm-up from lr/warmup_steps to lr, then cosine decay to 0 at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return LambdaLR(optimizer, factor)
