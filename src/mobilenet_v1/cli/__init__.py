@@ -13,10 +13,10 @@ import tempfile
 import traceback
 from collections.abc import Sequence
 
-from . import bench, cost, export, train
+from . import cost, train
 
 PROG = "mobilenet-v1"
-SUBCOMMANDS = (cost, train, export, bench)
+SUBCOMMANDS = (cost, train)
 
 
 class Parser(argparse.ArgumentParser):
