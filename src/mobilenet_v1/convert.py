@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 # The options of Google's released models (see model.py's docstring).
-GOOGLE_ARCH: dict[str, Any] = {"activation": "relu6", "padding": "same", "folded_bn": True}
+GOOGLE_ARCH: dict[str, Any] = {"activation": "relu6", "padding": "same", "bn_eps": 1e-3, "folded_bn": True}
 _OUTPUT_STRIDE = 32  # five stride-2 layers in Table 1
 
 

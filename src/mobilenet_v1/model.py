@@ -310,7 +310,7 @@ def _feature_info(features: nn.Sequential) -> list[dict[str, Any]]:
 def mobilenet_v1(
     *,
     alpha: float = 1.0,
-    num_classes: int = 1000,
+    num_classes: int | None = None,
     variant: Variant = "standard",
     activation: Literal["relu", "relu6"] = "relu",
     padding: Literal["symmetric", "same"] = "symmetric",
@@ -318,17 +318,31 @@ def mobilenet_v1(
     folded_bn: bool = False,
     channel_rule: Literal["tf-slim", "divisible-by-8"] = "tf-slim",
     dropout: float = 0.001,
+    weights: Any = None,
 ) -> MobileNetV1:
     """Build MobileNet V1 (Table 1) for width multiplier ``alpha``.
 
-    The defaults follow the paper (ReLU, symmetric padding). Google's released models use
-    ``activation="relu6", padding="same", bn_eps=1e-3, num_classes=1001``; with
+    The defaults follow the paper (ReLU, symmetric padding; 1000 classes). Google's released
+    models use ``activation="relu6", padding="same", bn_eps=1e-3, num_classes=1001``; with
     ``folded_bn=True`` each conv has a bias and no BN layer follows it. ``variant`` picks
     the paper's ablations: ``"full-conv"`` (Table 4) or ``"shallow"`` (Table 5).
+
+    ``weights`` (a ``MobileNetV1Weights`` member, its name, Google's model name or a
+    ``.tflite``/``.safetensors`` path) builds the weights' own architecture and loads them;
+    a ``num_classes`` that conflicts with the weights is a ``ValueError``.
     """
+    if weights is not None:
+        from .weights import load_weights  # lazy: weights.py imports this module
+
+        model = load_weights(weights)[0]
+        if num_classes is not None and num_classes != model.config.num_classes:
+            raise ValueError(
+                f"num_classes={num_classes} conflicts with weights {weights} ({model.config.num_classes} classes)"
+            )
+        return model.train()  # like any freshly built model; call .eval() for inference
     config = MobileNetV1Config(
         alpha=validate_alpha(alpha),
-        num_classes=num_classes,
+        num_classes=1000 if num_classes is None else num_classes,
         variant=variant,
         activation=activation,
         padding=padding,

@@ -1,0 +1,150 @@
+"""Top-1/top-5 evaluation on an image folder, for any ``batch -> logits`` callable.
+
+The folder's sub-folders name classes either by ImageNet WordNet id (``n01440764``: the
+shared Imagenette copy) or by the checkpoint's own class names. Google's models have 1001
+outputs, output 0 being "background": WordNet id k of ``imagenet_wnids.txt`` is output
+k+1, and ``ignore=(0,)`` makes the prediction 1000-way. The loop takes a plain callable so
+the same code evaluates our model, Google's interpreter or an exported ONNX model.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .transforms import IMAGE_EXTENSIONS, Preprocessing, load_image
+
+__all__ = ["EvalResult", "ImageFolderDataset", "evaluate", "find_samples", "float_input", "make_loader"]
+
+Predictor = Callable[[torch.Tensor], torch.Tensor]
+
+
+def find_samples(
+    root: str | Path, class_names: Sequence[str], wnids: Sequence[str] | None = None
+) -> tuple[list[tuple[Path, int]], dict[str, int]]:
+    """(image path, output index) pairs and the sub-folder -> output index map.
+
+    A sub-folder is a WordNet id from ``wnids`` (output ``index + len(class_names) -
+    len(wnids)``, so 1 for a 1001-output model) or one of ``class_names``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    offset = len(class_names) - len(wnids) if wnids else 0
+    by_wnid = {w: i + offset for i, w in enumerate(wnids or ())}
+    by_name = {name: i for i, name in enumerate(class_names)}
+    folders: dict[str, int] = {}
+    samples: list[tuple[Path, int]] = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not images:
+            continue
+        target = by_wnid.get(folder.name, by_name.get(folder.name))
+        if target is None:
+            raise ValueError(f"folder {folder} is neither an ImageNet WordNet id nor a class of the checkpoint")
+        folders[folder.name] = target
+        samples += [(p, target) for p in images]
+    if not samples:
+        raise ValueError(f"no images in {root} (expected one sub-folder of {'/'.join(IMAGE_EXTENSIONS)} per class)")
+    return samples, folders
+
+
+class ImageFolderDataset(Dataset):
+    """(image, target) pairs decoded with :func:`load_image` and ``transform``."""
+
+    def __init__(self, samples: Sequence[tuple[Path, int]], transform: Callable[[torch.Tensor], torch.Tensor]):
+        self.samples = list(samples)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path, target = self.samples[i]
+        return self.transform(load_image(path)), target
+
+
+def make_loader(dataset: Dataset, batch_size: int = 64, workers: int = 2) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+
+
+def float_input(batch: torch.Tensor, preset: Preprocessing) -> torch.Tensor:
+    """uint8 (N, 3, H, W) crops -> the float input of the preset (``x / 127.5 - 1`` for Google's)."""
+    mean = torch.tensor(preset.mean).view(1, 3, 1, 1)
+    std = torch.tensor(preset.std).view(1, 3, 1, 1)
+    return (batch.float() / 255.0 - mean) / std
+
+
+@dataclass
+class EvalResult:
+    """Top-1/top-5 in percent, per-folder accuracy, and each image's top-5 output indices."""
+
+    top1: float
+    top5: float
+    count: int
+    per_class: dict[str, float]
+    confusion: np.ndarray  # rows: folders; columns: folders, then "other"
+    classes: list[str]
+    predictions: np.ndarray = field(repr=False)  # (count, 5) output indices, best first
+    targets: np.ndarray = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"top1": self.top1, "top5": self.top5, "count": self.count, "per_class": self.per_class}
+
+
+@torch.inference_mode()
+def evaluate(
+    predict: Predictor,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    folders: dict[str, int],
+    *,
+    ignore: Sequence[int] = (),
+    progress: bool = False,
+    total: int | None = None,
+) -> EvalResult:
+    """Run ``predict`` over ``(images, targets)`` batches; ``ignore`` lists outputs never
+    predicted (Google's background class)."""
+    from tqdm import tqdm
+
+    preds, targets = [], []
+    try:
+        for images, target in tqdm(batches, total=total, file=sys.stderr, disable=not progress, unit="batch"):
+            logits = predict(images).float()
+            if ignore:
+                logits[:, list(ignore)] = float("-inf")
+            preds.append(logits.topk(min(5, logits.shape[1]), dim=1).indices)
+            targets.append(torch.as_tensor(target))
+    except ValueError as exc:  # a DataLoader worker wraps the error with a traceback: keep its last line
+        raise ValueError(str(exc).strip().splitlines()[-1].removeprefix("ValueError: ")) from None
+    return _summarise(torch.cat(preds).numpy(), torch.cat(targets).numpy(), folders)
+
+
+def _summarise(preds: np.ndarray, targets: np.ndarray, folders: dict[str, int]) -> EvalResult:
+    hit1 = preds[:, 0] == targets
+    hit5 = (preds == targets[:, None]).any(axis=1)
+    names = list(folders)
+    column = {folders[n]: j for j, n in enumerate(names)}
+    confusion = np.zeros((len(names), len(names) + 1), dtype=np.int64)
+    per_class = {}
+    for i, name in enumerate(names):
+        rows = targets == folders[name]
+        for p in preds[rows, 0]:
+            confusion[i, column.get(int(p), len(names))] += 1
+        per_class[name] = 100.0 * float(hit1[rows].mean()) if rows.any() else float("nan")
+    return EvalResult(
+        top1=100.0 * float(hit1.mean()),
+        top5=100.0 * float(hit5.mean()),
+        count=len(targets),
+        per_class=per_class,
+        confusion=confusion,
+        classes=names,
+        predictions=preds,
+        targets=targets,
+    )
