@@ -150,8 +150,9 @@ def test_global_batch_and_scaling_summary():
     env = DistEnv(rank=0, world_size=4)
     assert global_batch_size(32, env) == 128
     line = scaling_summary(32, 0.4, env, reference_batch=256)
-    assert "4 process(es) x batch 32 = global batch 128" in line and "reference batch 256" in line
-    assert scaling_summary(32, 0.1, DistEnv()).startswith("1 process(es) x batch 32 = global batch 32; lr 0.1")
+    assert line.startswith("4 process(es) x batch 32 = global batch 128; lr 0.4 (the recipe's")
+    assert "from its reference batch 256 to 128" in line
+    assert "as given" in scaling_summary(32, 0.1, DistEnv())
 
 
 # ---------------------------------------------------------------- bad rendezvous (subprocesses)

@@ -146,8 +146,28 @@ def _wait_for_endpoint(host: str, port: int, timeout: float, env: DistEnv) -> No
             time.sleep(0.2)
 
 
+def _attempt_store(host: str, port: int, timeout: timedelta) -> dist.Store | None:
+    """torchrun's store, under a prefix per restart, so a restarted group never reads stale keys.
+
+    torchrun (c10d rendezvous) keeps one store for all restarts, and the gloo/nccl
+    addresses of the killed attempt stay in it: a restarted rank that reads them before
+    its peer rewrites them cannot connect (seen with PyTorch 2.14). With one agent
+    (one node) ``TORCHELASTIC_RESTART_COUNT`` names the attempt; with several nodes the
+    agents' counts can differ, so there we rely on ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``
+    (a fresh store per round, see docs/distributed.md).
+    """
+    if os.environ.get("GROUP_WORLD_SIZE", "1") != "1":
+        return None
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    client = dist.TCPStore(host, port, is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"mobilenet_v1/attempt_{attempt}/", client)
+
+
 def init_distributed(device: torch.device | str) -> DistEnv:
     """Join the process group when launched by torchrun (gloo on CPU, nccl on CUDA).
+
+    On CUDA the group has both backends (``cpu:gloo,cuda:nccl``): CUDA tensors go through
+    NCCL, while CPU-side exchanges (:func:`fail_together`'s messages) use gloo.
 
     A rendezvous that cannot be reached or does not fill up (a wrong ``WORLD_SIZE``, a
     peer that never starts) raises ``TimeoutError`` after the timeout (:func:`dist_timeout`)
@@ -163,13 +183,15 @@ def init_distributed(device: torch.device | str) -> DistEnv:
             raise ValueError(f"RANK and WORLD_SIZE are set but {name} is not: launch with torchrun or set it")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
     host, port = os.environ["MASTER_ADDR"], _env_int(os.environ, "MASTER_PORT")
     endpoint = f"{host}:{port}"
-    if env.rank != 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":  # torchrun's store is up
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun's store is up
+    if env.rank != 0 and not agent_store:
         _wait_for_endpoint(host, port, timeout.total_seconds(), env)
     try:
-        dist.init_process_group(backend, timeout=timeout, rank=env.rank, world_size=env.world_size)
+        store = _attempt_store(host, port, timeout) if agent_store else None
+        dist.init_process_group(backend, store=store, timeout=timeout, rank=env.rank, world_size=env.world_size)
         # The store only proves that rank 0 is up; one collective proves that all ranks are.
         barrier(env)
     except RuntimeError as exc:  # DistNetworkError, DistStoreError, gloo's timeouts
@@ -309,13 +331,14 @@ def global_batch_size(batch_size: int, env: DistEnv) -> int:
 
 
 def scaling_summary(batch_size: int, lr: float, env: DistEnv, reference_batch: int | None = None) -> str:
-    """One log line: processes, per-process and global batch, the LR used and how it relates to the batch.
+    """One log line: processes, per-process and global batch, and where the LR comes from.
 
-    With ``reference_batch``, ``lr`` was set by the linear scaling rule (Goyal et al., 2017)
-    ``lr = base_lr * global_batch / reference_batch``; that is stated so runs can be compared.
+    DDP averages gradients over the global batch, so the LR belongs to the global batch.
+    With ``reference_batch``, ``lr`` came from the linear scaling rule (Goyal et al., 2017),
+    ``lr = base_lr * global_batch / reference_batch``; without, it was given as is.
     """
     total = global_batch_size(batch_size, env)
-    line = f"{env.world_size} process(es) x batch {batch_size} = global batch {total}; lr {lr:g}"
-    if reference_batch is not None:
-        line += f" (linearly scaled for global batch {total} from reference batch {reference_batch})"
-    return line
+    line = f"{env.world_size} process(es) x batch {batch_size} = global batch {total}; lr {lr:g} "
+    if reference_batch is None:
+        return line + "(as given, for the global batch; not rescaled with the number of processes)"
+    return line + f"(the recipe's, scaled linearly from its reference batch {reference_batch} to {total})"

@@ -38,7 +38,8 @@ from .train_setup import RunPlan, build_loaders, build_model
 __all__ = ["Progress", "Trainer", "train"]
 
 # Test hook: "SIGNAL@STEP" makes the run send itself SIGNAL right after global step STEP
-# (e.g. "9@5": SIGKILL), to test kill-and-resume at a known point.
+# (e.g. "9@5": SIGKILL), to test kill-and-resume at a known point; "SIGNAL@STEP@RANK"
+# only on that rank. Never after a torchrun restart, so an elastic run can finish.
 TEST_SIGNAL_ENV = "MOBILENET_V1_TEST_SIGNAL"
 
 
@@ -82,7 +83,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "amp" and device.type == "cuda")
         self.progress = Progress()
         self.stop_requested = False
-        self.test_signal = _parse_test_signal(os.environ.get(TEST_SIGNAL_ENV))
+        self.test_signal = _parse_test_signal(os.environ.get(TEST_SIGNAL_ENV), env)
         self.last_save = time.monotonic()
         self.tensorboard: TensorBoard | None = None
         if plan.checkpoint is not None:
@@ -228,6 +229,7 @@ class Trainer:
     def evaluate(self) -> tuple[float, float]:
         """Validation loss and top-1 (EMA weights when ``--ema``), summed over processes."""
         model = self.ema.module if self.ema is not None else self.model_without_ddp
+        dist.broadcast_buffers(model, self.env)  # BN statistics: evaluate what rank 0 saves
         model.eval()
         totals = torch.zeros(3, dtype=torch.float64)
         for images, labels, skipped in self.val_loader:
@@ -247,16 +249,20 @@ class Trainer:
         """Validate, record the epoch, save the best model and the checkpoint."""
         p = self.progress
         val_loss, val_acc = self.evaluate()
+        # Sums over all ranks (after a mid-epoch resume, rank 0's sums stand in for the
+        # other ranks' part before the interruption: the checkpoint holds rank 0's).
+        sums = torch.tensor([p.loss_sum, p.correct, p.seen, p.skipped_images], dtype=torch.float64)
+        loss_sum, correct, seen, skipped = dist.all_reduce_sum(sums.to(self.device), self.env).tolist()
         row = {
             "epoch": p.epoch + 1,
             "step": p.global_step,
-            "train_loss": p.loss_sum / max(p.seen, 1),
-            "train_acc": p.correct / max(p.seen, 1),
+            "train_loss": loss_sum / max(seen, 1),
+            "train_acc": correct / max(seen, 1),
             "val_loss": val_loss,
             "val_acc": val_acc,
             "lr": self.scheduler.get_last_lr()[0],
             "train_seconds": p.train_seconds,
-            "skipped_images": p.skipped_images,
+            "skipped_images": int(skipped),
         }
         p.history.append(row)
         p.epoch, p.step_in_epoch, p.loss_sum, p.correct, p.seen = p.epoch + 1, 0, 0.0, 0, 0
@@ -280,6 +286,9 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train the remaining epochs; returns the run summary."""
         self.tensorboard = TensorBoard(self.run_dir) if self.env.is_main else None
+        if self.env.is_main:
+            reference = None if self.config.lr is not None else self.config.recipe_defaults.reference_batch
+            print(dist.scaling_summary(self.config.batch_size, self.lr, self.env, reference), file=sys.stderr)
         previous = signal.signal(signal.SIGINT, self._on_sigint)
         try:
             while self.progress.epoch < self.config.epochs:
@@ -306,7 +315,7 @@ class Trainer:
             "steps": p.global_step,
             "best_val_acc": p.best_acc,
             "final_val_acc": p.history[-1]["val_acc"] if p.history else None,
-            "skipped_images": p.skipped_images,
+            "skipped_images": p.history[-1]["skipped_images"] if p.history else p.skipped_images,
             "train_seconds": p.train_seconds,
         }
         if self.env.is_main:
@@ -316,11 +325,11 @@ class Trainer:
         return summary
 
 
-def _parse_test_signal(value: str | None) -> tuple[int, int] | None:
-    if not value:
+def _parse_test_signal(value: str | None, env: dist.DistEnv) -> tuple[int, int] | None:
+    if not value or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
         return None
-    sig, _, step = value.partition("@")
-    return int(sig), int(step)
+    sig, step, *rank = value.split("@")
+    return (int(sig), int(step)) if not rank or int(rank[0]) == env.rank else None
 
 
 def _format_row(row: dict[str, Any]) -> str:

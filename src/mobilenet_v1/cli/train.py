@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+from .. import distributed as dist
+from ..checkpoint import LAST
 from ..optim import OPTIMIZERS
 from ..train_config import RECIPES, TrainConfig
 from . import args as types
+
+if TYPE_CHECKING:
+    from ..train_setup import RunPlan
 
 
 def non_negative_int(text: str) -> int:
@@ -65,8 +73,31 @@ def _settings(args: argparse.Namespace) -> dict[str, object]:
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
+def _elastic_resume(args: argparse.Namespace) -> None:
+    """After torchrun restarted the group (``--max-restarts``), continue from the last checkpoint."""
+    restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"
+    if restarted and not args.resume and args.output and (Path(args.output) / LAST).is_file():
+        args.resume = args.output
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..train import train
+    from ..train import resolve_device, train
+
+    _elastic_resume(args)
+    # Join the process group first, so a rank that cannot read its data stops every rank.
+    env = dist.init_distributed(resolve_device(args.device or "auto"))
+    try:
+        with dist.fail_together(env, "prepare the run"):
+            plan = _plan(args)
+        summary = train(plan)
+    finally:
+        dist.cleanup(env)
+    if env.is_main:
+        print(json.dumps({k: v for k, v in summary.items() if k != "classes"}, indent=2))
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> RunPlan:
     from ..train_setup import prepare_run
 
     settings = _settings(args)
@@ -75,11 +106,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--output {args.output} differs from --resume {args.resume}; give only --resume")
         if args.data:
             settings["data"] = args.data
-        plan = prepare_run(None, resume=args.resume, **settings)
-    else:
-        if not args.data or not args.output:
-            raise ValueError("train needs --data DIR and --output RUN_DIR (or --resume RUN_DIR)")
-        plan = prepare_run(TrainConfig(data=args.data, output=args.output, **settings))
-    summary = train(plan)
-    print(json.dumps({k: v for k, v in summary.items() if k != "classes"}, indent=2))
-    return 0
+        return prepare_run(None, resume=args.resume, **settings)
+    if not args.data or not args.output:
+        raise ValueError("train needs --data DIR and --output RUN_DIR (or --resume RUN_DIR)")
+    return prepare_run(TrainConfig(data=args.data, output=args.output, **settings))
