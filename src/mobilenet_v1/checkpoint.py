@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +22,33 @@ import torch
 __all__ = [
     "BEST",
     "LAST",
+    "Progress",
     "atomic_save",
     "capture_rng",
     "find_checkpoint",
     "load_checkpoint",
     "restore_rng",
+    "test_signal_from_env",
 ]
 
 LAST = "checkpoint-last.pt"
 BEST = "checkpoint-best.pt"
+
+
+@dataclass
+class Progress:
+    """Where training stands, and the running sums of the current epoch."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    best_acc: float = -1.0
+    skipped_images: int = 0
+    train_seconds: float = 0.0
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -101,3 +120,18 @@ def restore_rng(state: dict[str, Any]) -> None:
 def _as_tuple(value: Any) -> Any:
     # torch.load may return lists where random.setstate wants tuples.
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+# Test hook: "SIGNAL@STEP" makes the run send itself SIGNAL right after global step STEP
+# (e.g. "9@5": SIGKILL), to test kill-and-resume at a known point; "SIGNAL@STEP@RANK"
+# only on that rank. Never after a torchrun restart, so an elastic run can finish.
+TEST_SIGNAL_ENV = "MOBILENET_V1_TEST_SIGNAL"
+
+
+def test_signal_from_env(rank: int) -> tuple[int, int] | None:
+    """``(signal, step)`` from ``MOBILENET_V1_TEST_SIGNAL`` for this rank, or None."""
+    value = os.environ.get(TEST_SIGNAL_ENV)
+    if not value or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+        return None
+    sig, step, *only = value.split("@")
+    return (int(sig), int(step)) if not only or int(only[0]) == rank else None

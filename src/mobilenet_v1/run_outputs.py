@@ -2,8 +2,7 @@
 
 ``metrics.jsonl`` and ``metrics.csv`` (one row per epoch, rewritten from the history kept
 in the checkpoint, so a resumed run never duplicates a row), TensorBoard events in
-``tensorboard/`` (if installed), ``curves.png`` (loss and accuracy against epochs) and the
-models as ``.safetensors`` with the metadata that ``predict``, ``eval`` and ``export`` read.
+``tensorboard/`` (if installed) and ``curves.png`` (loss and accuracy against epochs).
 """
 
 from __future__ import annotations
@@ -16,11 +15,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
+from .train_config import TrainConfig
 from .transforms import Preprocessing
 
-__all__ = ["TensorBoard", "model_metadata", "plot_curves", "save_model_file", "write_metrics"]
+__all__ = ["TensorBoard", "format_row", "model_metadata", "plot_curves", "write_metrics"]
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -89,24 +87,20 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
-def model_metadata(model: nn.Module, classes: list[str], preprocessing: Preprocessing) -> dict[str, str]:
-    """The string metadata of a ``.safetensors`` model file (the format of ``weights.py``)."""
-    config = model.config
+def format_row(row: dict[str, Any]) -> str:
+    return (
+        f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%  "
+        f"val loss {row['val_loss']:.4f} top-1 {100 * row['val_acc']:.2f}%  lr {row['lr']:.3g}  "
+        f"skipped images {row['skipped_images']}"
+    )
+
+
+def model_metadata(config: TrainConfig, classes: list[str], preprocessing: Preprocessing) -> dict[str, Any]:
+    """What ``weights_io.save_safetensors`` stores beside the weights of a trained model."""
     return {
-        "alpha": str(config.alpha),
-        "resolution": str(preprocessing.resolution),
-        "num_classes": str(config.num_classes),
-        "classes": json.dumps(classes),
-        "preprocessing": json.dumps(preprocessing.to_dict()),
-        "config": json.dumps(config.to_dict()),
+        "resolution": preprocessing.resolution,
+        "classes": classes,
+        "preprocessing": preprocessing.to_dict(),
+        "trained_from": config.weights or "scratch",
+        "recipe": config.recipe,
     }
-
-
-def save_model_file(model: nn.Module, path: Path, metadata: dict[str, str]) -> None:
-    """``model``'s weights as ``.safetensors`` with ``metadata``, written atomically."""
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp), metadata=metadata)
-    os.replace(tmp, path)

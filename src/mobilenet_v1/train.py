@@ -14,13 +14,12 @@ step and stops.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -30,33 +29,14 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from . import distributed as dist
-from .checkpoint import BEST, LAST, atomic_save, capture_rng, restore_rng
+from .checkpoint import BEST, LAST, Progress, atomic_save, capture_rng, restore_rng, test_signal_from_env
 from .optim import build_optimizer, exponential_decay, warmup_cosine
-from .run_outputs import TensorBoard, model_metadata, plot_curves, save_model_file, write_metrics
+from .run_outputs import TensorBoard, format_row, model_metadata, plot_curves, write_metrics
+from .train_eval import autocast_for, evaluate, resolve_device
 from .train_setup import RunPlan, build_loaders, build_model
+from .weights_io import save_safetensors
 
-__all__ = ["Progress", "Trainer", "train"]
-
-# Test hook: "SIGNAL@STEP" makes the run send itself SIGNAL right after global step STEP
-# (e.g. "9@5": SIGKILL), to test kill-and-resume at a known point; "SIGNAL@STEP@RANK"
-# only on that rank. Never after a torchrun restart, so an elastic run can finish.
-TEST_SIGNAL_ENV = "MOBILENET_V1_TEST_SIGNAL"
-
-
-@dataclass
-class Progress:
-    """Where training stands, and the running sums of the current epoch."""
-
-    epoch: int = 0
-    step_in_epoch: int = 0
-    global_step: int = 0
-    best_acc: float = -1.0
-    skipped_images: int = 0
-    train_seconds: float = 0.0
-    loss_sum: float = 0.0
-    correct: int = 0
-    seen: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
+__all__ = ["Trainer", "train"]
 
 
 class Trainer:
@@ -81,9 +61,10 @@ class Trainer:
         self.scheduler = self._build_scheduler()
         self.ema = self._build_ema()
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "amp" and device.type == "cuda")
+        self.autocast = autocast_for(cfg.precision, device)
         self.progress = Progress()
         self.stop_requested = False
-        self.test_signal = _parse_test_signal(os.environ.get(TEST_SIGNAL_ENV), env)
+        self.test_signal = test_signal_from_env(env.rank)
         self.last_save = time.monotonic()
         self.tensorboard: TensorBoard | None = None
         if plan.checkpoint is not None:
@@ -142,14 +123,6 @@ class Trainer:
         self.last_save = time.monotonic()
 
     # -- the loop ---------------------------------------------------------------------
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        precision = self.config.precision
-        if precision == "fp32":
-            return contextlib.nullcontext()
-        # "amp" is float16 + loss scaling on CUDA; on CPU float16 is slow, so bfloat16.
-        half = torch.float16 if precision == "amp" and self.device.type == "cuda" else torch.bfloat16
-        return torch.autocast(self.device.type, dtype=half)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
@@ -225,25 +198,13 @@ class Trainer:
         if self.stop_requested:
             self.save_checkpoint()
 
-    @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
         """Validation loss and top-1 (EMA weights when ``--ema``), summed over processes."""
         model = self.ema.module if self.ema is not None else self.model_without_ddp
         dist.broadcast_buffers(model, self.env)  # BN statistics: evaluate what rank 0 saves
-        model.eval()
-        totals = torch.zeros(3, dtype=torch.float64)
-        for images, labels, skipped in self.val_loader:
-            self.progress.skipped_images += skipped
-            if not len(labels):
-                continue
-            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
-            labels = labels.to(self.device, non_blocking=True)
-            with self.autocast():
-                logits = model(images)
-            loss = F.cross_entropy(logits.float(), labels, reduction="sum")
-            totals += torch.tensor([loss.item(), (logits.argmax(1) == labels).sum().item(), len(labels)])
-        loss_sum, correct, count = dist.all_reduce_sum(totals.to(self.device), self.env).tolist()
-        return loss_sum / max(count, 1), correct / max(count, 1)
+        loss, acc, skipped = evaluate(model, self.val_loader, self.device, self.autocast, self.memory_format, self.env)
+        self.progress.skipped_images += skipped
+        return loss, acc
 
     def end_epoch(self) -> None:
         """Validate, record the epoch, save the best model and the checkpoint."""
@@ -275,13 +236,14 @@ class Trainer:
             write_metrics(self.run_dir, p.history)
             assert self.tensorboard is not None
             self.tensorboard.log({f"epoch/{k}": v for k, v in row.items() if k != "epoch"}, row["epoch"])
-            print(_format_row(row), file=sys.stderr)
+            print(format_row(row), file=sys.stderr)
         dist.barrier(self.env)
 
     def save_model(self, path: Path) -> None:
-        """The evaluated weights (EMA when enabled) as ``.safetensors`` with metadata."""
+        """The evaluated weights (EMA when enabled) as ``.safetensors`` with the metadata that
+        ``predict``, ``eval`` and ``export`` read (``weights_io`` format)."""
         model = self.ema.module if self.ema is not None else self.model_without_ddp
-        save_model_file(model, path, model_metadata(model, self.classes, self.preprocessing))
+        save_safetensors(model, path, model_metadata(self.config, self.classes, self.preprocessing))
 
     def fit(self) -> dict[str, Any]:
         """Train the remaining epochs; returns the run summary."""
@@ -323,27 +285,6 @@ class Trainer:
             plot_curves(p.history, self.run_dir / "curves.png")
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
-
-
-def _parse_test_signal(value: str | None, env: dist.DistEnv) -> tuple[int, int] | None:
-    if not value or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
-        return None
-    sig, step, *rank = value.split("@")
-    return (int(sig), int(step)) if not rank or int(rank[0]) == env.rank else None
-
-
-def _format_row(row: dict[str, Any]) -> str:
-    return (
-        f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%  "
-        f"val loss {row['val_loss']:.4f} top-1 {100 * row['val_acc']:.2f}%  lr {row['lr']:.3g}  "
-        f"skipped images {row['skipped_images']}"
-    )
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def train(plan: RunPlan) -> dict[str, Any]:

@@ -9,7 +9,6 @@ folder's classes, keeping the rows of classes the old head already knew (Google'
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -72,11 +71,6 @@ def _load_data(config: TrainConfig) -> DataSplit:
     return split
 
 
-def _metadata_value(metadata: dict[str, Any], key: str) -> Any:
-    value = metadata.get(key)
-    return json.loads(value) if isinstance(value, str) and key in ("classes", "preprocessing") else value
-
-
 def build_model(config: TrainConfig, classes: list[str]) -> tuple[MobileNetV1, Preprocessing]:
     """A model for ``classes`` and its input preprocessing, from scratch or from ``config.weights``."""
     if config.weights is None:
@@ -84,26 +78,29 @@ def build_model(config: TrainConfig, classes: list[str]) -> tuple[MobileNetV1, P
         return model, Preprocessing(resolution=config.resolution or 224)
     from .weights import load_weights
 
-    model, metadata = load_weights(config.weights)
+    model, loaded = load_weights(config.weights)
     if config.alpha is not None and config.alpha != model.config.alpha:
         raise ValueError(f"weights {config.weights} have alpha {model.config.alpha:g}, not {config.alpha:g}")
-    preset = _metadata_value(metadata, "preprocessing")
-    if preset is not None:
-        preprocessing = Preprocessing.from_dict(preset)
-    else:
-        preprocessing = Preprocessing(resolution=int(metadata.get("resolution", 224)))
+    preprocessing = loaded.preprocessing
     if config.resolution is not None:
         preprocessing = replace(preprocessing, resolution=config.resolution)
-    adapt_head(model, _old_classes(metadata, model.config.num_classes), classes)
+    adapt_head(model, _head_names(loaded.classes), classes)
     return model, preprocessing
 
 
-def _old_classes(metadata: dict[str, Any], num_outputs: int) -> list[str] | None:
-    """Names of the old head's rows; Google's ImageNet heads are named by WordNet id."""
-    classes = _metadata_value(metadata, "classes")
-    wnids = _metadata_value(metadata, "wnids")
-    if wnids and num_outputs == len(wnids) + 1:
-        return ["background", *wnids]
+def _head_names(classes: list[str]) -> list[str]:
+    """Names of the old head's rows; for Google's 1001 ImageNet outputs, WordNet ids
+    (what ImageNet-style folders such as Imagenette are named by) where the list is at hand."""
+    if len(classes) != 1001 or classes[0] != "background":
+        return classes
+    from .download import cache_dir, data_dir
+    from .weights import WNIDS_FILE
+
+    for folder in (cache_dir(), data_dir()):
+        if folder is not None and (folder / WNIDS_FILE).is_file():
+            wnids = (folder / WNIDS_FILE).read_text().split()
+            if len(wnids) == 1000:
+                return ["background", *wnids]
     return classes
 
 
