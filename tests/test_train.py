@@ -81,6 +81,15 @@ def test_kill_and_resume_ends_with_the_same_weights(tmp_path):
     ]
 
 
+def test_worker_processes_do_not_change_the_result(tiny_run, tmp_path):
+    data, _ = tiny_run
+    args = ["train", "--data", str(data), "--alpha", "0.25", "--resolution", "32", "--batch-size", "4", "--epochs", "1"]
+    assert main([*args, "--workers", "0", "--output", str(tmp_path / "w0")]) == 0
+    assert main([*args, "--workers", "2", "--output", str(tmp_path / "w2")]) == 0
+    a, b = (load_file(tmp_path / name / "model-final.safetensors") for name in ("w0", "w2"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_run_outputs(tiny_run):
     _, run = tiny_run
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
