@@ -64,6 +64,7 @@ def test_imagenette_subset_agrees_with_litert(shared_data: Path, key: str) -> No
     result = compare(_paths(shared_data, key), subset, folders)
     assert result["litert"]["count"] == len(subset) and result["litert"]["agreement"] == 100.0
     assert result["float"]["agreement_ties"] >= 90.0
+    assert result["int8-exact"]["agreement"] == 100.0  # integer emulation: LiteRT's own bytes (test_int8.py)
     assert abs(result["float"]["top1"] - result["litert"]["top1"]) <= 6.0
 
 

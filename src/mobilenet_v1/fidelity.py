@@ -22,7 +22,7 @@ from .evaluate import ImageFolderDataset, evaluate, float_input, make_loader
 from .litert import LiteRTModel
 from .transforms import Preprocessing, eval_transform
 
-__all__ = ["EVALUATORS", "compare", "float_evaluator", "litert_evaluator"]
+__all__ = ["EVALUATORS", "compare", "float_evaluator", "int8_evaluator", "litert_evaluator"]
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 Evaluator = Callable[[Sequence[Path]], Predictor]
@@ -40,7 +40,15 @@ def float_evaluator(paths: Sequence[Path]) -> Predictor:
     return lambda batch: model(float_input(batch, preset))
 
 
-EVALUATORS: dict[str, Evaluator] = {"litert": litert_evaluator, "float": float_evaluator}
+def int8_evaluator(paths: Sequence[Path]) -> Predictor:
+    """Our emulation of LiteRT's integer arithmetic ("int8-exact" level, its default kernels)."""
+    from .int8 import Int8MobileNetV1
+
+    model = Int8MobileNetV1.from_tflite(paths, kernels="xnnpack")
+    return lambda batch: model(batch).float() / 256  # softmax bytes -> LiteRT's dequantized scores
+
+
+EVALUATORS: dict[str, Evaluator] = {"litert": litert_evaluator, "float": float_evaluator, "int8-exact": int8_evaluator}
 
 
 def compare(
