@@ -110,12 +110,14 @@ def evaluate(
     total: int | None = None,
 ) -> EvalResult:
     """Run ``predict`` over ``(images, targets)`` batches; ``ignore`` lists outputs never
-    predicted (Google's background class)."""
+    predicted (Google's background class). The progress bar (stderr) shows on a terminal."""
     from tqdm import tqdm
 
     preds, targets = [], []
     try:
-        for images, target in tqdm(batches, total=total, file=sys.stderr, disable=not progress, unit="batch"):
+        for images, target in tqdm(
+            batches, total=total, file=sys.stderr, disable=None if progress else True, unit="batch"
+        ):
             logits = predict(images).float()
             if ignore:
                 logits[:, list(ignore)] = float("-inf")

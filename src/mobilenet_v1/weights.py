@@ -37,6 +37,7 @@ __all__ = [
     "load_safetensors",
     "load_weights",
     "read_labels",
+    "read_wnids",
     "save_safetensors",
 ]
 
@@ -171,6 +172,15 @@ def get_weights(name: str | MobileNetV1Weights) -> MobileNetV1Weights:
 def read_labels(*, download: bool = True) -> list[str]:
     """The 1001 class names of Google's models (``background`` first)."""
     return fetch(LABELS, download=download).read_text().splitlines()
+
+
+def read_wnids() -> list[str] | None:
+    """The 1000 ImageNet WordNet ids in class order, from the cache or data directory
+    (Google publishes no copy to download); ``None`` when neither has one."""
+    try:
+        return fetch(Source("", WNIDS_FILE), download=False).read_text().split()
+    except FileNotFoundError:
+        return None
 
 
 def _labels_or_numbers(num_classes: int) -> list[str]:

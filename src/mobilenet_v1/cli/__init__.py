@@ -13,10 +13,10 @@ import tempfile
 import traceback
 from collections.abc import Sequence
 
-from . import cost, train
+from . import cost, evaluate, predict, train
 
 PROG = "mobilenet-v1"
-SUBCOMMANDS = (cost, train)
+SUBCOMMANDS = (cost, train, predict, evaluate)
 
 
 class Parser(argparse.ArgumentParser):

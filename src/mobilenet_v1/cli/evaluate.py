@@ -1,0 +1,56 @@
+"""``mobilenet-v1 eval DIR``: top-1/top-5 on an image folder (one sub-folder per class)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..evaluate import EvalResult, ImageFolderDataset, evaluate, find_samples, make_loader
+from ..transforms import eval_transform
+from ..weights import DEFAULT_WEIGHTS, load_weights, read_wnids
+from . import args as types
+from .predict import WEIGHTS_HELP
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="top-1/top-5 on DIR/<class>/*.jpg, classes named by ImageNet WordNet id or the checkpoint's own names",
+    )
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--weights", default=DEFAULT_WEIGHTS.value.name, help=WEIGHTS_HELP)
+    p.add_argument("--batch-size", type=types.positive_int, default=64)
+    p.add_argument("--workers", type=int, default=2, help="data loading processes (0: in this process)")
+    p.add_argument("--wnids", type=Path, help="ImageNet WordNet ids, one per line (default: the data directory's)")
+    p.add_argument("--confusion", metavar="PNG", help="save the confusion matrix")
+    p.add_argument("--json", action="store_true", help="print one JSON object with top1, top5, ...")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    model, info = load_weights(args.weights)
+    wnids = args.wnids.read_text().split() if args.wnids else read_wnids()
+    samples, folders = find_samples(args.dir, info.classes, wnids)
+    loader = make_loader(ImageFolderDataset(samples, eval_transform(info.preprocessing)), args.batch_size, args.workers)
+    result = evaluate(model, loader, folders, ignore=info.ignore, progress=True, total=len(loader))
+    if args.confusion:
+        from ..plots import plot_confusion
+
+        path = plot_confusion(result.confusion, result.classes, args.confusion)
+        print(f"wrote {path}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"weights": str(args.weights), "dir": str(args.dir), **result.to_dict()}))
+    else:
+        print(format_result(result, args.weights))
+    return 0
+
+
+def format_result(result: EvalResult, weights: str) -> str:
+    lines = [f"{weights}: top-1 {result.top1:.2f}%  top-5 {result.top5:.2f}%  ({result.count} images)"]
+    lines.append(f"{'class':<30} {'top-1':>7}")
+    lines += [f"{name:<30} {acc:>6.2f}%" for name, acc in result.per_class.items()]
+    return "\n".join(lines)

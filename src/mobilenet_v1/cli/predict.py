@@ -1,0 +1,56 @@
+"""``mobilenet-v1 predict IMAGE...``: top-k classes of each image, optionally plotted."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from ..transforms import eval_transform, load_image
+from ..weights import DEFAULT_WEIGHTS, load_weights
+from . import args as types
+
+WEIGHTS_HELP = "Google's model name, an enum name, or a .tflite/.safetensors file (default: %(default)s)"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="classify images with Google's or your weights (top-k with probabilities)")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--weights", default=DEFAULT_WEIGHTS.value.name, help=WEIGHTS_HELP)
+    p.add_argument("--topk", type=types.positive_int, default=5)
+    p.add_argument("--plot", metavar="PNG", help="save each image beside a bar chart of its top-k")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    model, info = load_weights(args.weights)
+    transform = eval_transform(info.preprocessing)
+    images = [load_image(path) for path in args.images]  # every file is checked before any work
+    with torch.inference_mode():
+        probs = torch.softmax(model(torch.stack([transform(img) for img in images])), dim=1)
+        probs[:, list(info.ignore)] = 0.0  # Google's "background" is never an answer
+    k = min(args.topk, probs.shape[1])
+    values, indices = probs.topk(k, dim=1)
+    top = [
+        [(info.classes[i], float(p)) for p, i in zip(vals.tolist(), idx.tolist(), strict=True)]
+        for vals, idx in zip(values, indices, strict=True)
+    ]
+    if args.json:
+        print(
+            json.dumps(
+                {path: [{"label": c, "probability": p} for c, p in t] for path, t in zip(args.images, top, strict=True)}
+            )
+        )
+    else:
+        for path, preds in zip(args.images, top, strict=True):
+            print(path)
+            for rank, (label, p) in enumerate(preds, 1):
+                print(f"  {rank}. {p:6.2%}  {label}")
+    if args.plot:
+        from ..plots import plot_predictions
+
+        crops = [eval_transform(info.preprocessing, to_float=False)(img) for img in images]
+        print(f"wrote {plot_predictions(crops, args.images, top, args.plot)}")
+    return 0

@@ -1,0 +1,149 @@
+"""``predict`` and ``eval`` subcommands and the evaluation library (issue 4, items 4-5)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mobilenet_v1 import mobilenet_v1
+from mobilenet_v1.cli import main
+from mobilenet_v1.evaluate import evaluate, find_samples
+from mobilenet_v1.weights import save_safetensors
+
+SMALL = "mobilenet_v1_0.25_128_quant.tflite"
+
+
+@pytest.fixture
+def env(shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MOBILENET_V1_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MOBILENET_V1_DATA", str(shared_data / "pretrained"))
+    return shared_data
+
+
+def _one_line_error(capsys: pytest.CaptureFixture, argv: list[str], needle: str) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err and needle in err, err
+    return err
+
+
+def test_predict_prints_topk(env: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["predict", str(env / "images" / "cat.bmp"), "--topk", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("cat.bmp") and len(lines) == 4
+    assert "cat" in lines[1]  # Google's 0.25/128 sees an Egyptian or tabby cat
+
+
+def test_predict_json_and_plot(env: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    images = [str(env / "images" / "parrot.jpg"), str(env / "images" / "grace_hopper.bmp")]
+    plot = tmp_path / "pred.png"
+    assert main(["predict", *images, "--weights", "mobilenet_v1_0.5_160_quant", "--json", "--plot", str(plot)]) == 0
+    out = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert list(out) == images
+    probs = [p["probability"] for p in out[images[0]]]
+    assert len(probs) == 5 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+    assert out[images[0]][0]["label"] == "macaw" and all(p["label"] != "background" for p in out[images[1]])
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_predict_bad_images(env: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 not really a jpeg")
+    _one_line_error(capsys, ["predict", str(env / "images" / "cat.bmp"), str(bad)], "broken.jpg")
+    _one_line_error(capsys, ["predict", str(tmp_path / "absent.png")], "absent.png")
+
+
+def test_bad_weights_are_one_line_errors(env: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    image = str(env / "images" / "cat.bmp")
+    _one_line_error(capsys, ["predict", image, "--weights", str(tmp_path / "gone.tflite")], "gone.tflite")
+    notes = tmp_path / "notes.tflite"
+    notes.write_text("not a model")
+    _one_line_error(capsys, ["predict", image, "--weights", str(notes)], "not a TFLite flatbuffer")
+    cut = tmp_path / "cut.tflite"
+    cut.write_bytes((env / "pretrained" / SMALL).read_bytes()[:100_000])
+    _one_line_error(capsys, ["predict", image, "--weights", str(cut)], "truncated or corrupt")
+    head = str(env / "pretrained" / "mobilenet_v1_1.0_224_quant_head_layers.tflite")
+    _one_line_error(capsys, ["predict", image, "--weights", head], "head-layers")
+    _one_line_error(capsys, ["predict", image, "--weights", "mobilenet_v1_0.25_128_qant"], "did you mean")
+
+
+def test_sha256_mismatch_in_cache(env: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    tampered = bytearray((env / "pretrained" / SMALL).read_bytes())
+    tampered[-1] ^= 1
+    (cache / SMALL).write_bytes(bytes(tampered))
+    err = _one_line_error(capsys, ["predict", str(env / "images" / "cat.bmp")], "sha256 mismatch")
+    assert "expected cb273c23ee76374b05b9583177e28aa19744858a7679c56a250e83d0333da785, got " in err
+
+
+def _imagenette_subset(shared_data: Path, root: Path, per_class: int = 2, classes: int = 3) -> Path:
+    for folder in sorted((shared_data / "imagenette" / "val").iterdir())[:classes]:
+        (root / folder.name).mkdir(parents=True)
+        for image in sorted(folder.iterdir())[:per_class]:
+            (root / folder.name / image.name).symlink_to(image)
+    return root
+
+
+def test_eval_wnid_folder_json(env: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = _imagenette_subset(env, tmp_path / "val")
+    confusion = tmp_path / "confusion.png"
+    argv = ["eval", str(root), "--json", "--workers", "0", "--batch-size", "4", "--confusion", str(confusion)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["count"] == 6 and 0 <= result["top1"] <= result["top5"] <= 100
+    assert set(result["per_class"]) == {p.name for p in root.iterdir()}
+    assert confusion.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_eval_own_class_names_with_workers(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model = mobilenet_v1(alpha=0.25, num_classes=2)
+    prep = {"resolution": 64, "crop_fraction": 1.0, "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3}
+    ckpt = save_safetensors(
+        model, tmp_path / "m.safetensors", {"resolution": 64, "classes": ["cat", "bird"], "preprocessing": prep}
+    )
+    for name in ("cat", "bird"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        shutil.copy(shared_data / "images" / f"{name}.bmp", tmp_path / "data" / name / f"{name}.bmp")
+    assert main(["eval", str(tmp_path / "data"), "--weights", str(ckpt), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "top-1" in out and "cat" in out and "bird" in out and "(2 images)" in out
+    (tmp_path / "data" / "cat" / "zz.jpg").write_bytes(b"junk")
+    argv = ["eval", str(tmp_path / "data"), "--weights", str(ckpt), "--workers", "1"]
+    _one_line_error(capsys, argv, "zz.jpg")
+
+
+def test_eval_bad_folders(env: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "empty" / "n01440764").mkdir(parents=True)
+    _one_line_error(capsys, ["eval", str(tmp_path / "empty")], "no images in")
+    _one_line_error(capsys, ["eval", str(tmp_path / "nowhere")], "image folder not found")
+    (tmp_path / "odd" / "not_a_class").mkdir(parents=True)
+    shutil.copy(env / "images" / "cat.bmp", tmp_path / "odd" / "not_a_class")
+    _one_line_error(capsys, ["eval", str(tmp_path / "odd")], "neither an ImageNet WordNet id")
+
+
+def test_evaluate_any_callable(tmp_path: Path) -> None:
+    """The loop only needs batch -> logits (the export developer evaluates ONNX through it)."""
+    folders = {"a": 1, "b": 2}
+    targets = torch.tensor([1, 1, 2, 2])
+    logits = torch.tensor([[9.0, 5, 1], [9, 1, 5], [0, 5, 1], [0, 1, 0.5]])  # column 0 is ignored
+    batches = [(logits[:2], targets[:2]), (logits[2:], targets[2:])]
+    result = evaluate(lambda x: x, batches, folders, ignore=(0,))
+    assert result.top1 == 25.0 and result.top5 == 100.0
+    assert result.per_class == {"a": 50.0, "b": 0.0}
+    assert result.confusion.tolist() == [[1, 1, 0], [2, 0, 0]]
+    assert np.array_equal(result.predictions[:, 0], [1, 2, 1, 1])
+
+
+def test_find_samples_maps_wnids_past_background(tmp_path: Path) -> None:
+    (tmp_path / "n2").mkdir()
+    (tmp_path / "n2" / "x.JPEG").write_bytes(b"")
+    (tmp_path / "notes").mkdir()  # a folder without images is skipped
+    samples, folders = find_samples(tmp_path, ["background", "first", "second"], ["n1", "n2"])
+    assert folders == {"n2": 2} and samples == [(tmp_path / "n2" / "x.JPEG", 2)]
