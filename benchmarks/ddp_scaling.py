@@ -14,6 +14,7 @@ given the same number of threads. Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -108,7 +109,12 @@ def launch(nprocs: int, threads: int) -> dict:
 def machine(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(0)
-    return f"{os.cpu_count()}-core {platform.processor() or platform.machine()} CPU"
+    name = platform.machine()
+    with contextlib.suppress(OSError):
+        cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+        models = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
+        name = models[0] if models else name
+    return f"{os.cpu_count()}-core {name} CPU"
 
 
 def main() -> None:
@@ -116,6 +122,7 @@ def main() -> None:
     if args.worker_out is not None:
         worker(args)
         return
+    load_before = os.getloadavg()[0]  # other work on the machine skews CPU numbers: record it
     rows = []
     for run in args.runs:
         procs, threads = (int(v) for v in run.split("x"))
@@ -129,11 +136,13 @@ def main() -> None:
     for row in rows:
         eff = "-" if row["efficiency"] is None else f"{row['efficiency']:.2f}"
         print(f"{row['processes']:>9} {row['threads_per_process']:>12} {row['img_s']:>9.1f} {eff:>10}")
-    config = {k: v for k, v in vars(args).items() if k not in ("out", "worker_out")}
-    report = {"machine": machine(args.device), "torch": torch.__version__, "config": config, "rows": rows}
+    config = {k: v for k, v in vars(args).items() if k not in ("out", "worker_out", "threads")}
+    load = {"before": load_before, "after": os.getloadavg()[0]}
+    report = {"machine": machine(args.device), "torch": torch.__version__, "load_avg_1min": load, "config": config}
+    report["rows"] = rows
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    print(f"1-min load average before/after: {load_before:.1f}/{load['after']:.1f}; wrote {args.out}")
 
 
 if __name__ == "__main__":
