@@ -4,6 +4,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,8 @@ from safetensors.torch import load_file
 from mobilenet_v1 import mobilenet_v1
 from mobilenet_v1.cli import main
 from mobilenet_v1.optim import RMSpropTF, exponential_decay, param_groups, warmup_cosine
-from mobilenet_v1.train_setup import adapt_head
+from mobilenet_v1.train_config import TrainConfig
+from mobilenet_v1.train_setup import adapt_head, build_model
 from mobilenet_v1.weights import load_weights
 
 TINY = ["--alpha", "0.25", "--resolution", "32", "--batch-size", "4", "--workers", "0"]
@@ -224,3 +226,17 @@ def test_adapt_head_keeps_rows_of_known_classes():
     kept = adapt_head(model, ["background", "n1", "n2", "n3"], ["n3", "new", "n1"])
     assert kept == 2 and model.classifier.out_features == 3 and model.config.num_classes == 3
     assert torch.equal(model.classifier.weight[0], old_w[3]) and torch.equal(model.classifier.weight[2], old_w[1])
+
+
+def test_finetune_from_google_weights_keeps_imagenet_rows(shared_data):
+    wnids = (shared_data / "pretrained" / "imagenet_wnids.txt").read_text().split()
+    google, _ = load_weights("mobilenet_v1_0.25_128_quant")
+    config = TrainConfig(data="unused", output="unused", weights="mobilenet_v1_0.25_128_quant")
+    model, preprocessing = build_model(config, ["n02102040", "my_class", "n01440764"])
+    assert model.config.folded_bn and model.config.num_classes == 3 and preprocessing.resolution == 128
+    rows = [wnids.index("n02102040") + 1, wnids.index("n01440764") + 1]  # output 0 is "background"
+    assert torch.equal(model.classifier.weight[0], google.classifier.weight[rows[0]])
+    assert torch.equal(model.classifier.bias[2], google.classifier.bias[rows[1]])
+    assert torch.equal(model.features[3].dw.conv.weight, google.features[3].dw.conv.weight)
+    with pytest.raises(ValueError, match="alpha"):
+        build_model(replace(config, alpha=0.5), ["a", "b"])
