@@ -1,12 +1,19 @@
-"""`make demo`: the cost of the paper's four headline configurations and a forward pass of each."""
+"""`make demo`: the cost of the paper's four headline configurations and a forward pass of each,
+then Google's released 1.0/224 model classifying the shared photos (offline, ../shared/data)."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 
 from mobilenet_v1 import mobilenet_v1, model_cost
+from mobilenet_v1.transforms import eval_transform, load_image
+from mobilenet_v1.weights import load_weights
+
+PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "images"
+GOOGLE_MODEL = "mobilenet_v1_1.0_224_quant"
 
 PAPER_CONFIGS = ((1.0, 224), (0.75, 192), (0.5, 160), (0.25, 128))
 
@@ -23,6 +30,27 @@ def main() -> None:
             out = model(x)
             ms = 1000 * (time.perf_counter() - start)
         print(f"{alpha:>5g} {res:>4} {cost.mult_adds:>13,} {cost.params:>10,} {tuple(out.shape)!s:>12} {ms:>11.1f}")
+    classify_photos()
+
+
+def classify_photos() -> None:
+    """Top-5 of Google's weights on the shared photos; nothing is downloaded."""
+    if not PHOTOS.is_dir():
+        print(f"\n(skipping Google's weights: {PHOTOS} not found)")
+        return
+    model, info = load_weights(GOOGLE_MODEL, download=False)
+    cost = model_cost(model.config, info.preprocessing.resolution)
+    size = f"{cost.mult_adds / 1e6:.1f} M mult-adds, {cost.params / 1e6:.2f} M params"
+    print(f"\n{GOOGLE_MODEL} (Google's weights, float import): {size}")
+    transform = eval_transform(info.preprocessing)
+    for photo in sorted(PHOTOS.iterdir()):
+        with torch.inference_mode():
+            probs = torch.softmax(model(transform(load_image(photo))[None]), dim=1)[0]
+            probs[list(info.ignore)] = 0.0  # "background" is never an answer
+        top = probs.topk(5)
+        print(photo.name)
+        for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+            print(f"  {p:6.1%}  {info.classes[i]}")
 
 
 if __name__ == "__main__":
