@@ -20,6 +20,7 @@ from torchvision.transforms import v2
 __all__ = ["IMAGE_EXTENSIONS", "Preprocessing", "eval_transform", "load_image", "train_transform"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _INTERPOLATION = {
     "bilinear": v2.InterpolationMode.BILINEAR,
     "bicubic": v2.InterpolationMode.BICUBIC,
@@ -64,10 +65,15 @@ def load_image(path: str | Path) -> torch.Tensor:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
-    try:
-        image = decode_image(str(path), mode=ImageReadMode.RGB)
-    except (RuntimeError, ValueError):
-        image = _load_with_pil(path)  # BMP, TIFF and other formats torchvision does not decode
+    with path.open("rb") as f:
+        is_png = f.read(8) == _PNG_SIGNATURE
+    if is_png:  # torchvision's libpng binding can crash the process on a corrupt PNG; PIL checks it
+        image = _load_with_pil(path)
+    else:
+        try:
+            image = decode_image(str(path), mode=ImageReadMode.RGB)
+        except (RuntimeError, ValueError):
+            image = _load_with_pil(path)  # BMP, TIFF and other formats torchvision does not decode
     if image.dtype != torch.uint8:  # 16-bit PNG
         image = (image.to(torch.float32) / 257.0).round().to(torch.uint8)
     if image.shape[-2] < 1 or image.shape[-1] < 1:
@@ -84,7 +90,7 @@ def _load_with_pil(path: Path) -> torch.Tensor:
                 img = img.point(lambda v: v / 256).convert("L")
             rgb = img.convert("RGB")
             return v2.functional.pil_to_tensor(rgb)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ValueError(f"cannot decode image {path}: {exc}") from None
 
 
