@@ -45,7 +45,6 @@ __all__ = [
     "make_sampler",
     "read_env",
     "scaling_summary",
-    "unwrap_model",
     "wrap_model",
 ]
 
@@ -127,11 +126,7 @@ def local_device(device: torch.device | str, env: DistEnv) -> torch.device:
 
 
 def _wait_for_endpoint(host: str, port: int, timeout: float, env: DistEnv) -> None:
-    """Wait until rank 0's store accepts connections, or raise a one-line ``TimeoutError``.
-
-    Checked before ``init_process_group`` so that an unreachable endpoint is our clear
-    error, not the store client's retry log with C++ stack frames.
-    """
+    """Wait for rank 0's store to accept connections: a clear error, not the store client's C++ log."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -206,9 +201,8 @@ def init_distributed(device: torch.device | str) -> DistEnv:
 def wrap_model(model: nn.Module, env: DistEnv, device: torch.device | str, sync_bn: bool = False) -> nn.Module:
     """Wrap ``model`` (already on ``device``) in DDP; unchanged for a single process.
 
-    Without ``sync_bn`` each process normalizes with its own batch's statistics (batch
-    ``b``, not ``W * b``), like the paper's asynchronous workers; with it, batch norm
-    uses the statistics of the global batch (CUDA only: PyTorch has no CPU kernel).
+    Without ``sync_bn`` each process normalizes with its own batch's statistics (``b``
+    images, not ``W * b``); with it, over the global batch (CUDA only: no CPU kernel).
     """
     if not env.is_distributed:
         return model
@@ -219,11 +213,6 @@ def wrap_model(model: nn.Module, env: DistEnv, device: torch.device | str, sync_
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     device_ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids)
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain model inside DDP: save its ``state_dict`` and evaluate it without collectives."""
-    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def make_sampler(dataset: Dataset, env: DistEnv, shuffle: bool, seed: int) -> Sampler | None:
@@ -267,21 +256,17 @@ def make_eval_sampler(dataset: Sized, env: DistEnv) -> Sampler | None:
 
 
 def all_reduce_sum(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
-    """Sum ``tensor`` over all processes, in place, and return it (unchanged for one process).
-
-    Reduce sums (loss * count, correct, count), never means, so the result is exact.
-    """
+    """Sum ``tensor`` over all processes in place and return it; reduce sums, never means (exact)."""
     if env.is_distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
 
 def broadcast_buffers(model: nn.Module, env: DistEnv) -> None:
-    """Copy rank 0's buffers (BN running statistics) to every rank, e.g. before evaluating.
+    """Copy rank 0's buffers (BN statistics) to every rank, so all evaluate the model rank 0 saves.
 
-    DDP syncs buffers at the start of each training forward, so after the last step each
-    rank holds statistics updated by its own batch; this makes all ranks evaluate the
-    model that rank 0 saves.
+    DDP syncs buffers only at the start of each training forward: after the last step
+    each rank holds statistics updated by its own batch.
     """
     if env.is_distributed:
         for buffer in model.buffers():
