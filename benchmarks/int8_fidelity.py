@@ -8,7 +8,7 @@ every ``--every``-th image, and against its reference kernels (BUILTIN_REF; ours
 ``kernels="reference"``) on every ``--reference-every``-th, since they are slow.
 Prints a table, writes JSON (updated after each model).
 
-    nice python benchmarks/int8_fidelity.py [--every 1] [--reference-every 10]
+    nice python benchmarks/int8_fidelity.py [--every 1] [--reference-every 10] [--models NAME...]
 """
 
 from __future__ import annotations
@@ -106,6 +106,16 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def save(path: Path, meta: dict, row: dict) -> None:
+    """Add or replace one model's row (models may run in separate processes), in MODELS order."""
+    rows = json.loads(path.read_text())["rows"] if path.is_file() else []
+    rows = {r["model"]: r for r in rows} | {row["model"]: row}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**meta, "rows": [rows[m] for m in MODELS if m in rows]}, indent=2) + "\n")
+    tmp.replace(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DATA, help="the shared data folder")
@@ -127,11 +137,10 @@ def main() -> None:
     for name in args.models:
         files, resolution = MODELS[name]
         print(name)
-        rows.append(
-            {"model": name, **run_model([pretrained / f for f in files], resolution, samples, every, args.batch_size)}
-        )
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+        paths = [pretrained / f for f in files]
+        rows.append({"model": name, **run_model(paths, resolution, samples, every, args.batch_size)})
+        rows[-1]["command"] = f"{command} --models {name}"
+        save(args.output, meta, rows[-1])
     print(format_table(rows))
     print(f"wrote {args.output}")
 

@@ -83,16 +83,17 @@ class _Requantize(nn.Module):
         # reference/optimized (GetQuantizedConvolutionMultipler): float32 product, then a double division
         self.multiplier, self.shift = quantize_multiplier(float(np.float32(s_in) * np.float32(s_w)) / s_out)
         # XNNPACK: the same scale, computed in float32
-        self.scale = float(np.float32(s_in) * np.float32(s_w) / np.float32(s_out))
+        self.register_buffer("scale_f32", torch.tensor(np.float32(s_in) * np.float32(s_w) / np.float32(s_out)))
         self.lo, self.hi = activation_range(act, s_out, self.zero_point)
 
     def forward(self, acc: Tensor) -> Tensor:
-        if self.kernels == "xnnpack":
-            out = acc.to(torch.float32).mul_(torch.tensor(self.scale, dtype=torch.float32)).round_().long()
+        if self.kernels == "xnnpack":  # (float) acc: one rounding, as int32 -> float32 in C
+            out = acc.to(torch.float32).mul_(self.scale_f32).round_().add_(self.zero_point)
         else:
             ties_up = self.kernels == "optimized"
-            out = multiply_by_quantized_multiplier(acc, self.multiplier, self.shift, ties_up=ties_up)
-        return out.add_(self.zero_point).clamp_(self.lo, self.hi).to(torch.uint8)
+            out = multiply_by_quantized_multiplier(acc.long(), self.multiplier, self.shift, ties_up=ties_up)
+            out = out.add_(self.zero_point)
+        return out.clamp_(self.lo, self.hi).to(torch.uint8)
 
 
 class _Conv(nn.Module):
@@ -127,30 +128,27 @@ class _Conv(nn.Module):
         else:
             depthwise = op.name == "DEPTHWISE_CONV_2D"
             self.groups = x.shape[-1] if depthwise else 1
-            weight = (
-                (weight - w_zero_point).permute(3, 0, 1, 2)
-                if depthwise
-                else (weight - w_zero_point).permute(0, 3, 1, 2)
-            )
-            terms = weight[0].numel()
-            self.register_buffer("weight", weight.to(torch.float32 if terms * 255**2 < 2**24 else torch.float64))
-        self.register_buffer("bias", bias)
+            weight = weight - w_zero_point
+            weight = weight.permute(3, 0, 1, 2) if depthwise else weight.permute(0, 3, 1, 2)  # -> OIHW
+            exact_f32 = weight[0].numel() * 255**2 < 2**24
+            self.register_buffer("weight", weight.to(torch.float32 if exact_f32 else torch.float64))
+        self.register_buffer("bias", bias.to(torch.int32))  # TFLite accumulates in int32: no overflow
         self.requantize = _Requantize(s_in, s_w, op.outputs[0], opts["fused_activation"], kernels)
 
     def forward(self, x: Tensor) -> Tensor:
-        acc = self._gemm(x) if self.pointwise else self._conv(x)
-        return self.requantize(acc + self.bias[:, None, None])
+        return self.requantize(self._gemm(x) if self.pointwise else self._conv(x))
 
     def _gemm(self, x: Tensor) -> Tensor:
         n, _, h, w = x.shape
         x8 = (x.permute(0, 2, 3, 1).reshape(n * h * w, -1).to(torch.int16) - 128).to(torch.int8)
-        acc = torch._int_mm(x8, self.weight).to(torch.int64)  # int8 x int8 -> exact int32
-        acc = acc + self.x_sum_factor * x8.sum(1, dtype=torch.int64, keepdim=True)
-        return acc.reshape(n, h, w, -1).permute(0, 3, 1, 2)
+        acc = torch._int_mm(x8, self.weight)  # int8 x int8 -> exact int32
+        acc += self.x_sum_factor * x8.sum(1, dtype=torch.int32, keepdim=True) + self.bias
+        return acc.view(n, h, w, -1).permute(0, 3, 1, 2)  # NCHW view of channels-last memory
 
     def _conv(self, x: Tensor) -> Tensor:
         x = _pad(x.to(self.weight.dtype) - self.in_zero_point, self.kernel, self.stride, self.padding)
-        return F.conv2d(x, self.weight, None, self.stride, groups=self.groups).to(torch.int64)
+        acc = F.conv2d(x, self.weight, None, self.stride, groups=self.groups).to(torch.int32)
+        return acc + self.bias[:, None, None]
 
 
 class _AveragePool(nn.Module):
@@ -168,18 +166,13 @@ class _AveragePool(nn.Module):
         self.lo, self.hi = activation_range(opts["fused_activation"], *_per_tensor(y))
 
     def forward(self, x: Tensor) -> Tensor:
-        ones = torch.ones_like(x[:1, :1], dtype=torch.float64)
-        total = F.avg_pool2d(
-            _pad(x.to(torch.float64), self.kernel, self.stride, self.padding),
-            self.kernel,
-            self.stride,
-            divisor_override=1,
-        )
-        count = F.avg_pool2d(
-            _pad(ones, self.kernel, self.stride, self.padding), self.kernel, self.stride, divisor_override=1
-        )
-        total, count = total.to(torch.int64), count.to(torch.int64)
+        total = self._window_sum(x.to(torch.float64)).to(torch.int64)
+        count = self._window_sum(torch.ones_like(x[:1, :1], dtype=torch.float64)).to(torch.int64)  # in-image taps
         return torch.div(total + count // 2, count, rounding_mode="floor").clamp(self.lo, self.hi).to(torch.uint8)
+
+    def _window_sum(self, x: Tensor) -> Tensor:
+        x = _pad(x, self.kernel, self.stride, self.padding)
+        return F.avg_pool2d(x, self.kernel, self.stride, divisor_override=1)
 
 
 class _Softmax(nn.Module):
