@@ -20,7 +20,6 @@ from torchvision.transforms import v2
 __all__ = ["IMAGE_EXTENSIONS", "Preprocessing", "eval_transform", "load_image", "train_transform"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _INTERPOLATION = {
     "bilinear": v2.InterpolationMode.BILINEAR,
     "bicubic": v2.InterpolationMode.BICUBIC,
@@ -65,9 +64,7 @@ def load_image(path: str | Path) -> torch.Tensor:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
-    with path.open("rb") as f:
-        is_png = f.read(8) == _PNG_SIGNATURE
-    if is_png:  # torchvision's libpng binding can crash the process on a corrupt PNG; PIL checks it
+    if _header_format(path) == "PNG":  # torchvision's libpng binding can crash on a corrupt PNG
         image = _load_with_pil(path)
     else:
         try:
@@ -79,6 +76,21 @@ def load_image(path: str | Path) -> torch.Tensor:
     if image.shape[-2] < 1 or image.shape[-1] < 1:
         raise ValueError(f"empty image: {path}")
     return image
+
+
+def _header_format(path: Path) -> str | None:
+    """The format named by the file's header (PIL reads only the header). An image of more
+    than twice ``PIL.Image.MAX_IMAGE_PIXELS`` is refused here, before any decoding."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return img.format
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"cannot decode image {path}: {exc}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        with path.open("rb") as f:  # a PNG with a broken header still goes to PIL, which names the problem
+            return "PNG" if f.read(8) == b"\x89PNG\r\n\x1a\n" else None
 
 
 def _load_with_pil(path: Path) -> torch.Tensor:
