@@ -222,3 +222,14 @@ def test_safetensors_errors(tmp_path: Path) -> None:
         load_safetensors(bad)
     with pytest.raises(FileNotFoundError, match=r"missing\.safetensors"):
         load_weights(tmp_path / "missing.safetensors")
+
+
+def test_measured_imagenette_top1_matches_benchmark() -> None:
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "fidelity.json"
+    measured = {row["model"]: row["float"]["top1"] for row in json.loads(results.read_text())["rows"]}
+    for w in MobileNetV1Weights:
+        r = w.value
+        if r.name in measured:
+            assert r.imagenette_top1 == pytest.approx(measured[r.name], abs=0.005), r.name
+        else:
+            assert r.imagenette_top1 is None, r.name  # never measured here

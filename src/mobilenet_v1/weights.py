@@ -85,8 +85,14 @@ _CORAL_SHA256 = {
 }
 _CORAL_URL_PATH = {"mobilenet_v1_1.0_224_quant_head_layers.tflite": "tools/mobilenet_quant_v1_224_head_layers.tflite"}
 _SPLIT = {"mobilenet_v1_1.0_224_quant": ("_embedding_extractor", "_head_layers")}
-# Our Imagenette val top-1 (float import of the quantized file; docs/weights.md).
-_IMAGENETTE_TOP1: dict[str, float] = {}
+# Our Imagenette val top-1, 1000-way, float import of the quantized file (docs/weights.md:
+# `nice python benchmarks/fidelity.py`, 3,925 images).
+_IMAGENETTE_TOP1: dict[str, float] = {
+    "mobilenet_v1_1.0_224_quant": 72.33,
+    "mobilenet_v1_0.75_192_quant": 66.65,
+    "mobilenet_v1_0.5_160_quant": 57.50,
+    "mobilenet_v1_0.25_128_quant": 41.25,
+}
 
 
 @dataclass(frozen=True)
