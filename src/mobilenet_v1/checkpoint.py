@@ -10,6 +10,7 @@ the new checkpoint, never a torn file. Loading uses ``torch.load(weights_only=Tr
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import tempfile
 from dataclasses import dataclass, field
@@ -91,8 +92,10 @@ def find_checkpoint(run_dir: str | Path) -> Path:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise ValueError(f"cannot read checkpoint {path}: {exc}") from None
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
+        # weights_only refuses a pickle that would run code (UnpicklingError, many lines): keep the first
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"cannot read checkpoint {path}: {reason}") from None
 
 
 def capture_rng() -> dict[str, Any]:
