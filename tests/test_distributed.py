@@ -175,13 +175,17 @@ PROBE = (
 
 
 def launch_by_hand(
-    argv: list[str], world_size: int, ranks: list[int], port: int, cwds: list[Path] | None = None
+    argv: list[str], world_size: int, ranks: list[int], port: int, cwds: list[Path] | None = None, timeout: int = 3
 ) -> list[subprocess.CompletedProcess]:
-    """Start ``ranks`` without torchrun (as on separate nodes); wait for all, bounded by a timeout."""
+    """Start ``ranks`` without torchrun (as on separate nodes); wait for all, bounded by a timeout.
+
+    ``timeout`` is the processes' rendezvous timeout: short where it must expire, longer
+    where the group must form on a loaded CI machine (it bounds, never adds, the wait).
+    """
     procs = []
     for i, rank in enumerate(ranks):
         variables = {"RANK": str(rank), "WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1"}
-        variables |= {"MASTER_PORT": str(port), TIMEOUT_ENV: "3"}
+        variables |= {"MASTER_PORT": str(port), TIMEOUT_ENV: str(timeout)}
         cwd = cwds[i] if cwds else None
         procs.append(subprocess.Popen(argv, env=run_env(variables), cwd=cwd, stdout=PIPE, stderr=PIPE, text=True))
     results = []
@@ -192,7 +196,7 @@ def launch_by_hand(
 
 
 def test_two_processes_reduce_and_share_rank0_buffers():
-    results = launch_by_hand([sys.executable, "-c", PROBE], 2, [0, 1], free_port())
+    results = launch_by_hand([sys.executable, "-c", PROBE], 2, [0, 1], free_port(), timeout=60)
     assert [r.returncode for r in results] == [0, 0], [r.stderr[-500:] for r in results]
     assert all("sum 2.0 bn [1.0, 1.0]" in r.stdout for r in results)
 
@@ -369,7 +373,7 @@ def test_a_rank_that_cannot_read_its_data_stops_every_rank(tmp_path):
     make_folder(node0 / "data")
     node1.mkdir()
     args = ["--data", "data", "--output", tmp_path / "run", "--batch-size", "4", *TINY]
-    rank0, rank1 = launch_by_hand(cli(*args), 2, [0, 1], free_port(), cwds=[node0, node1])
+    rank0, rank1 = launch_by_hand(cli(*args), 2, [0, 1], free_port(), cwds=[node0, node1], timeout=60)
     assert rank1.returncode == 2
     assert rank1.stderr.strip().splitlines()[-1] == "mobilenet-v1: error: data folder not found: data"
     assert rank0.returncode == 2
