@@ -27,6 +27,7 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/cost_table.py
+	$(BIN)/python benchmarks/ddp_scaling.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
