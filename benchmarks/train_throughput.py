@@ -1,0 +1,202 @@
+"""Training-step throughput and peak memory: our MobileNet V1 against timm's, same loop.
+
+Each measurement runs in a fresh process (clean peak-RSS), models alternate (ours, timm,
+ours, timm, ...) so that load from other processes hits both alike, and the best of the
+repeats is kept. The loop: forward, cross-entropy, backward, ``RMSpropTF`` step (the paper
+recipe), batch 32. ``pipeline`` rows feed the same step from Imagenette JPEGs (decode ->
+random resized crop -> flip -> normalize, DataLoader workers) instead of synthetic tensors.
+
+nice python benchmarks/train_throughput.py [--steps 8] [--repeats 2] [--imagenette DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from mobilenet_v1 import mobilenet_v1
+from mobilenet_v1.optim import build_optimizer
+
+BATCH = 32
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build(impl: str, alpha: float) -> torch.nn.Module:
+    if impl == "ours":
+        return mobilenet_v1(alpha=alpha, num_classes=1000)
+    from timm.models.efficientnet import _gen_mobilenet_v1
+
+    # timm registers only mobilenetv1_100/_125; its generator takes any channel multiplier.
+    return _gen_mobilenet_v1("mobilenetv1_100", alpha, num_classes=1000)
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def synthetic_batches(resolution: int):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(BATCH, 3, resolution, resolution, generator=gen)
+    y = torch.randint(0, 1000, (BATCH,), generator=gen)
+    while True:
+        yield x, y
+
+
+def jpeg_batches(resolution: int, imagenette: Path, workers: int):
+    from torch.utils.data import DataLoader, RandomSampler
+
+    from mobilenet_v1.data import ImageFolder, collate_skipping, load_splits
+    from mobilenet_v1.transforms import Preprocessing, train_transform
+
+    split = load_splits(imagenette)
+    dataset = ImageFolder(split.train, train_transform(Preprocessing(resolution)))
+    sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(dataset, BATCH, sampler=sampler, num_workers=workers, collate_fn=collate_skipping)
+    while True:
+        for x, y, _ in loader:
+            yield x, y
+
+
+def measure(args: argparse.Namespace) -> dict:
+    torch.manual_seed(0)
+    model = build(args.impl, args.alpha).train()
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    opt = build_optimizer("rmsprop-tf", model, lr=0.01, weight_decay=4e-5)
+    if args.source == "synthetic":
+        batches = synthetic_batches(args.resolution)
+    else:
+        batches = jpeg_batches(args.resolution, Path(args.imagenette), args.workers)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    baseline = rss_mb()
+    times = []
+    for i in range(args.warmup + args.steps):
+        start = time.perf_counter()
+        x, y = next(batches)
+        x = x.contiguous(memory_format=fmt)
+        with autocast:
+            loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    median = statistics.median(times)
+    return {"img_per_s": BATCH / median, "step_s": median, "peak_mb": peak - baseline}
+
+
+CONFIGS = [  # (alpha, resolution, precision, channels_last); cheapest first
+    (0.25, 128, "fp32", True),
+    (0.25, 128, "bf16", True),
+    (0.25, 128, "fp32", False),
+    (1.0, 224, "bf16", True),
+    (1.0, 224, "fp32", True),
+    (1.0, 224, "fp32", False),
+]
+
+
+PIPELINE = [(0.25, 128, "bf16"), (1.0, 224, "bf16")]
+
+
+def run_child(**kw) -> dict:
+    cmd = [sys.executable, __file__, "--child"]
+    for key, value in kw.items():
+        if value is True:
+            cmd.append(f"--{key.replace('_', '-')}")
+        elif value is not False and value is not None:
+            cmd += [f"--{key.replace('_', '-')}", str(value)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def best(results: list[dict]) -> dict:
+    top = max(results, key=lambda r: r["img_per_s"])
+    return {**top, "peak_mb": min(r["peak_mb"] for r in results), "runs_img_per_s": [r["img_per_s"] for r in results]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--imagenette", default=str(ROOT.parent / "shared" / "data" / "imagenette"))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "train_throughput.json")
+    parser.add_argument("--only", help="comma-separated indices of CONFIGS to run (default: all)")
+    parser.add_argument("--pipeline", type=int, default=len(PIPELINE), help="how many PIPELINE rows to run")
+    # child-process options
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--impl", default="ours")
+    parser.add_argument("--alpha", type=float, default=1.0)
+    parser.add_argument("--resolution", type=int, default=224)
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--source", default="synthetic")
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(args)))
+        return
+    common = {"steps": args.steps, "warmup": args.warmup}
+    rows = []
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, batch {BATCH}, best of {args.repeats}")
+    print("| alpha/res | precision | channels_last | ours img/s | timm img/s | ratio | ours MB | timm MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    wanted = range(len(CONFIGS)) if not args.only else [int(i) for i in args.only.split(",")]
+    for index in wanted:
+        alpha, res, precision, cl = CONFIGS[index]
+        kw = {"alpha": alpha, "resolution": res, "precision": precision, "channels_last": cl, **common}
+        runs: dict[str, list[dict]] = {"ours": [], "timm": []}
+        for _ in range(args.repeats):
+            for impl in runs:
+                runs[impl].append(run_child(impl=impl, **kw))
+        ours, timm = best(runs["ours"]), best(runs["timm"])
+        row = {"alpha": alpha, "resolution": res, "precision": precision, "channels_last": cl, "ours": ours}
+        row |= {"timm": timm, "ratio": ours["img_per_s"] / timm["img_per_s"]}
+        rows.append(row)
+        print(
+            f"| {alpha:g}/{res} | {precision} | {cl} | {ours['img_per_s']:.1f} | {timm['img_per_s']:.1f} | "
+            f"{row['ratio']:.2f} | {ours['peak_mb']:.0f} | {timm['peak_mb']:.0f} |",
+            flush=True,
+        )
+    pipeline = []
+    if Path(args.imagenette).is_dir():
+        print("\n| alpha/res | precision | synthetic img/s | JPEG pipeline img/s | ratio |")
+        print("|---|---|---|---|---|")
+        for alpha, res, precision in PIPELINE[: args.pipeline]:
+            kw = {"impl": "ours", "alpha": alpha, "resolution": res, "precision": precision, **common}
+            kw["channels_last"] = True
+            syn = best([run_child(**kw) for _ in range(args.repeats)])
+            jpg = best(
+                [
+                    run_child(**kw, source="jpeg", imagenette=args.imagenette, workers=args.workers)
+                    for _ in range(args.repeats)
+                ]
+            )
+            ratio = jpg["img_per_s"] / syn["img_per_s"]
+            pipeline.append(
+                {"alpha": alpha, "resolution": res, "precision": precision, "synthetic": syn}
+                | {"jpeg": jpg, "ratio": ratio, "workers": args.workers}
+            )
+            print(f"| {alpha:g}/{res} | {precision} | {syn['img_per_s']:.1f} | {jpg['img_per_s']:.1f} | {ratio:.2f} |")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(
+        json.dumps({"torch": torch.__version__, "batch": BATCH, "rows": rows, "pipeline": pipeline}, indent=2) + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
