@@ -92,6 +92,19 @@ def test_worker_processes_do_not_change_the_result(tiny_run, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_freeze_backbone_bf16_channels_last(tiny_run, tmp_path):
+    data, run = tiny_run
+    start = tmp_path / "start.safetensors"
+    start.write_bytes((run / "model-final.safetensors").read_bytes())
+    args = ["train", "--data", str(data), "--weights", str(start), "--batch-size", "4", "--workers", "0"]
+    args += ["--epochs", "1", "--freeze-backbone", "--bf16", "--channels-last", "--output", str(tmp_path / "ft")]
+    assert main(args) == 0
+    before, after = load_file(start), load_file(tmp_path / "ft" / "model-final.safetensors")
+    frozen = [k for k in before if k.startswith("features.")]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)  # BN statistics too
+    assert not torch.equal(before["classifier.weight"], after["classifier.weight"])
+
+
 def test_run_outputs(tiny_run):
     _, run = tiny_run
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
