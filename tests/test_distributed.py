@@ -36,6 +36,7 @@ from mobilenet_v1.distributed import (
     make_eval_sampler,
     make_sampler,
     read_env,
+    restarted_by_torchrun,
     scaling_summary,
     wrap_model,
 )
@@ -109,6 +110,13 @@ def test_single_process_helpers_are_no_ops(monkeypatch):
     cleanup(env)
     assert make_sampler(range(10), env, shuffle=False, seed=0) is None
     assert make_eval_sampler(range(10), env) is None
+
+
+def test_restart_count_from_torchrun(monkeypatch):
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
+    assert not restarted_by_torchrun(DistEnv())
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "2")
+    assert restarted_by_torchrun(DistEnv())
 
 
 def test_shuffled_order_does_not_depend_on_world_size():

@@ -44,6 +44,7 @@ __all__ = [
     "make_eval_sampler",
     "make_sampler",
     "read_env",
+    "restarted_by_torchrun",
     "scaling_summary",
     "wrap_model",
 ]
@@ -302,6 +303,19 @@ def fail_together(env: DistEnv, what: str) -> Iterator[None]:
             raise ValueError(f"rank {rank} failed to {what}: {message}")
     if error is not None:
         raise error
+
+
+def restarted_by_torchrun(env: DistEnv) -> bool:
+    """Whether torchrun restarted this group after a failure (``--max-restarts``).
+
+    Each node's agent counts only its own restarts (an agent that restarts because
+    another node failed keeps its count), so the largest ``TORCHELASTIC_RESTART_COUNT``
+    over all ranks decides, the same answer on every rank.
+    """
+    count = torch.tensor([int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))])
+    if env.is_distributed:
+        dist.all_reduce(count, op=dist.ReduceOp.MAX)  # a CPU tensor: gloo, also in a CUDA group
+    return int(count) > 0
 
 
 def cleanup(env: DistEnv) -> None:

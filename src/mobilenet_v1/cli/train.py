@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -73,9 +72,9 @@ def _settings(args: argparse.Namespace) -> dict[str, object]:
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
-def _elastic_resume(args: argparse.Namespace) -> None:
+def _elastic_resume(args: argparse.Namespace, env: dist.DistEnv) -> None:
     """After torchrun restarted the group (``--max-restarts``), continue from the last checkpoint."""
-    restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"
+    restarted = dist.restarted_by_torchrun(env)
     if restarted and not args.resume and args.output and (Path(args.output) / LAST).is_file():
         args.resume = args.output
 
@@ -83,10 +82,10 @@ def _elastic_resume(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..train import resolve_device, train
 
-    _elastic_resume(args)
     # Join the process group first, so a rank that cannot read its data stops every rank.
     env = dist.init_distributed(resolve_device(args.device or "auto"))
     try:
+        _elastic_resume(args, env)
         with dist.fail_together(env, "prepare the run"):
             plan = _plan(args)
         summary = train(plan)
