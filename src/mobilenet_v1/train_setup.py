@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import distributed as dist
-from .checkpoint import find_checkpoint, load_checkpoint
+from .checkpoint import LAST, find_checkpoint, load_checkpoint
 from .data import DataSplit, ImageFolder, SeededSampler, collate_skipping, load_splits
 from .model import MobileNetV1, mobilenet_v1
 from .train_config import TrainConfig
@@ -49,6 +49,11 @@ def prepare_run(config: TrainConfig | None, resume: str | None = None, **overrid
 
 
 def _prepare_resume(run_dir: Path, overrides: dict[str, Any]) -> RunPlan:
+    settings = run_dir / "config.json"
+    if not (run_dir / LAST).is_file() and settings.is_file():
+        # Killed before its first checkpoint (config.json is written first): run it again from the start.
+        config = replace(TrainConfig.load(settings, **overrides), output=str(run_dir))
+        return RunPlan(config, _load_data(config), run_dir, None)
     checkpoint = load_checkpoint(find_checkpoint(run_dir))
     saved = TrainConfig(**checkpoint["config"])
     for key in ("alpha", "resolution", "weights", "recipe", "batch_size"):
