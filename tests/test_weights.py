@@ -7,6 +7,7 @@ import io
 import json
 import re
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -233,3 +234,16 @@ def test_measured_imagenette_top1_matches_benchmark() -> None:
             assert r.imagenette_top1 == pytest.approx(measured[r.name], abs=0.005), r.name
         else:
             assert r.imagenette_top1 is None, r.name  # never measured here
+
+
+def test_unverified_record_downloads_from_archive(pretrained: Path, isolated_dirs: Path) -> None:
+    """The download path end to end: a release .tgz holding the .tflite, then conversion."""
+    record = get_weights("mobilenet_v1_0.25_128").value  # a float checkpoint, not shared here
+    archive = isolated_dirs / "release.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(pretrained / "mobilenet_v1_0.25_128_quant.tflite", arcname="./mobilenet_v1_0.25_128.tflite")
+    source = replace(record.sources[0], url=archive.as_uri())
+    model, info = load_weights(replace(record, sources=(source,)))
+    assert model.config.alpha == 0.25 and info.record.name == "mobilenet_v1_0.25_128"
+    assert (isolated_dirs / "cache" / "mobilenet_v1_0.25_128.tflite").is_file()
+    assert (isolated_dirs / "cache" / "mobilenet_v1_0.25_128.safetensors").is_file()

@@ -238,10 +238,12 @@ def _load_record(record: WeightsRecord, download: bool) -> tuple[MobileNetV1, Lo
     return model.eval(), LoadedWeights(classes, record.preprocessing, strings, record)
 
 
-def load_weights(spec: str | Path | MobileNetV1Weights, *, download: bool = True) -> tuple[MobileNetV1, LoadedWeights]:
+def load_weights(
+    spec: str | Path | MobileNetV1Weights | WeightsRecord, *, download: bool = True
+) -> tuple[MobileNetV1, LoadedWeights]:
     """Load Google's weights or a checkpoint into an eval-mode model.
 
-    ``spec`` is a :class:`MobileNetV1Weights` member, its name, Google's model name
+    ``spec`` is a :class:`MobileNetV1Weights` member or record, its name, Google's model name
     (``mobilenet_v1_0.25_128_quant``) or a path to a ``.tflite`` or ``.safetensors`` file.
     Lookup: the explicit path, else the converted cache, else the ``.tflite`` file from
     the cache, the local data directory, or a sha256-checked download.
@@ -256,4 +258,4 @@ def load_weights(spec: str | Path | MobileNetV1Weights, *, download: bool = True
             if path.suffix == ".safetensors":
                 return load_safetensors(path)
             raise ValueError(f"unsupported weights file {path}: expected a .tflite or .safetensors file")
-    return _load_record(get_weights(spec).value, download)
+    return _load_record(spec if isinstance(spec, WeightsRecord) else get_weights(spec).value, download)
