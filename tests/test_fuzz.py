@@ -1,0 +1,202 @@
+"""Property-based fuzzing of the readers: a mutated input is read, or refused with one of
+our clear one-line errors naming the file; never another exception, a crash or a hang.
+
+Mutations (bit flips, byte overwrites, insertions, truncations) of a real shared TFLite
+model, of a ``.safetensors`` checkpoint and of JPEG/PNG/BMP/GIF/WebP images, plus random
+bytes; a few run through the CLI (exit code 0 or 2, never a traceback). Examples are
+derandomized (reproducible) and few; benchmarks/fuzz.py runs thousands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import signal
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from mobilenet_v1 import mobilenet_v1
+from mobilenet_v1.transforms import Preprocessing, load_image
+from mobilenet_v1.weights_io import load_safetensors, save_safetensors
+
+TFLITE = Path(__file__).resolve().parents[2] / "shared/data/pretrained/mobilenet_v1_0.25_128_quant.tflite"
+CLEAR_ERRORS = (ValueError, FileNotFoundError)
+TIMEOUT_S = 20  # far above any single read; a hang fails instead of stalling CI
+IMAGE_FORMATS = {".jpg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".gif": "GIF", ".webp": "WEBP"}
+KINDS = ("flip", "set", "insert", "truncate")
+
+# One mutation: (kind, where, byte); ``where`` is scaled to the input (or its structure).
+mutation = st.tuples(st.sampled_from(KINDS), st.floats(0, 1, exclude_max=True), st.integers(0, 255))
+mutations = st.lists(mutation, min_size=1, max_size=6)
+
+
+def mutate(data: bytes, edits: Sequence[tuple[str, float, int]], positions: Sequence[int] | None = None) -> bytes:
+    """Apply ``edits`` to ``data``; ``positions`` restricts where (e.g. the flatbuffer tables)."""
+    out = bytearray(data)
+    for kind, where, value in edits:
+        if not out:
+            break
+        pos = positions[int(where * len(positions))] if positions else int(where * len(out))
+        pos = min(pos, len(out) - 1)
+        if kind == "flip":
+            out[pos] ^= 1 << (value % 8)
+        elif kind == "set":
+            out[pos] = value
+        elif kind == "insert":
+            out[pos:pos] = bytes([value]) * (1 + value % 16)
+        else:
+            del out[pos:]
+    return bytes(out)
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise TimeoutError in a call that runs longer than ``seconds`` (main thread, POSIX)."""
+
+    def expire(signum, frame):
+        raise TimeoutError(f"no answer after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def outcome(read: Callable[[Path], object], path: Path, data: bytes) -> str:
+    """``"ok"`` or ``"clear error"``; anything else (another exception, a hang) fails."""
+    path.write_bytes(data)
+    try:
+        with time_limit(TIMEOUT_S):
+            read(path)
+    except CLEAR_ERRORS as exc:
+        message = str(exc)
+        assert path.name in message and len(message.splitlines()) == 1, message
+        event("clear error")  # counts shown by pytest --hypothesis-show-statistics
+        return "clear error"
+    event("ok")
+    return "ok"
+
+
+def tflite_structure(data: bytes) -> list[int]:
+    """Offsets outside the constant buffers (tables, vtables, strings, the appended zip)."""
+    import tflite
+
+    model = tflite.Model.GetRootAsModel(data, 0)
+    base = np.frombuffer(data, np.uint8).ctypes.data
+    spans = []
+    for i in range(model.BuffersLength()):
+        view = model.Buffers(i).DataAsNumpy()
+        if isinstance(view, np.ndarray) and view.size:
+            spans.append((view.ctypes.data - base, view.ctypes.data - base + view.nbytes))
+    inside = np.zeros(len(data), bool)
+    for start, end in spans:
+        inside[start:end] = True
+    return np.flatnonzero(~inside).tolist()
+
+
+def safetensors_seed(folder: Path) -> bytes:
+    model = mobilenet_v1(alpha=0.25, num_classes=3)
+    meta = {"resolution": 32, "classes": ["a", "b", "c"], "preprocessing": Preprocessing(32).to_dict()}
+    return save_safetensors(model, folder / "seed.safetensors", meta).read_bytes()
+
+
+def image_seeds() -> dict[str, bytes]:
+    pixels = (np.random.default_rng(0).random((24, 32, 3)) * 255).astype(np.uint8)
+    seeds = {}
+    for ext, fmt in IMAGE_FORMATS.items():
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, fmt)
+        seeds[ext] = buf.getvalue()
+    return seeds
+
+
+def fuzz(examples: int) -> settings:
+    """Reproducible (derandomized), no deadline (CI machines vary), no example database."""
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+
+
+@pytest.fixture(scope="module")
+def tflite_seed() -> tuple[bytes, list[int]]:
+    if not TFLITE.is_file():
+        pytest.skip(f"shared TFLite model not found at {TFLITE}")
+    data = TFLITE.read_bytes()
+    return data, tflite_structure(data)
+
+
+@pytest.fixture(scope="module")
+def st_seed(tmp_path_factory) -> bytes:
+    return safetensors_seed(tmp_path_factory.mktemp("seed"))
+
+
+@fuzz(150)
+@given(edits=mutations, structural=st.booleans())
+def test_tflite_reader(tflite_seed, tmp_path, edits, structural):
+    from mobilenet_v1.tflite_reader import read_tflite
+
+    data, structure = tflite_seed
+    outcome(read_tflite, tmp_path / "m.tflite", mutate(data, edits, structure if structural else None))
+
+
+@fuzz(25)
+@given(edits=mutations)
+def test_tflite_import(tflite_seed, tmp_path, edits):
+    """Reader and converter together: a mutation the reader accepts must still convert or be refused."""
+    from mobilenet_v1.weights import load_weights
+
+    data, structure = tflite_seed
+    outcome(load_weights, tmp_path / "m.tflite", mutate(data, edits, structure))
+
+
+@fuzz(80)
+@given(edits=mutations, header=st.booleans())
+def test_safetensors_loader(st_seed, tmp_path, edits, header):
+    header_len = 8 + int.from_bytes(st_seed[:8], "little")
+    positions = range(header_len) if header else None  # the JSON header, or anywhere
+    outcome(load_safetensors, tmp_path / "w.safetensors", mutate(st_seed, edits, positions))
+
+
+@fuzz(40)
+@given(data=st.binary(max_size=2048), ext=st.sampled_from([".safetensors", ".tflite", *IMAGE_FORMATS]))
+def test_random_bytes(tmp_path, data, ext):
+    from mobilenet_v1.weights import load_weights
+
+    outcome(load_image if ext in IMAGE_FORMATS else load_weights, tmp_path / f"x{ext}", data)
+
+
+@fuzz(150)
+@given(ext=st.sampled_from(sorted(IMAGE_FORMATS)), edits=mutations)
+def test_image_loader(tmp_path, ext, edits):
+    seeds = image_seeds()
+    outcome(load_image, tmp_path / f"x{ext}", mutate(seeds[ext], edits))
+
+
+@fuzz(20)
+@given(ext=st.sampled_from(sorted(IMAGE_FORMATS)), edits=mutations, weights_edits=st.lists(mutation, max_size=2))
+def test_cli_predict_exit_0_or_2(st_seed, tmp_path, capsys, ext, edits, weights_edits):
+    """Mutated image and weights through ``mobilenet-v1 predict``: never exit 1 (a traceback)."""
+    from mobilenet_v1.cli import main
+
+    image, weights = tmp_path / f"x{ext}", tmp_path / "w.safetensors"
+    image.write_bytes(mutate(image_seeds()[ext], edits))
+    weights.write_bytes(mutate(st_seed, weights_edits, range(8 + int.from_bytes(st_seed[:8], "little"))))
+    with time_limit(TIMEOUT_S):
+        code = main(["predict", str(image), "--weights", str(weights)])
+    err = capsys.readouterr().err
+    assert code in (0, 2), err
+    event(f"exit {code}")
+    assert code == 0 or (len(err.strip().splitlines()) == 1 and "Traceback" not in err), err
