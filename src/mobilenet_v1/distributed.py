@@ -15,18 +15,16 @@ seconds, so a missing peer is an error, not a hang.
 from __future__ import annotations
 
 import os
-import socket
-import time
-from collections.abc import Iterator, Mapping, Sized
+from collections.abc import Iterator, Sized
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, DistributedSampler, Sampler
+
+from .dist_env import TIMEOUT_ENV, DistEnv, attempt_store, dist_timeout, env_int, read_env, wait_for_endpoint
 
 __all__ = [
     "TIMEOUT_ENV",
@@ -49,71 +47,6 @@ __all__ = [
     "wrap_model",
 ]
 
-TIMEOUT_ENV = "MOBILENET_V1_DIST_TIMEOUT"
-DEFAULT_TIMEOUT_S = 600.0  # torchrun's own rendezvous join timeout
-
-
-@dataclass(frozen=True)
-class DistEnv:
-    """Where this process sits in the job: global rank, number of processes, rank on its node."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        """Rank 0 logs, writes checkpoints and plots; the others only compute."""
-        return self.rank == 0
-
-    @property
-    def is_distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def _env_int(environ: Mapping[str, str], name: str) -> int:
-    value = environ[name]
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
-
-
-def read_env(environ: Mapping[str, str] | None = None) -> DistEnv:
-    """Read torchrun's ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``; a single process when unset.
-
-    ``LOCAL_RANK`` defaults to ``RANK`` (right for processes started by hand on one node).
-    """
-    environ = os.environ if environ is None else environ
-    present = [name for name in ("RANK", "WORLD_SIZE") if name in environ]
-    if not present:
-        return DistEnv()
-    if len(present) == 1:
-        missing = "WORLD_SIZE" if present == ["RANK"] else "RANK"
-        raise ValueError(f"{present[0]} is set but {missing} is not: launch with torchrun or set both")
-    rank, world_size = _env_int(environ, "RANK"), _env_int(environ, "WORLD_SIZE")
-    local_rank = _env_int(environ, "LOCAL_RANK") if "LOCAL_RANK" in environ else rank
-    if world_size < 1:
-        raise ValueError(f"WORLD_SIZE must be >= 1, got {world_size}")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"RANK must be in [0, WORLD_SIZE={world_size}), got {rank}")
-    if not 0 <= local_rank <= rank:
-        raise ValueError(f"LOCAL_RANK must be in [0, RANK={rank}], got {local_rank}")
-    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank)
-
-
-def dist_timeout(environ: Mapping[str, str] | None = None) -> timedelta:
-    """The bound on any wait for other processes: ``MOBILENET_V1_DIST_TIMEOUT`` seconds (default 600)."""
-    environ = os.environ if environ is None else environ
-    raw = environ.get(TIMEOUT_ENV, str(DEFAULT_TIMEOUT_S))
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = float("nan")
-    if not seconds > 0 or seconds == float("inf"):
-        raise ValueError(f"{TIMEOUT_ENV} must be a positive number of seconds, got {raw!r}")
-    return timedelta(seconds=seconds)
-
 
 def local_device(device: torch.device | str, env: DistEnv) -> torch.device:
     """This process's device: on CUDA, GPU ``local_rank`` of its node (one GPU per process)."""
@@ -124,39 +57,6 @@ def local_device(device: torch.device | str, env: DistEnv) -> torch.device:
     if env.local_rank >= count:
         raise ValueError(f"LOCAL_RANK {env.local_rank} needs GPU {env.local_rank}, but this node has {count} GPU(s)")
     return torch.device("cuda", env.local_rank)
-
-
-def _wait_for_endpoint(host: str, port: int, timeout: float, env: DistEnv) -> None:
-    """Wait for rank 0's store to accept connections: a clear error, not the store client's C++ log."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((host, port), timeout=max(0.1, min(1.0, deadline - time.monotonic()))):
-                return
-        except OSError as exc:
-            if time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"rank {env.rank} of {env.world_size}: rendezvous endpoint {host}:{port} unreachable for "
-                    f"{timeout:g} s ({exc.strerror or exc}); is rank 0 running, and MASTER_ADDR/MASTER_PORT right?"
-                ) from None
-            time.sleep(0.2)
-
-
-def _attempt_store(host: str, port: int, timeout: timedelta) -> dist.Store | None:
-    """torchrun's store, under a prefix per restart, so a restarted group never reads stale keys.
-
-    torchrun (c10d rendezvous) keeps one store for all restarts, and the gloo/nccl
-    addresses of the killed attempt stay in it: a restarted rank that reads them before
-    its peer rewrites them cannot connect (seen with PyTorch 2.14). With one agent
-    (one node) ``TORCHELASTIC_RESTART_COUNT`` names the attempt; with several nodes the
-    agents' counts can differ, so there we rely on ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``
-    (a fresh store per round, see docs/distributed.md).
-    """
-    if os.environ.get("GROUP_WORLD_SIZE", "1") != "1":
-        return None
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    client = dist.TCPStore(host, port, is_master=False, timeout=timeout)
-    return dist.PrefixStore(f"mobilenet_v1/attempt_{attempt}/", client)
 
 
 def init_distributed(device: torch.device | str) -> DistEnv:
@@ -180,13 +80,13 @@ def init_distributed(device: torch.device | str) -> DistEnv:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
-    host, port = os.environ["MASTER_ADDR"], _env_int(os.environ, "MASTER_PORT")
+    host, port = os.environ["MASTER_ADDR"], env_int(os.environ, "MASTER_PORT")
     endpoint = f"{host}:{port}"
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun's store is up
     if env.rank != 0 and not agent_store:
-        _wait_for_endpoint(host, port, timeout.total_seconds(), env)
+        wait_for_endpoint(host, port, timeout.total_seconds(), env)
     try:
-        store = _attempt_store(host, port, timeout) if agent_store else None
+        store = attempt_store(host, port, timeout) if agent_store else None
         dist.init_process_group(backend, store=store, timeout=timeout, rank=env.rank, world_size=env.world_size)
         # The store only proves that rank 0 is up; one collective proves that all ranks are.
         barrier(env)
