@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--weights", default=DEFAULT_WEIGHTS.value.name, help=WEIGHTS_HELP)
+    p.add_argument("--model", type=Path, help="an exported .onnx file, run by ONNX Runtime with its stored preprocessing")
     p.add_argument("--batch-size", type=types.positive_int, default=64)
     p.add_argument("--workers", type=int, default=2, help="data loading processes (0: in this process)")
     p.add_argument("--wnids", type=Path, help="ImageNet WordNet ids, one per line (default: the data directory's)")
@@ -32,7 +33,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
-    model, info = load_weights(args.weights)
+    if args.model:
+        from ..export import load_onnx
+
+        model, info = load_onnx(args.model)
+        args.weights = str(args.model)  # reported in place of the weights
+    else:
+        model, info = load_weights(args.weights)
     wnids = args.wnids.read_text().split() if args.wnids else read_wnids()
     samples, folders = find_samples(args.dir, info.classes, wnids)
     loader = make_loader(ImageFolderDataset(samples, eval_transform(info.preprocessing)), args.batch_size, args.workers)

@@ -1,0 +1,237 @@
+"""CPU latency and throughput of every deployment path, measured side by side.
+
+Each runtime is a callable on a ready input; :func:`measure` warms every runtime up,
+then times them in interleaved rounds (A B C, A B C, ...) so that a load spike on a
+shared machine hits all runtimes alike rather than one of them. Batch-1 latency is the
+median and 90th percentile over all timed runs; batch-32 throughput is images per
+second at the median batch time. :func:`layer_profile` splits ONNX Runtime's own
+per-node profile into Table 2's layer kinds (stem conv, depthwise, pointwise, FC).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .export import onnx_session
+from .model import layer_plan
+
+__all__ = ["SUBJECTS", "BenchSetup", "Timing", "layer_profile", "measure", "onnx_runner", "prepare", "run_config"]
+
+Runner = Callable[[], Any]
+CONV_OPS = ("Conv", "QLinearConv", "FusedConv", "NchwcConv", "ConvInteger")
+FC_OPS = ("Gemm", "QGemm", "MatMul", "MatMulInteger", "QLinearMatMul")
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Times of one runtime at one batch size, in milliseconds per call."""
+
+    runs: int
+    batch: int
+    median_ms: float
+    p90_ms: float
+    min_ms: float
+
+    @property
+    def images_per_s(self) -> float:
+        return 1000.0 * self.batch / self.median_ms
+
+    def to_dict(self) -> dict[str, float]:
+        return {**self.__dict__, "images_per_s": self.images_per_s}
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def measure(
+    runners: dict[str, Runner], *, runs: int = 200, warmup: int = 20, rounds: int = 10, batch: int = 1
+) -> dict[str, Timing]:
+    """Time each runner ``runs`` times after ``warmup`` calls, interleaved over ``rounds``."""
+    if runs < rounds:
+        raise ValueError(f"runs ({runs}) must be at least rounds ({rounds})")
+    for run in runners.values():
+        for _ in range(warmup):
+            run()
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    per_round = -(-runs // rounds)
+    for _ in range(rounds):
+        for name, run in runners.items():
+            for _ in range(per_round):
+                start = time.perf_counter()
+                run()
+                samples[name].append((time.perf_counter() - start) * 1e3)
+    return {name: Timing(len(t), batch, statistics.median(t), percentile(t, 90), min(t)) for name, t in samples.items()}
+
+
+def onnx_runner(path: str | Path, batch: np.ndarray, threads: int) -> Runner:
+    session = onnx_session(path, threads)
+    feed = {session.get_inputs()[0].name: batch}
+    return lambda: session.run(None, feed)
+
+
+def _node_medians(profile: Path) -> list[tuple[str, str, float]]:
+    """(node, op type, median kernel time in µs) in execution order."""
+    events = json.loads(profile.read_text())
+    times: dict[str, list[float]] = defaultdict(list)
+    ops: dict[str, str] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            times[e["name"]].append(e["dur"])
+            ops[e["name"]] = e["args"]["op_name"]
+    return [(name, ops[name], statistics.median(t)) for name, t in times.items()]
+
+
+def layer_profile(
+    path: str | Path, config: Any, resolution: int, *, threads: int = 2, runs: int = 100
+) -> dict[str, Any]:
+    """Where the time goes: ORT's per-node kernel times (median over ``runs``), summed by
+    layer kind. Convolutions appear in Table 1's order in the graph, so the i-th conv
+    node is the i-th layer of :func:`~mobilenet_v1.model.layer_plan`."""
+    plan = layer_plan(config)
+    x = np.random.default_rng(0).standard_normal((1, 3, resolution, resolution), dtype=np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        session = onnx_session(path, threads, profile=str(Path(tmp) / "ort"))
+        feed = {session.get_inputs()[0].name: x}
+        for _ in range(runs):
+            session.run(None, feed)
+        nodes = _node_medians(Path(session.end_profiling()))
+    kinds: dict[str, float] = defaultdict(float)
+    conv_index, layers = 0, []
+    for name, op, us in nodes:
+        if op in CONV_OPS and conv_index < len(plan):
+            kind, label = plan[conv_index].kind, plan[conv_index].name
+            conv_index += 1
+        else:
+            kind = label = "fc" if op in FC_OPS else "other"
+        kinds[kind] += us
+        layers.append({"node": name, "op": op, "layer": label, "kind": kind, "us": us})
+    total = sum(kinds.values())
+    shares = {k: {"us": v, "percent": 100.0 * v / total} for k, v in kinds.items()}
+    return {"total_us": total, "by_kind": shares, "layers": layers, "convs_matched": conv_index == len(plan)}
+
+
+SUBJECTS = ("torch-eager", "torch-compiled", "ort-fp32", "ort-int8", "litert-int8", "timm-ort-fp32")
+
+
+@dataclass
+class BenchSetup:
+    """The files and model of one configuration (e.g. Google's 0.25/128)."""
+
+    label: str
+    model: Any  # MobileNetV1, folded
+    resolution: int
+    fp32: Path
+    int8: Path
+    tflite: list[Path]
+    timm_fp32: Path | None = None
+    torch_backend: str = "inductor"
+
+
+def _torch_runners(setup: BenchSetup, x: Any) -> dict[str, Runner]:
+    import torch
+
+    from .inference import compile_for_inference
+
+    compiled = compile_for_inference(setup.model, setup.resolution, backend=setup.torch_backend)
+
+    def eager() -> Any:
+        with torch.inference_mode():
+            return setup.model(x)
+
+    def fast() -> Any:
+        with torch.inference_mode():
+            return compiled(x)
+
+    return {"torch-eager": eager, "torch-compiled": fast}
+
+
+def _litert_runner(paths: list[Path], batch: int, resolution: int, threads: int) -> Runner:
+    from .litert import LiteRTModel
+
+    model = LiteRTModel(paths, threads=threads)
+    images = np.random.default_rng(0).integers(0, 256, (batch, 1, resolution, resolution, 3), dtype=np.uint8)
+
+    def run() -> None:
+        for image in images:  # Google's files have a fixed batch of 1
+            model.run_uint8(image)
+
+    return run
+
+
+def make_runners(setup: BenchSetup, threads: int, batch: int) -> dict[str, Runner]:
+    """All subjects for one thread count and batch size, in :data:`SUBJECTS` order."""
+    import torch
+
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (batch, 3, setup.resolution, setup.resolution)).astype(np.float32)
+    runners = _torch_runners(setup, torch.from_numpy(x))
+    runners["ort-fp32"] = onnx_runner(setup.fp32, x, threads)
+    runners["ort-int8"] = onnx_runner(setup.int8, x, threads)
+    if setup.tflite:
+        runners["litert-int8"] = _litert_runner(setup.tflite, batch, setup.resolution, threads)
+    if setup.timm_fp32 is not None:
+        runners["timm-ort-fp32"] = onnx_runner(setup.timm_fp32, x, threads)
+    return runners
+
+
+def run_config(
+    setup: BenchSetup, *, threads: tuple[int, ...] = (1, 2), runs: int = 200, batch: int = 32, batch_runs: int = 20
+) -> dict[str, Any]:
+    """Batch-1 latency and batch-``batch`` throughput of every subject at each thread count."""
+    out: dict[str, Any] = {"config": setup.label, "resolution": setup.resolution, "threads": {}}
+    for n in threads:
+        latency = measure(make_runners(setup, n, 1), runs=runs, warmup=20, rounds=10)
+        rounds = min(5, batch_runs)
+        throughput = measure(make_runners(setup, n, batch), runs=batch_runs, warmup=3, rounds=rounds, batch=batch)
+        out["threads"][str(n)] = {
+            name: {"latency": latency[name].to_dict(), "throughput": throughput[name].to_dict()} for name in latency
+        }
+    return out
+
+
+def export_timm(alpha: float, resolution: int, path: Path) -> Path:
+    """timm's MobileNet V1 (``mobilenetv1_100`` at width ``alpha``, random weights: speed
+    does not depend on them) exported to float32 ONNX like ours."""
+    import torch
+
+    from .export import _torch_export
+
+    try:
+        from timm.models.efficientnet import _gen_mobilenet_v1
+    except ImportError:
+        raise ImportError("the timm comparison needs timm: pip install 'mobilenet-v1[dev]'") from None
+    model = _gen_mobilenet_v1("mobilenetv1_100", alpha, pretrained=False).eval()
+    with torch.no_grad():
+        _torch_export(model, path, resolution)
+    return path
+
+
+def prepare(weights: str, workdir: Path, calibration: list[Path], *, timm: bool = True) -> BenchSetup:
+    """Load ``weights``, export fp32 and int8 ONNX (and timm's) into ``workdir``."""
+    from .export import export_onnx
+    from .quantize import load_batch, quantize_onnx, tflite_overrides
+    from .weights import load_weights
+
+    model, loaded = load_weights(weights)
+    pre = loaded.preprocessing
+    record = loaded.record
+    tflite = record.files(download=False) if record is not None and record.quantized else []
+    label = f"{model.config.alpha:g}/{pre.resolution}"
+    fp32, int8 = workdir / f"{label.replace('/', '_')}_fp32.onnx", workdir / f"{label.replace('/', '_')}_int8.onnx"
+    export_onnx(model, fp32, pre, labels=loaded.classes)
+    overrides = tflite_overrides(fp32, tflite) if tflite else None
+    quantize_onnx(fp32, int8, load_batch(calibration, pre), overrides=overrides)
+    timm_path = export_timm(model.config.alpha, pre.resolution, workdir / f"timm_{fp32.name}") if timm else None
+    return BenchSetup(label, model, pre.resolution, fp32, int8, tflite, timm_path)

@@ -1,0 +1,67 @@
+"""``mobilenet-v1 bench``: latency and throughput of every deployment path, side by side."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from . import args as types
+
+DEFAULT_WEIGHTS = ("mobilenet_v1_0.25_128_quant",)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="CPU latency/throughput: PyTorch, ONNX Runtime fp32/int8, Google's LiteRT")
+    p.add_argument("--weights", nargs="+", default=list(DEFAULT_WEIGHTS), help="one or more weights specs")
+    p.add_argument("--calibration", type=Path, required=True, help="image folder for the int8 export")
+    p.add_argument("--calibration-images", type=types.positive_int, default=100)
+    p.add_argument("--threads", type=types.positive_int, nargs="+", default=[1, 2])
+    p.add_argument("--runs", type=types.positive_int, default=200, help="timed batch-1 runs per subject (>= 10)")
+    p.add_argument("--batch", type=types.positive_int, default=32, help="batch size of the throughput runs")
+    p.add_argument("--no-timm", action="store_true", help="skip timm's MobileNet V1 under ONNX Runtime")
+    p.add_argument("--torch-backend", choices=("inductor", "jit"), default="inductor")
+    p.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bench import prepare, run_config
+    from ..export import check_writable
+    from ..quantize import calibration_files
+
+    if args.runs < 10:
+        raise ValueError(f"--runs must be at least 10 (10 interleaved rounds), got {args.runs}")
+    if args.json:
+        check_writable(args.json)
+    files = calibration_files(args.calibration, args.calibration_images)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for weights in args.weights:
+            setup = prepare(weights, Path(tmp), files, timm=not args.no_timm)
+            setup.torch_backend = args.torch_backend
+            result = run_config(setup, threads=tuple(args.threads), runs=args.runs, batch=args.batch)
+            print(format_table([result]), flush=True)
+            results.append(result)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    """One markdown row per configuration, subject and thread count."""
+    lines = [
+        "| config | runtime | threads | batch-1 median ms | batch-1 p90 ms | batch-32 img/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        for threads, subjects in result["threads"].items():
+            for name, t in subjects.items():
+                lat, thr = t["latency"], t["throughput"]
+                lines.append(
+                    f"| {result['config']} | {name} | {threads} | {lat['median_ms']:.3f} | {lat['p90_ms']:.3f} "
+                    f"| {thr['images_per_s']:.0f} |"
+                )
+    return "\n".join(lines)

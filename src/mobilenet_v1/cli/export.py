@@ -1,0 +1,91 @@
+"""``mobilenet-v1 export``: a checkpoint to ONNX (float32) or static int8 ONNX."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from . import args as types
+
+FORMATS = ("onnx", "onnx-int8")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export weights to ONNX (fp32) or int8 ONNX, numerics checked")
+    p.add_argument("--weights", required=True, help="Google model name, enum name, or .tflite/.safetensors file")
+    p.add_argument("--format", choices=FORMATS, default="onnx", help="onnx (float32) or onnx-int8 (static PTQ)")
+    p.add_argument("--calibration", type=Path, help="image folder for int8 calibration (e.g. imagenette/train)")
+    p.add_argument("--calibration-images", type=types.positive_int, default=200, help="images drawn from it")
+    p.add_argument(
+        "--float-layers",
+        type=int,
+        default=None,
+        help="leading convolutions kept in float in int8 exports (default 2: stem and first depthwise)",
+    )
+    p.add_argument(
+        "--quantization",
+        choices=("auto", "calibrated", "tflite"),
+        default="auto",
+        help="int8 parameters: calibrated per-channel PTQ, or Google's own from its .tflite (auto: tflite if any)",
+    )
+    p.add_argument("-o", "--output", type=Path, required=True, help="the .onnx file to write")
+    p.add_argument("--json", action="store_true", help="print the export report as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..export import check_writable, export_onnx
+    from ..quantize import DEFAULT_FLOAT_LAYERS, calibration_files, load_batch, quantize_onnx
+    from ..weights import load_weights
+
+    if args.format == "onnx-int8" and args.calibration is None:
+        raise ValueError("--format onnx-int8 needs --calibration DIR (a folder of images)")
+    if args.format == "onnx" and (args.calibration is not None or args.float_layers is not None):
+        raise ValueError("--calibration and --float-layers only apply to --format onnx-int8")
+    float_layers = DEFAULT_FLOAT_LAYERS if args.float_layers is None else args.float_layers
+    if float_layers < 0:
+        raise ValueError(f"--float-layers must be >= 0, got {float_layers}")
+    check_writable(args.output)
+    files = calibration_files(args.calibration, args.calibration_images) if args.calibration else []
+    model, loaded = load_weights(args.weights)
+    pre, labels = loaded.preprocessing, loaded.classes
+    if args.format == "onnx":
+        report = export_onnx(model, args.output, pre, labels=labels)
+    else:
+        calibration = load_batch(files, pre)
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32 = Path(tmp) / "fp32.onnx"
+            export_onnx(model, fp32, pre, labels=labels)
+            overrides = _overrides(args, loaded, fp32)
+            report = quantize_onnx(
+                fp32, args.output, calibration, reference=model, float_layers=float_layers, overrides=overrides
+            )
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(
+            f"wrote {report.path} ({report.format}): max |logit diff| vs PyTorch {report.max_abs_diff:.3g}, "
+            f"top-1 agreement {100 * report.top1_agreement:.1f}% on {report.checked_on}"
+        )
+    return 0
+
+
+def _tflite_files(weights: str, loaded: object) -> list[Path]:
+    """Google's .tflite file(s) behind the weights, if the weights came from one."""
+    record = getattr(loaded, "record", None)
+    if record is not None and record.quantized:
+        return record.files(download=False)
+    if weights.endswith(".tflite"):
+        return [Path(p) for p in loaded.metadata.get("source", weights).split(" + ")]
+    return []
+
+
+def _overrides(args: argparse.Namespace, loaded: object, fp32: Path) -> dict | None:
+    from ..quantize import tflite_overrides
+
+    files = _tflite_files(args.weights, loaded) if args.quantization != "calibrated" else []
+    if args.quantization == "tflite" and not files:
+        raise ValueError(f"--quantization tflite needs Google's quantized .tflite weights, got {args.weights!r}")
+    return tflite_overrides(fp32, files) if files else None

@@ -1,0 +1,208 @@
+"""Static post-training int8 quantization of an exported ONNX model (ONNX Runtime).
+
+Two ways to choose the quantization parameters, both giving ORT's U8S8 QDQ form (uint8
+activations, int8 weights) that it fuses into ``QLinearConv`` on VNNI kernels:
+
+* ``calibrated`` (any checkpoint): weights int8 per output channel (symmetric),
+  activations uint8 per tensor from min/max over calibration images;
+* ``tflite`` (Google's QAT models): the scales and zero points stored in Google's
+  ``.tflite`` file, i.e. the quantization the network was trained with
+  (:func:`tflite_overrides`); calibration images then only check the result.
+
+The first ``float_layers`` convolutions (the 3x3 stem and the first depthwise layer,
+Table 1's widest maps with the fewest channels) stay in float: ORT's int8 kernels are
+slowest there (too few channels to fill a vector), see docs/deployment.md.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .export import (
+    ExportReport,
+    _require,
+    atomic_output,
+    compare_with_torch,
+    onnx_session,
+    read_metadata,
+    set_metadata,
+)
+from .transforms import IMAGE_EXTENSIONS, Preprocessing, eval_transform, load_image
+
+__all__ = ["DEFAULT_FLOAT_LAYERS", "calibration_files", "load_batch", "quantize_onnx", "tflite_overrides"]
+
+DEFAULT_FLOAT_LAYERS = 2
+CALIBRATION_BATCH = 16
+
+
+def calibration_files(folder: str | Path, count: int, seed: int = 0) -> list[Path]:
+    """``count`` images drawn (seeded) from ``folder`` and its sub-folders.
+
+    Raises ``FileNotFoundError``/``NotADirectoryError`` for a missing folder, ``ValueError``
+    for one without images and ``PermissionError`` for one that cannot be listed.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise FileNotFoundError(f"calibration folder not found: {folder}")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"calibration path is not a folder: {folder}")
+    try:
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    except PermissionError:
+        raise PermissionError(f"calibration folder is not readable: {folder}") from None
+    if not files:
+        raise ValueError(f"no images in calibration folder {folder} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    if count < 1:
+        raise ValueError(f"calibration image count must be >= 1, got {count}")
+    return sorted(random.Random(seed).sample(files, min(count, len(files))))
+
+
+def load_batch(files: Sequence[Path], preprocessing: Preprocessing) -> torch.Tensor:
+    """Decode and preprocess ``files`` into one float batch (N, 3, H, W)."""
+    transform = eval_transform(preprocessing)
+    return torch.stack([transform(load_image(f)) for f in files])
+
+
+class _Reader:
+    """ORT ``CalibrationDataReader``: yields the calibration images in batches."""
+
+    def __init__(self, images: torch.Tensor, input_name: str) -> None:
+        self._batches = iter(images.split(CALIBRATION_BATCH))
+        self._name = input_name
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {self._name: batch.numpy()}
+
+
+def _float_nodes(model: Any, float_layers: int) -> list[str]:
+    """Names of the first ``float_layers`` Conv nodes and the activations that follow them."""
+    convs = [n for n in model.graph.node if n.op_type == "Conv"][:float_layers]
+    keep = {n.output[0] for n in convs}
+    acts = [n for n in model.graph.node if n.op_type in ("Clip", "Relu") and n.input[0] in keep]
+    return [n.name for n in convs + acts]
+
+
+def params(tensor: Any) -> list[dict[str, Any]]:
+    """A uint8 TFLite activation's (scale, zero point) as an ORT override."""
+    return [{"scale": np.array(tensor.scale[0], np.float32), "zero_point": np.array(tensor.zero_point[0], np.uint8)}]
+
+
+def _int8_weight(tensor: Any) -> list[dict[str, Any]]:
+    """A uint8 TFLite weight grid ``s * (q - z)`` is exactly the int8 grid ``s * ((q - 128) - (z - 128))``:
+    the same values, in the signed type ORT's fast U8S8 kernels take."""
+    if tensor.scale.size != 1:
+        raise ValueError(f"expected per-tensor TFLite weights, got {tensor.scale.size} scales for {tensor.name}")
+    return [
+        {
+            "scale": np.array(tensor.scale[0], np.float32),
+            "zero_point": np.array(int(tensor.zero_point[0]) - 128, np.int8),
+        }
+    ]
+
+
+def tflite_overrides(fp32: str | Path, tflite: Sequence[str | Path]) -> dict[str, list[dict[str, Any]]]:
+    """Google's own quantization (weights and activations), as ORT ``TensorQuantOverrides``.
+
+    Google's models were trained with quantization in the loop (QAT): each layer's output
+    range and weight grid were learned with it. Re-quantizing the dequantized weights per
+    channel symmetrically doubles the step wherever a channel's range is lopsided and
+    costs about 1 pt of top-1 (docs/deployment.md); keeping Google's grid costs nothing. The k-th Conv (and
+    its Clip) of our graph is the k-th conv of the TFLite file; the pooled features and
+    the logits map to AVERAGE_POOL_2D and the classifier conv.
+    """
+    onnx = _require("onnx")
+    from .tflite_reader import read_tflite_files
+
+    ops = read_tflite_files(list(tflite))
+    convs = [op for op in ops if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+    pool = [op for op in ops if op.name == "AVERAGE_POOL_2D"]
+    graph = onnx.load(str(fp32)).graph
+    ours = [n for n in graph.node if n.op_type in ("Conv", "Gemm")]
+    if len(ours) != len(convs) or len(pool) != 1:
+        raise ValueError(f"TFLite model has {len(convs)} convs, the ONNX graph {len(ours)}: not the same network")
+
+    out = {graph.input[0].name: params(ops[0].inputs[0])}
+    after = {n.input[0]: n.output[0] for n in graph.node if n.op_type in ("Clip", "Relu")}
+    for node, op in zip(ours, convs, strict=True):
+        out[node.output[0]] = params(op.outputs[0])
+        out[node.input[1]] = _int8_weight(op.inputs[1])
+        if node.output[0] in after:
+            out[after[node.output[0]]] = params(op.outputs[0])
+    means = [n for n in graph.node if n.op_type in ("ReduceMean", "GlobalAveragePool", "Reshape", "Flatten")]
+    for node in means:
+        out[node.output[0]] = params(pool[0].outputs[0])
+    return out
+
+
+def _quantize(fp32: Path, out: Path, images: torch.Tensor, float_layers: int, overrides: dict[str, Any] | None) -> None:
+    onnx = _require("onnx")
+    quant = _require("onnxruntime.quantization")
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        model = onnx.load(str(pre))
+        quant.quantize_static(
+            str(pre),
+            str(out),
+            _Reader(images, model.graph.input[0].name),
+            quant_format=quant.QuantFormat.QDQ,
+            activation_type=quant.QuantType.QUInt8,
+            weight_type=quant.QuantType.QInt8,
+            per_channel=not overrides,  # Google's grids are per tensor; calibrated weights per channel
+            calibrate_method=quant.CalibrationMethod.MinMax,
+            nodes_to_exclude=_float_nodes(model, float_layers),
+            extra_options={
+                "ActivationSymmetric": False,
+                "WeightSymmetric": True,
+                "TensorQuantOverrides": overrides or {},
+            },
+        )
+
+
+def quantize_onnx(
+    fp32_path: str | Path,
+    path: str | Path,
+    calibration: torch.Tensor,
+    *,
+    reference: torch.nn.Module | None = None,
+    float_layers: int = DEFAULT_FLOAT_LAYERS,
+    overrides: dict[str, Any] | None = None,
+) -> ExportReport:
+    """Quantize the float ONNX file ``fp32_path`` to int8 at ``path``.
+
+    ``calibration`` is a preprocessed batch (see :func:`load_batch`). The result is
+    compared with ``reference`` (the float PyTorch model) on the calibration images: the
+    max absolute logit difference and the top-1 agreement are reported (int8 logits
+    differ by design, so there is no hard tolerance). Metadata is carried over.
+    ``overrides`` fixes the quantization of named tensors (see :func:`tflite_overrides`).
+    """
+    onnx = _require("onnx")
+    mode = "tflite" if overrides else "calibrated"
+    read_metadata(fp32_path)  # a file we exported: its metadata is carried over
+    with atomic_output(path) as tmp:
+        _quantize(Path(fp32_path), tmp, calibration, float_layers, overrides)
+        proto = onnx.load(str(tmp))
+        source = onnx.load(str(fp32_path))
+        props = {p.key: p.value for p in source.metadata_props}
+        props["mobilenet_v1.format"] = "int8"
+        props["mobilenet_v1.float_layers"] = str(float_layers)
+        props["mobilenet_v1.quantization"] = mode
+        set_metadata(proto, props)
+        onnx.save(proto, str(tmp))
+        session = onnx_session(tmp)
+        if reference is not None:
+            diff, agree = compare_with_torch(session, reference.eval(), calibration)
+        else:
+            diff, agree = float("nan"), float("nan")
+    checked = f"{len(calibration)} calibration images, {mode} quantization"
+    return ExportReport(Path(path), "onnx-int8", diff, agree, checked)
