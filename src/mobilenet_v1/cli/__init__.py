@@ -13,10 +13,10 @@ import tempfile
 import traceback
 from collections.abc import Sequence
 
-from . import bench, cost, evaluate, export, predict, train
+from . import bench, cost, evaluate, export, predict, tradeoff, train
 
 PROG = "mobilenet-v1"
-SUBCOMMANDS = (cost, train, export, bench, predict, evaluate)
+SUBCOMMANDS = (cost, train, export, bench, tradeoff, predict, evaluate)
 
 
 class Parser(argparse.ArgumentParser):
