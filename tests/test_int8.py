@@ -206,3 +206,21 @@ def test_unsupported_graphs_are_rejected(shared_data: Path) -> None:
         Int8MobileNetV1([ops[0], ops[2]])
     with pytest.raises(ValueError, match="empty"):
         Int8MobileNetV1([])
+
+
+def test_cli_predict_int8_exact(shared_data: Path, litert: object, capsys: pytest.CaptureFixture) -> None:
+    """``--int8-exact``: LiteRT's own probabilities (byte / 256), background never listed."""
+    import json
+
+    from mobilenet_v1.cli import main
+
+    model = shared_data / "pretrained" / MODELS["0.25_128"][0][0]
+    photo = shared_data / "images" / "parrot.jpg"
+    assert main(["predict", str(photo), "--weights", str(model), "--int8-exact", "--topk", "1000", "--json"]) == 0
+    top = json.loads(capsys.readouterr().out)[str(photo)]
+    batch = _images(shared_data, 128, val_every=10**9)[[7]]  # sorted photos: parrot.jpg is the 8th
+    reference = _litert_bytes(litert, [model], batch, "default")[0]
+    assert top[0]["probability"] == reference[1:].max().item() / 256
+    assert "background" not in [t["label"] for t in top] and len(top) == 1000
+    assert main(["predict", str(photo), "--weights", "mobilenet_v1_0.25_128", "--int8-exact"]) == 2
+    assert "needs one of Google's quantized" in capsys.readouterr().err

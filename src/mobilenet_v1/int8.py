@@ -38,11 +38,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .fixed_point import activation_range, multiply_by_quantized_multiplier, quantize_multiplier
+from .transforms import Preprocessing
 
 if TYPE_CHECKING:
     from .tflite_reader import TFLiteOp, TFLiteTensor
+    from .weights_io import LoadedWeights
 
-__all__ = ["KERNELS", "Int8MobileNetV1", "compare_outputs"]
+__all__ = ["KERNELS", "Int8MobileNetV1", "compare_outputs", "load_int8"]
 
 KERNELS = ("reference", "optimized", "xnnpack")
 
@@ -297,3 +299,26 @@ def compare_outputs(ours: Tensor, reference: Tensor) -> dict[str, float]:
         "bytes_exact": 100.0 * (diff == 0).double().mean().item(),
         "max_byte_diff": int(diff.max().item()),
     }
+
+
+def load_int8(spec: str | Path, *, kernels: str = "xnnpack") -> tuple[Int8MobileNetV1, LoadedWeights]:
+    """The integer model of Google's quantized weights (a name as ``load_weights`` takes
+    it, or a ``.tflite`` path; an embedding extractor is joined with the head beside it)."""
+    from .weights import get_weights, read_labels
+    from .weights_io import LoadedWeights
+
+    path = Path(spec)
+    if path.suffix == ".tflite":
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file not found: {path}")
+        head = path.with_name(path.name.replace("_embedding_extractor", "_head_layers"))
+        model = Int8MobileNetV1.from_tflite(
+            [path, head] if head != path and head.is_file() else [path], kernels=kernels
+        )
+        preset = Preprocessing(model.input_shape[0])
+        return model, LoadedWeights(read_labels(download=False), preset, {"source": str(path)})
+    record = get_weights(str(spec)).value
+    if not record.quantized:
+        raise ValueError(f"int8-exact needs one of Google's quantized (uint8) models, got {record.name!r}")
+    model = Int8MobileNetV1.from_tflite(record.files(), kernels=kernels)
+    return model, LoadedWeights(read_labels(), record.preprocessing, {"weights": record.name}, record)

@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 
 from ..evaluate import EvalResult, ImageFolderDataset, evaluate, find_samples, make_loader
+from ..int8 import load_int8
 from ..transforms import eval_transform
 from ..weights import DEFAULT_WEIGHTS, load_weights, read_wnids
 from . import args as types
-from .predict import WEIGHTS_HELP
+from .predict import INT8_HELP, WEIGHTS_HELP
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--wnids", type=Path, help="ImageNet WordNet ids, one per line (default: the data directory's)")
     p.add_argument("--confusion", metavar="PNG", help="save the confusion matrix")
     p.add_argument("--json", action="store_true", help="print one JSON object with top1, top5, ...")
+    p.add_argument("--int8-exact", action="store_true", help=INT8_HELP)
     p.set_defaults(func=run)
 
 
@@ -36,13 +38,16 @@ def run(args: argparse.Namespace) -> int:
     if args.model:
         from ..export import load_onnx
 
+        if args.int8_exact:
+            raise ValueError("--int8-exact runs Google's interpreter arithmetic; it does not apply to --model")
         model, info = load_onnx(args.model)
         args.weights = str(args.model)  # reported in place of the weights
     else:
-        model, info = load_weights(args.weights)
+        model, info = load_int8(args.weights) if args.int8_exact else load_weights(args.weights)
     wnids = args.wnids.read_text().split() if args.wnids else read_wnids()
     samples, folders = find_samples(args.dir, info.classes, wnids)
-    loader = make_loader(ImageFolderDataset(samples, eval_transform(info.preprocessing)), args.batch_size, args.workers)
+    transform = eval_transform(info.preprocessing, to_float=not args.int8_exact)
+    loader = make_loader(ImageFolderDataset(samples, transform), args.batch_size, args.workers)
     result = evaluate(model, loader, folders, ignore=info.ignore, progress=True, total=len(loader))
     if args.confusion:
         from ..plots import plot_confusion

@@ -7,11 +7,13 @@ import json
 
 import torch
 
+from ..int8 import load_int8
 from ..transforms import eval_transform, load_image
 from ..weights import DEFAULT_WEIGHTS, load_weights
 from . import args as types
 
 WEIGHTS_HELP = "Google's model name, an enum name, or a .tflite/.safetensors file (default: %(default)s)"
+INT8_HELP = "run Google's uint8 model with TFLite's integer arithmetic (byte-identical to LiteRT's default CPU path)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,16 +23,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topk", type=types.positive_int, default=5)
     p.add_argument("--plot", metavar="PNG", help="save each image beside a bar chart of its top-k")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--int8-exact", action="store_true", help=INT8_HELP)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    model, info = load_weights(args.weights)
-    transform = eval_transform(info.preprocessing)
+    model, info = load_int8(args.weights) if args.int8_exact else load_weights(args.weights)
+    transform = eval_transform(info.preprocessing, to_float=not args.int8_exact)
     images = [load_image(path) for path in args.images]  # every file is checked before any work
     with torch.inference_mode():
-        probs = torch.softmax(model(torch.stack([transform(img) for img in images])), dim=1)
-        probs[:, list(info.ignore)] = 0.0  # Google's "background" is never an answer
+        out = model(torch.stack([transform(img) for img in images]))
+        probs = out / 256.0 if args.int8_exact else torch.softmax(out, dim=1)  # uint8 softmax: scale 1/256
+        probs[:, list(info.ignore)] = -1.0  # Google's "background" is never an answer (int8 scores can be 0)
     k = min(args.topk, probs.shape[1])
     values, indices = probs.topk(k, dim=1)
     top = [
