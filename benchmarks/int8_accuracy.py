@@ -1,0 +1,81 @@
+"""Imagenette top-1 of our int8 ONNX export vs float and vs Google's int8 model under LiteRT.
+
+For each of Google's four quantized MobileNet V1 models: the float import (PyTorch), our
+float32 ONNX, our int8 ONNX (Google's QAT quantization carried over, and per-channel
+calibrated PTQ for comparison, with 0 or 2 leading layers kept in float) and LiteRT.
+Prediction is 1000-way over outputs 1..1000 (ImageNet wnid folders); calibration uses
+imagenette/train, never val.
+
+    python benchmarks/int8_accuracy.py [--val DIR] [--calibration DIR] [--models ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from mobilenet_v1.evaluate import ImageFolderDataset, evaluate, find_samples, float_input, make_loader
+from mobilenet_v1.export import OnnxModel, export_onnx
+from mobilenet_v1.litert import LiteRTModel
+from mobilenet_v1.quantize import calibration_files, load_batch, quantize_onnx, tflite_overrides
+from mobilenet_v1.transforms import eval_transform
+from mobilenet_v1.weights import load_weights, read_wnids
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+MODELS = (
+    "mobilenet_v1_0.25_128_quant",
+    "mobilenet_v1_0.5_160_quant",
+    "mobilenet_v1_0.75_192_quant",
+    "mobilenet_v1_1.0_224_quant",
+)
+VARIANTS = (("tflite", 2), ("tflite", 0), ("calibrated", 2), ("calibrated", 0))
+
+
+def top1(predict, samples, folders, pre, ignore, uint8=False) -> float:
+    loader = make_loader(ImageFolderDataset(samples, eval_transform(pre, to_float=False)), 64, 0)
+    run = predict if uint8 else (lambda batch: predict(float_input(batch, pre)))
+    return evaluate(run, loader, folders, ignore=ignore).top1
+
+
+def one_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
+    model, info = load_weights(name)
+    pre = info.preprocessing
+    samples, folders = find_samples(args.val, info.classes, read_wnids())
+    fp32 = tmp / f"{name}.onnx"
+    export_onnx(model, fp32, pre, labels=info.classes)
+    calibration = load_batch(calibration_files(args.calibration, args.calibration_images), pre)
+    tflite = info.record.files(download=False)
+    row = {"model": name, "images": len(samples), "float_torch": top1(model, samples, folders, pre, info.ignore)}
+    row["fp32_onnx"] = top1(OnnxModel(fp32), samples, folders, pre, info.ignore)
+    for mode, float_layers in VARIANTS:
+        out = tmp / f"{name}_{mode}_{float_layers}.onnx"
+        overrides = tflite_overrides(fp32, tflite) if mode == "tflite" else None
+        quantize_onnx(fp32, out, calibration, float_layers=float_layers, overrides=overrides)
+        row[f"int8_{mode}_f{float_layers}"] = top1(OnnxModel(out), samples, folders, pre, info.ignore)
+    row["litert_int8"] = top1(LiteRTModel(tflite), samples, folders, pre, info.ignore, uint8=True)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--val", type=Path, default=DATA / "imagenette" / "val")
+    parser.add_argument("--calibration", type=Path, default=DATA / "imagenette" / "train")
+    parser.add_argument("--calibration-images", type=int, default=200)
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "int8_accuracy.json")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [one_model(name, args, Path(tmp)) for name in args.models]
+    args.out.write_text(json.dumps(rows, indent=2) + "\n")
+    keys = [k for k in rows[0] if k not in ("model", "images")]
+    print("| model | " + " | ".join(keys) + " |")
+    print("|---" * (len(keys) + 1) + "|")
+    for r in rows:
+        print(f"| {r['model']} | " + " | ".join(f"{r[k]:.2f}" for k in keys) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""CPU latency of every deployment path against Google's own int8 model under LiteRT.
+
+For each of the four configurations 0.25/128, 0.5/160, 0.75/192 and 1.0/224 (Google's
+quantized checkpoints), in one run: PyTorch eager, PyTorch compiled
+(``compile_for_inference``), ONNX Runtime fp32, ONNX Runtime int8 (our exports), Google's
+int8 ``.tflite`` under LiteRT (XNNPACK, its default CPU path) and timm's MobileNet V1 of
+the same width exported to ONNX fp32. Batch-1 latency (median, p90 over ``--runs`` timed
+runs after warm-up, runtimes interleaved in 10 rounds) and batch-32 throughput at 1 and
+2 threads, then ORT's per-layer profile (depthwise vs pointwise) at 2 threads.
+
+    python benchmarks/latency.py [--runs 200] [--threads 1 2] [--configs 0.25/128 ...]
+
+Writes benchmarks/results/latency.json and prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mobilenet_v1.bench import layer_profile, prepare, run_config
+from mobilenet_v1.cli.bench import format_table
+from mobilenet_v1.quantize import calibration_files
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CONFIGS = {
+    "0.25/128": "mobilenet_v1_0.25_128_quant",
+    "0.5/160": "mobilenet_v1_0.5_160_quant",
+    "0.75/192": "mobilenet_v1_0.75_192_quant",
+    "1.0/224": "mobilenet_v1_1.0_224_quant",
+}
+
+
+def machine() -> dict[str, object]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": sys.version.split()[0], "loadavg_start": os.getloadavg()}
+
+
+def targets(result: dict) -> dict[str, float]:
+    """The issue's ratios at 2 threads, batch 1 (median latency)."""
+    t = result["threads"].get("2", {})
+
+    def ratio(a: str, b: str) -> float | None:
+        return t[a]["latency"]["median_ms"] / t[b]["latency"]["median_ms"] if a in t and b in t else None
+
+    return {
+        "int8_vs_litert": ratio("ort-int8", "litert-int8"),  # target <= 0.6
+        "fp32_vs_timm": ratio("ort-fp32", "timm-ort-fp32"),  # target <= 1.0
+        "compiled_vs_ort_fp32": ratio("torch-compiled", "ort-fp32"),  # target <= 1.3
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--batch-runs", type=int, default=10)
+    parser.add_argument("--torch-backend", default="inductor", choices=("inductor", "jit"))
+    parser.add_argument("--calibration", type=Path, default=DATA / "imagenette" / "train")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "latency.json")
+    args = parser.parse_args()
+    files = calibration_files(args.calibration, 100)
+    report = {"machine": machine(), "command": " ".join(sys.argv), "results": [], "profiles": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label in args.configs:
+            start = time.time()
+            setup = prepare(CONFIGS[label], Path(tmp), files)
+            setup.torch_backend = args.torch_backend
+            result = run_config(setup, threads=tuple(args.threads), runs=args.runs, batch_runs=args.batch_runs)
+            result["targets"] = targets(result)
+            result["loadavg_end"] = os.getloadavg()
+            report["results"].append(result)
+            report["profiles"][label] = {
+                name: layer_profile(path, setup.model.config, setup.resolution)
+                for name, path in (("ort-fp32", setup.fp32), ("ort-int8", setup.int8))
+            }
+            print(format_table([result]), json.dumps(result["targets"]), f"({time.time() - start:.0f} s)", flush=True)
+    report["machine"]["loadavg_end"] = os.getloadavg()
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(format_table(report["results"]))
+    for label, profiles in report["profiles"].items():
+        for name, p in profiles.items():
+            shares = ", ".join(f"{k} {v['percent']:.0f}%" for k, v in sorted(p["by_kind"].items()))
+            print(f"{label} {name}: {p['total_us']:.0f} µs of kernels: {shares}")
+
+
+if __name__ == "__main__":
+    main()
