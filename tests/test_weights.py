@@ -6,6 +6,8 @@ import hashlib
 import io
 import json
 import re
+import subprocess
+import sys
 import tarfile
 from dataclasses import replace
 from pathlib import Path
@@ -247,3 +249,13 @@ def test_unverified_record_downloads_from_archive(pretrained: Path, isolated_dir
     assert model.config.alpha == 0.25 and info.record.name == "mobilenet_v1_0.25_128"
     assert (isolated_dirs / "cache" / "mobilenet_v1_0.25_128.tflite").is_file()
     assert (isolated_dirs / "cache" / "mobilenet_v1_0.25_128.safetensors").is_file()
+
+
+def test_optional_packages_are_imported_lazily() -> None:
+    code = (
+        "import sys, mobilenet_v1, mobilenet_v1.weights, mobilenet_v1.convert, mobilenet_v1.fidelity, "
+        "mobilenet_v1.plots, mobilenet_v1.cli.predict, mobilenet_v1.cli.evaluate; "
+        "print([m for m in ('tflite', 'ai_edge_litert', 'matplotlib', 'safetensors') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
