@@ -142,17 +142,18 @@ def test_truncated_model_is_one_line_error(fp32_file, tmp_path):
         (["--format", "onnx", "-o", "{empty}"], "directory"),
     ],
 )
-def test_export_bad_input_one_line_exit_2(extra, needle, tmp_path):
+def test_export_bad_input_one_line_exit_2(extra, needle, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     args = [a.format(empty=empty, missing=tmp_path / "missing") for a in extra]
     if "-o" not in args:
         args += ["-o", str(tmp_path / "out.onnx")]
-    proc = subprocess.run(
-        [sys.executable, "-m", "mobilenet_v1", "export", "--weights", GOOGLE, *args], capture_output=True, text=True
-    )
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], proc.stderr
+    try:
+        code = main(["export", "--weights", GOOGLE, *args])
+    except SystemExit as exc:  # argparse rejects unknown choices itself
+        code = exc.code
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and needle in lines[0], lines
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"] and not list(empty.iterdir())
 
 
