@@ -92,9 +92,11 @@ def find_checkpoint(run_dir: str | Path) -> Path:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
-        # weights_only refuses a pickle that would run code (UnpicklingError, many lines): keep the first
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except pickle.UnpicklingError:
+        reason = "it holds objects other than tensors and plain values (refused: loading could run code)"
+        raise ValueError(f"cannot read checkpoint {path}: {reason}") from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "empty or truncated file"
         raise ValueError(f"cannot read checkpoint {path}: {reason}") from None
 
 
