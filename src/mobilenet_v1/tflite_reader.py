@@ -164,14 +164,21 @@ def _tensor(tfl: Any, model: Any, t: Any, index: int) -> TFLiteTensor:
         data = np.frombuffer(raw, np_dtype).reshape(shape).copy()
     q = t.Quantization()
     has_q = q is not None and q.ScaleLength() > 0
+    scale = q.ScaleAsNumpy().astype(np.float64) if has_q else np.zeros(0)
+    zero_point = q.ZeroPointAsNumpy().astype(np.int64) if has_q else np.zeros(0, np.int64)
+    axis = q.QuantizedDimension() if has_q else 0
+    # One scale per tensor, or one per channel of the quantized dimension (else dequantize fails)
+    per_channel_ok = axis < len(shape) and shape[axis] == scale.size
+    if zero_point.size != scale.size or (scale.size > 1 and not per_channel_ok):
+        raise ValueError(f"tensor {index} has {scale.size} scales, {zero_point.size} zero points for shape {shape}")
     return TFLiteTensor(
         name=t.Name().decode("utf-8", "replace"),
         shape=shape,
         dtype=dtype.lower(),
         data=data,
-        scale=q.ScaleAsNumpy().astype(np.float64) if has_q else np.zeros(0),
-        zero_point=q.ZeroPointAsNumpy().astype(np.int64) if has_q else np.zeros(0, np.int64),
-        quantized_dimension=q.QuantizedDimension() if has_q else 0,
+        scale=scale,
+        zero_point=zero_point,
+        quantized_dimension=axis,
         index=index,
     )
 
