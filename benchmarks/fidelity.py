@@ -17,10 +17,15 @@ import argparse
 import json
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
+from mobilenet_v1.convert import load_tflite, read_tflite_files
 from mobilenet_v1.evaluate import find_samples
 from mobilenet_v1.fidelity import EVALUATORS, compare
+from mobilenet_v1.model import ConvBNAct
 from mobilenet_v1.weights import WNIDS_FILE, MobileNetV1Weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,13 +41,34 @@ def shared_models(pretrained: Path) -> dict[str, list[Path]]:
     }
 
 
+def fake_quant_evaluator(paths: list[Path]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Diagnostic, not a fidelity level: the float model with every activation rounded to
+    the file's uint8 grid, as LiteRT stores it, and LiteRT's exact input ``(q - 128) / 128``.
+    It shows how much of the float level's disagreement is activation rounding."""
+    model, _ = load_tflite(paths)
+    convs = [m for m in model.modules() if isinstance(m, ConvBNAct)]
+    for module, op in zip(convs, read_tflite_files(paths), strict=False):
+        scale, zero = float(op.outputs[0].scale[0]), int(op.outputs[0].zero_point[0])
+        module.register_forward_hook(
+            lambda _m, _i, out, s=scale, z=zero: (torch.clamp(torch.round(out / s) + z, 0, 255) - z) * s
+        )
+    return lambda batch: model((batch.float() - 128) / 128)
+
+
+DIAGNOSTICS = {"float-fq": fake_quant_evaluator}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DATA, help="the shared data folder")
     parser.add_argument("--every", type=int, default=1, help="use every n-th val image (1: all 3,925)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "fidelity.json")
+    parser.add_argument("--models", nargs="+", help="Google model names (default: the four shared ones)")
+    choices = [*EVALUATORS, *DIAGNOSTICS]
+    parser.add_argument("--evaluators", nargs="+", choices=choices, default=list(EVALUATORS), help="litert first")
     args = parser.parse_args()
+    evaluators = {name: {**EVALUATORS, **DIAGNOSTICS}[name] for name in args.evaluators}
     pretrained = args.data / "pretrained"
     labels = (pretrained / "imagenet_labels.txt").read_text().splitlines()
     wnids = (pretrained / WNIDS_FILE).read_text().split()
@@ -50,21 +76,28 @@ def main() -> None:
     samples = samples[:: args.every]
     google = {w.value.name: w.value.google_top1 for w in MobileNetV1Weights}
     rows = []
-    for name, paths in shared_models(pretrained).items():
+    models = shared_models(pretrained)
+    for name in args.models or list(models):
         start = time.perf_counter()
-        scores = compare(paths, samples, folders, evaluators=EVALUATORS, workers=args.workers, progress=True)
+        scores = compare(models[name], samples, folders, evaluators=evaluators, workers=args.workers, progress=True)
         rows.append({"model": name, "google_imagenet_top1": google[name], "images": len(samples), **scores})
         rows[-1]["seconds"] = round(time.perf_counter() - start, 1)
     print(format_table(rows))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     machine = {"machine": "2-core AMD EPYC Zen 4 CPU", "python": platform.python_version()}
     command = f"nice python benchmarks/fidelity.py --every {args.every}"
+    if args.models:
+        command += f" --models {' '.join(args.models)}"
+    if args.evaluators != list(EVALUATORS):
+        command += f" --evaluators {' '.join(args.evaluators)}"
+    if args.output != parser.get_default("output"):
+        command += f" --output {args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output}"
     args.output.write_text(json.dumps({"command": command, **machine, "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.output}")
 
 
 def format_table(rows: list[dict]) -> str:
-    names = [k for k in EVALUATORS if k in rows[0]]
+    names = [k for k in rows[0] if isinstance(rows[0][k], dict)]
     head = "| model | Google ImageNet top-1 | " + " | ".join(f"{n} Imagenette top-1" for n in names)
     head += " | " + " | ".join(f"{n} agreement (ties)" for n in names if n != "litert") + " |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
