@@ -77,16 +77,28 @@ def load_safetensors(path: str | Path) -> tuple[MobileNetV1, LoadedWeights]:
         raise ValueError(f"{path}: no 'config' metadata (expected keys alpha, resolution, classes, config, ...)")
     try:
         model = MobileNetV1(MobileNetV1Config(**json.loads(meta["config"])))
-    except (TypeError, json.JSONDecodeError) as exc:
+    except (TypeError, ValueError) as exc:  # not JSON, unknown keys or bad values
         raise ValueError(f"{path}: bad 'config' metadata ({exc})") from None
     _check_state(path, model.state_dict(), state)
     model.load_state_dict(state)
-    classes = json.loads(meta["classes"]) if "classes" in meta else [str(i) for i in range(model.config.num_classes)]
+    try:
+        classes, preprocessing = _classes_and_preprocessing(meta, model.config.num_classes)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ValueError(f"{path}: bad 'classes' or 'preprocessing' metadata ({exc})") from None
+    return model.eval(), LoadedWeights(classes, preprocessing, meta)
+
+
+def _classes_and_preprocessing(meta: dict[str, str], num_classes: int) -> tuple[list[str], Preprocessing]:
+    classes = json.loads(meta["classes"]) if "classes" in meta else [str(i) for i in range(num_classes)]
+    if not isinstance(classes, list) or len(classes) != num_classes:
+        raise ValueError(f"expected a list of {num_classes} class names")
     if "preprocessing" in meta:
         preprocessing = Preprocessing.from_dict(json.loads(meta["preprocessing"]))
     else:
         preprocessing = Preprocessing(int(meta.get("resolution", 224)))
-    return model.eval(), LoadedWeights(classes, preprocessing, meta)
+    if not isinstance(preprocessing.resolution, int) or preprocessing.resolution < 1:
+        raise ValueError(f"resolution must be an integer >= 1, got {preprocessing.resolution!r}")
+    return classes, preprocessing
 
 
 def _check_state(path: Path, expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> None:
