@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import random
 import signal
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -54,6 +55,11 @@ def mutate(data: bytes, edits: Sequence[tuple[str, float, int]], positions: Sequ
         else:
             del out[pos:]
     return bytes(out)
+
+
+def random_edits(rng: random.Random) -> list[tuple[str, float, int]]:
+    """1-8 mutations drawn from ``rng`` (benchmarks/fuzz.py: case ``i`` of a target seeds it with "target-i")."""
+    return [(rng.choice(KINDS), rng.random(), rng.randrange(256)) for _ in range(rng.randint(1, 8))]
 
 
 def fix_png_crcs(data: bytes) -> bytes:
@@ -213,3 +219,29 @@ def test_cli_predict_exit_0_or_2(st_seed, tmp_path, capsys, ext, edits, weights_
     assert code in (0, 2), err
     event(f"exit {code}")
     assert code == 0 or (len(err.strip().splitlines()) == 1 and "Traceback" not in err), err
+
+
+@pytest.mark.parametrize(
+    "case, needle",
+    [
+        ("tflite_import-331", "276 scales, 1 zero points"),  # numpy reshape error escaped the converter
+        ("tflite_import-347", "1 scales, 257 zero points"),  # numpy broadcast error escaped the converter
+        ("safetensors-674", "bad 'classes' or 'preprocessing' metadata"),  # TypeError escaped load_weights
+    ],
+)
+def test_regressions_found_by_the_fuzz_benchmark(tflite_seed, st_seed, tmp_path, case, needle):
+    from mobilenet_v1.weights import load_weights
+
+    target = case.split("-")[0]
+    rng = random.Random(case)
+    if target == "tflite_import":
+        data, structure = tflite_seed
+        path, data = tmp_path / "m.tflite", mutate(data, random_edits(rng), structure)
+    else:
+        header = range(8 + int.from_bytes(st_seed[:8], "little"))
+        edits = random_edits(rng)
+        path, data = tmp_path / "w.safetensors", mutate(st_seed, edits, header if rng.random() < 0.7 else None)
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match=needle) as info:
+        load_weights(path)
+    assert path.name in str(info.value) and len(str(info.value).splitlines()) == 1
