@@ -82,6 +82,7 @@ def f(tmp_path_factory) -> SimpleNamespace:
         metadata = fh.metadata()
     save_file(wrong, d / "wrong_shape.safetensors", metadata=metadata)
     save_file(state, d / "no_config.safetensors")
+    save_safetensors(model, d / "short_classes.safetensors", {**meta, "classes": ["a", "b"]})
     (d / "trunc.safetensors").write_bytes(tiny.read_bytes()[: tiny.stat().st_size // 2])
     for ext in ("safetensors", "tflite", "onnx"):
         (d / f"random.{ext}").write_bytes(rng.bytes(4096))
@@ -167,6 +168,7 @@ CLI_CASES = [
     (["predict", "{d}/good.jpg", "--weights", "{d}/trunc.safetensors"], "not a readable .safetensors"),
     (["predict", "{d}/good.jpg", "--weights", "{d}/wrong_shape.safetensors"], "{first}"),
     (["predict", "{d}/good.jpg", "--weights", "{d}/no_config.safetensors"], "no 'config' metadata"),
+    (["predict", "{d}/good.jpg", "--weights", "{d}/short_classes.safetensors"], "expected a list of 3 class names"),
     (["predict", "{d}/good.jpg", "--weights", "{d}/zero.tflite"], "not a TFLite flatbuffer"),
     (["predict", "{d}/good.jpg", "--weights", "{d}/random.tflite"], "not a TFLite flatbuffer"),
     (["predict", "{d}/good.jpg", "--weights", "{d}/tfl3_garbage.tflite"], "truncated or corrupt"),
