@@ -48,13 +48,15 @@ def one_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
     calibration = load_batch(calibration_files(args.calibration, args.calibration_images), pre)
     tflite = info.record.files(download=False)
     row = {"model": name, "images": len(samples), "float_torch": top1(model, samples, folders, pre, info.ignore)}
-    row["fp32_onnx"] = top1(OnnxModel(fp32), samples, folders, pre, info.ignore)
-    for mode, float_layers in VARIANTS:
+    if not args.quick:
+        row["fp32_onnx"] = top1(OnnxModel(fp32), samples, folders, pre, info.ignore)
+    for mode, float_layers in (v for v in VARIANTS if f"{v[0]}_f{v[1]}" in args.variants):
         out = tmp / f"{name}_{mode}_{float_layers}.onnx"
         overrides = tflite_overrides(fp32, tflite) if mode == "tflite" else None
         quantize_onnx(fp32, out, calibration, float_layers=float_layers, overrides=overrides)
         row[f"int8_{mode}_f{float_layers}"] = top1(OnnxModel(out), samples, folders, pre, info.ignore)
-    row["litert_int8"] = top1(LiteRTModel(tflite), samples, folders, pre, info.ignore, uint8=True)
+    if not args.quick:
+        row["litert_int8"] = top1(LiteRTModel(tflite), samples, folders, pre, info.ignore, uint8=True)
     print(json.dumps(row), flush=True)
     return row
 
@@ -65,6 +67,8 @@ def main() -> None:
     parser.add_argument("--calibration", type=Path, default=DATA / "imagenette" / "train")
     parser.add_argument("--calibration-images", type=int, default=200)
     parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--variants", nargs="+", default=[f"{m}_f{f}" for m, f in VARIANTS], help="e.g. tflite_f2")
+    parser.add_argument("--quick", action="store_true", help="skip fp32 ONNX and LiteRT (the slow references)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "int8_accuracy.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

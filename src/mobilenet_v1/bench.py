@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -193,6 +194,7 @@ def run_config(
     out: dict[str, Any] = {"config": setup.label, "resolution": setup.resolution, "threads": {}}
     for n in threads:
         latency = measure(make_runners(setup, n, 1), runs=runs, warmup=20, rounds=10)
+        print(f"{setup.label}: {n} thread(s), batch 1 done", file=sys.stderr, flush=True)
         rounds = min(5, batch_runs)
         throughput = measure(make_runners(setup, n, batch), runs=batch_runs, warmup=3, rounds=rounds, batch=batch)
         out["threads"][str(n)] = {
