@@ -54,3 +54,28 @@ def test_bad_input_one_line_exit_2(argv, needle):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_missing_optional_package_is_a_one_line_error(capsys, monkeypatch):
+    from mobilenet_v1.cli import cost as cost_cmd
+
+    def missing(args):
+        raise ImportError("onnx is needed for export: pip install 'mobilenet-v1[export]'")
+
+    monkeypatch.setattr(cost_cmd, "run", missing)
+    assert main(["cost"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "mobilenet-v1: error: onnx is needed for export: pip install 'mobilenet-v1[export]'"
+    )
+
+
+def test_other_import_error_is_unexpected(capsys, monkeypatch):
+    from mobilenet_v1.cli import cost as cost_cmd
+
+    def broken(args):
+        raise ImportError("cannot import name 'x'")
+
+    monkeypatch.setattr(cost_cmd, "run", broken)
+    assert main(["cost"]) == 1
+    err = capsys.readouterr().err
+    assert "unexpected error" in err and "traceback in" in err

@@ -40,13 +40,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ValueError, OSError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+        return _user_error(exc)
+    except ImportError as exc:
+        # An optional extra that is not installed (our messages carry the pip hint) is the
+        # user's to fix; any other ImportError is a bug and keeps its traceback.
+        return _user_error(exc) if "pip install" in str(exc) else _unexpected(exc)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # last resort: keep the traceback, show one line
-        with tempfile.NamedTemporaryFile("w", prefix="mobilenet-v1-crash-", suffix=".txt", delete=False) as f:
-            traceback.print_exc(file=f)
-        print(f"{PROG}: unexpected error: {type(exc).__name__}: {exc} (traceback in {f.name})", file=sys.stderr)
-        return 1
+    except Exception as exc:
+        return _unexpected(exc)
+
+
+def _user_error(exc: BaseException) -> int:
+    print(f"{PROG}: error: {exc}", file=sys.stderr)
+    return 2
+
+
+def _unexpected(exc: BaseException) -> int:
+    """Last resort: keep the full traceback in a file, show one line."""
+    with tempfile.NamedTemporaryFile("w", prefix="mobilenet-v1-crash-", suffix=".txt", delete=False) as f:
+        traceback.print_exc(file=f)
+    print(f"{PROG}: unexpected error: {type(exc).__name__}: {exc} (traceback in {f.name})", file=sys.stderr)
+    return 1
