@@ -8,7 +8,7 @@ every ``--every``-th image, and against its reference kernels (BUILTIN_REF; ours
 ``kernels="reference"``) on every ``--reference-every``-th, since they are slow.
 Prints a table, writes JSON (updated after each model).
 
-    nice python benchmarks/int8_fidelity.py [--every 1] [--reference-every 10] [--models NAME...]
+    nice python benchmarks/int8_fidelity.py [--every 1] [--reference-every 10] [--models NAME...] [--kernels K...]
 """
 
 from __future__ import annotations
@@ -54,11 +54,9 @@ def run_model(paths: list[Path], resolution: int, samples: list, every: dict[str
         [samples[i] for i in wanted], eval_transform(Preprocessing(resolution), to_float=False)
     )
     loader = make_loader(dataset, batch_size=batch_size, workers=1)
-    runners = {
-        k: (LiteRTModel(paths, kernels=k), Int8MobileNetV1.from_tflite(paths, kernels=v)) for k, v in PAIRS.items()
-    }
-    outputs: dict[str, dict[str, list]] = {k: {"litert": [], "ours": [], "targets": []} for k in PAIRS}
-    seconds = dict.fromkeys(PAIRS, 0.0)
+    runners = {k: (LiteRTModel(paths, kernels=k), Int8MobileNetV1.from_tflite(paths, kernels=PAIRS[k])) for k in every}
+    outputs: dict[str, dict[str, list]] = {k: {"litert": [], "ours": [], "targets": []} for k in every}
+    seconds = dict.fromkeys(every, 0.0)
     seen = 0
     for batch, targets in loader:
         index = torch.tensor(wanted[seen : seen + len(batch)])
@@ -72,7 +70,7 @@ def run_model(paths: list[Path], resolution: int, samples: list, every: dict[str
                 outputs[kernels]["targets"].append(targets[keep])
                 seconds[kernels] += time.perf_counter() - start
         print(f"  {seen}/{len(wanted)} images", flush=True)
-    return {k: summarise(outputs[k], seconds[k]) for k in PAIRS}
+    return {k: summarise(outputs[k], seconds[k]) for k in every}
 
 
 def summarise(out: dict[str, list], seconds: float) -> dict:
@@ -98,7 +96,7 @@ def format_table(rows: list[dict]) -> str:
     )
     lines = [head, "|" + "---|" * 9]
     for row in rows:
-        for kernels in PAIRS:
+        for kernels in [k for k in PAIRS if k in row]:
             r = row[kernels]
             cells = [row["model"], kernels, str(r["images"]), f"{r['litert_top1']:.2f}", f"{r['ours_top1']:.2f}"]
             cells += [f"{r['top1_agreement']:.2f}%", f"{r['bytes_within_1']:.3f}%", f"{r['bytes_exact']:.3f}%"]
@@ -107,9 +105,9 @@ def format_table(rows: list[dict]) -> str:
 
 
 def save(path: Path, meta: dict, row: dict) -> None:
-    """Add or replace one model's row (models may run in separate processes), in MODELS order."""
-    rows = json.loads(path.read_text())["rows"] if path.is_file() else []
-    rows = {r["model"]: r for r in rows} | {row["model"]: row}
+    """Add or replace one model's results per kernel set (runs may be separate processes)."""
+    rows = {r["model"]: r for r in (json.loads(path.read_text())["rows"] if path.is_file() else [])}
+    rows[row["model"]] = rows.get(row["model"], {}) | row
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({**meta, "rows": [rows[m] for m in MODELS if m in rows]}, indent=2) + "\n")
@@ -122,6 +120,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=1, help="default kernels: every n-th val image (1: all 3,925)")
     parser.add_argument("--reference-every", type=int, default=10, help="reference kernels: every n-th val image")
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--kernels", nargs="+", choices=list(PAIRS), default=list(PAIRS), help="LiteRT kernel sets")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "int8_fidelity.json")
     args = parser.parse_args()
@@ -129,17 +128,20 @@ def main() -> None:
     labels = (pretrained / "imagenet_labels.txt").read_text().splitlines()
     wnids = (pretrained / "imagenet_wnids.txt").read_text().split()
     samples, _ = find_samples(args.data / "imagenette" / "val", labels, wnids)
-    every = {"default": args.every, "reference": args.reference_every}
-    command = f"nice python benchmarks/int8_fidelity.py --every {args.every} --reference-every {args.reference_every}"
-    meta = {"command": command, "machine": "2-core AMD EPYC Zen 4 CPU", "python": platform.python_version()}
+    every = {k: n for k, n in (("default", args.every), ("reference", args.reference_every)) if k in args.kernels}
+    command = "nice python benchmarks/int8_fidelity.py " + " ".join(f"--{k}-every {n}" for k, n in every.items())
+    command = command.replace("--default-every", "--every")
+    meta = {"machine": "2-core AMD EPYC Zen 4 CPU", "python": platform.python_version()}
     meta["versions"] = {m: version(m) for m in ("torch", "ai-edge-litert")}
     rows = []
     for name in args.models:
         files, resolution = MODELS[name]
         print(name)
         paths = [pretrained / f for f in files]
-        rows.append({"model": name, **run_model(paths, resolution, samples, every, args.batch_size)})
-        rows[-1]["command"] = f"{command} --models {name}"
+        results = run_model(paths, resolution, samples, every, args.batch_size)
+        for kernels, result in results.items():
+            result["command"] = f"{command} --kernels {kernels} --models {name}"
+        rows.append({"model": name, **results})
         save(args.output, meta, rows[-1])
     print(format_table(rows))
     print(f"wrote {args.output}")

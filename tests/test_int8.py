@@ -18,10 +18,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mobilenet_v1.fixed_point import (
+    exp_on_negative_values,
     multiply_by_quantized_multiplier,
     quantize_multiplier,
     rounding_divide_by_pot,
     saturating_rounding_doubling_high_mul,
+    softmax_uint8,
 )
 from mobilenet_v1.int8 import Int8MobileNetV1, compare_outputs
 
@@ -94,6 +96,24 @@ def test_multiply_by_quantized_multiplier_is_close_to_real_product(xs: list[int]
     out = multiply_by_quantized_multiplier(torch.tensor(xs), multiplier, shift)
     expected = torch.tensor(xs, dtype=torch.float64) * real
     assert (out - expected).abs().max().item() <= 1.0
+
+
+@given(st.lists(st.floats(-31.9, 0.0), min_size=1, max_size=20))
+def test_fixed_point_exp_is_accurate(values: list[float]) -> None:
+    raw = torch.tensor([round(v * 2**26) for v in values])  # Q5.26
+    out = exp_on_negative_values(raw).double() / 2**31  # Q0.31
+    assert (out - torch.exp(raw.double() / 2**26)).abs().max().item() < 1e-6
+
+
+def test_fixed_point_softmax_bytes() -> None:
+    """Ties give equal bytes, a dominant logit saturates at 255, the rest round to 0."""
+    flat = softmax_uint8(torch.full((1, 4), 77, dtype=torch.uint8), input_scale=0.1)
+    assert flat.tolist() == [[64, 64, 64, 64]]
+    peaked = softmax_uint8(torch.tensor([[0, 255, 0, 10]], dtype=torch.uint8), input_scale=0.2)
+    assert peaked.tolist() == [[0, 255, 0, 0]]
+    x = torch.randint(0, 256, (8, 1001), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    out = softmax_uint8(x, input_scale=0.13)
+    assert torch.equal(out.argmax(1), x.argmax(1)) and (out.int().sum(1) - 256).abs().max() <= 1001 // 2
 
 
 # --- models against LiteRT --------------------------------------------------------------------

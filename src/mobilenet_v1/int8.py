@@ -19,8 +19,9 @@ with ``Interpreter(..., experimental_preserve_all_tensors=True)`` on these four 
 - ``"xnnpack"`` (LiteRT's default, ``AUTO``/``BUILTIN``): the XNNPACK delegate runs the
   convolutions and requantizes in float32, ``round_half_even(float(acc) * scale)``.
 
-Average pooling (``(sum + count/2) / count``), reshape and the uint8 softmax (a float32
-table of ``exp``, summed left to right) are the same in all three.
+Average pooling (``(sum + count/2) / count``) and reshape are the same in all three. The
+uint8 softmax of the optimized and XNNPACK paths is a float32 table of ``exp`` summed left
+to right; the reference kernels use gemmlowp's fixed-point softmax (:mod:`.fixed_point`).
 
 Accumulators are exact integers (see :class:`_Conv` for how, without an integer
 convolution in torch) and requantization runs on int64 tensors (:mod:`.fixed_point`).
@@ -37,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .fixed_point import activation_range, multiply_by_quantized_multiplier, quantize_multiplier
+from .fixed_point import activation_range, multiply_by_quantized_multiplier, quantize_multiplier, softmax_uint8
 from .transforms import Preprocessing
 
 if TYPE_CHECKING:
@@ -180,9 +181,11 @@ class _AveragePool(nn.Module):
 class _Softmax(nn.Module):
     """SOFTMAX uint8 -> uint8 (scale 1/256): LiteRT's float32 lookup table of ``exp``."""
 
-    def __init__(self, op: TFLiteOp) -> None:
+    def __init__(self, op: TFLiteOp, kernels: str) -> None:
         super().__init__()
         s_in, _ = _per_tensor(op.inputs[0])
+        self.fixed_point = kernels == "reference"  # BUILTIN_REF: gemmlowp's fixed-point softmax
+        self.s_in, self.beta = s_in, float(np.float32(op.options.get("beta", 1.0)))
         s_out, self.zero_point = _per_tensor(op.outputs[0])
         scale = np.float32(-s_in) * np.float32(op.options.get("beta", 1.0))
         # table[d] = expf(scale * d) for d = max - x in 0..255, as PopulateSoftmaxLookupTable
@@ -191,6 +194,8 @@ class _Softmax(nn.Module):
         self.out_scale = float(np.float32(s_out))
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.fixed_point:
+            return softmax_uint8(x, self.s_in, self.beta)
         x = x.long()
         exps = self.table[x.amax(dim=-1, keepdim=True) - x]
         total = torch.zeros(exps.shape[:-1], dtype=torch.float32)
@@ -280,7 +285,7 @@ def _build(op: TFLiteOp, prev: TFLiteOp | None, kernels: str) -> nn.Module:
     if op.name == "RESHAPE":
         return _Reshape(op)
     if op.name == "SOFTMAX":
-        return _Softmax(op)
+        return _Softmax(op, kernels)
     raise ValueError(
         f"unsupported operator {op.name} (expected CONV_2D, DEPTHWISE_CONV_2D, AVERAGE_POOL_2D, RESHAPE, SOFTMAX)"
     )
