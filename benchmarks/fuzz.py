@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import subprocess
@@ -30,11 +31,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 from test_fuzz import (  # noqa: E402
     CLEAR_ERRORS,
     IMAGE_FORMATS,
-    KINDS,
     TFLITE,
     fix_png_crcs,
     image_seeds,
     mutate,
+    random_edits,
     safetensors_seed,
     tflite_structure,
     time_limit,
@@ -53,10 +54,6 @@ TARGETS: dict[str, tuple[int, str]] = {
 TIME_LIMIT_S = 20.0
 
 
-def edits(rng: random.Random) -> list[tuple[str, float, int]]:
-    return [(rng.choice(KINDS), rng.random(), rng.randrange(256)) for _ in range(rng.randint(1, 8))]
-
-
 def make_case(target: str, index: int, seeds: dict[str, Any]) -> tuple[str, bytes, Any]:
     """(file suffix, bytes, reader) of case ``index``: the same every run."""
     from mobilenet_v1.transforms import load_image
@@ -67,24 +64,24 @@ def make_case(target: str, index: int, seeds: dict[str, Any]) -> tuple[str, byte
         from mobilenet_v1.tflite_reader import read_tflite
 
         data, structure = seeds["tflite"]
-        return ".tflite", mutate(data, edits(rng), structure if rng.random() < 0.8 else None), read_tflite
+        return ".tflite", mutate(data, random_edits(rng), structure if rng.random() < 0.8 else None), read_tflite
     if target == "tflite_import":
         data, structure = seeds["tflite"]
-        return ".tflite", mutate(data, edits(rng), structure), load_weights
+        return ".tflite", mutate(data, random_edits(rng), structure), load_weights
     if target == "safetensors":
         data = seeds["safetensors"]
         header = range(8 + int.from_bytes(data[:8], "little"))
-        return ".safetensors", mutate(data, edits(rng), header if rng.random() < 0.7 else None), load_weights
+        return ".safetensors", mutate(data, random_edits(rng), header if rng.random() < 0.7 else None), load_weights
     if target == "random_bytes":
         ext = rng.choice([".tflite", ".safetensors", *IMAGE_FORMATS])
         data = rng.randbytes(rng.randrange(4096))
         return ext, data, load_image if ext in IMAGE_FORMATS else load_weights
     if target == "torchvision_png":
-        return ".png", mutate(seeds["images"][".png"], edits(rng)), decode_with_torchvision
+        return ".png", mutate(seeds["images"][".png"], random_edits(rng)), decode_with_torchvision
     if target == "image.png-crc":
-        return ".png", fix_png_crcs(mutate(seeds["images"][".png"], edits(rng))), load_image
+        return ".png", fix_png_crcs(mutate(seeds["images"][".png"], random_edits(rng))), load_image
     ext = target.removeprefix("image")
-    return ext, mutate(seeds["images"][ext], edits(rng)), load_image
+    return ext, mutate(seeds["images"][ext], random_edits(rng)), load_image
 
 
 def decode_with_torchvision(path: Path) -> None:
@@ -171,12 +168,19 @@ def main() -> None:
         print(table_row(target, result), flush=True)
     report = {
         "command": f"benchmarks/fuzz.py --scale {args.scale}",
-        "machine": f"{platform.processor() or platform.machine()}, {platform.python_version()}",
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "results": results,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.output}")
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
 
 
 def table_row(target: str, result: dict[str, Any]) -> str:
