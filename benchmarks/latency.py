@@ -55,6 +55,7 @@ def machine() -> dict[str, object]:
         "cores": os.cpu_count(),
         "python": sys.version.split()[0],
         "OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"],
+        "ort_spin": "--ort-spin" in sys.argv,
         "loadavg_start": os.getloadavg(),
     }
 
@@ -80,6 +81,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--batch-runs", type=int, default=10)
     parser.add_argument("--torch-backend", default="inductor", choices=("inductor", "jit"))
+    parser.add_argument("--ort-spin", action="store_true", help="let ORT threads spin (best on a quiet machine)")
     parser.add_argument("--calibration", type=Path, default=DATA / "imagenette" / "train")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "latency.json")
     args = parser.parse_args()
@@ -90,6 +92,7 @@ def main() -> None:
             start = time.time()
             setup = prepare(CONFIGS[label], Path(tmp), files)
             setup.torch_backend = args.torch_backend
+            setup.ort_spin = args.ort_spin
             result = run_config(setup, threads=tuple(args.threads), runs=args.runs, batch_runs=args.batch_runs)
             result["targets"] = targets(result)
             result["loadavg_end"] = os.getloadavg()

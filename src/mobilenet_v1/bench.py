@@ -75,8 +75,8 @@ def measure(
     return {name: Timing(len(t), batch, statistics.median(t), percentile(t, 90), min(t)) for name, t in samples.items()}
 
 
-def onnx_runner(path: str | Path, batch: np.ndarray, threads: int) -> Runner:
-    session = onnx_session(path, threads)
+def onnx_runner(path: str | Path, batch: np.ndarray, threads: int, spin: bool = True) -> Runner:
+    session = onnx_session(path, threads, spin=spin)
     feed = {session.get_inputs()[0].name: batch}
     return lambda: session.run(None, feed)
 
@@ -137,6 +137,7 @@ class BenchSetup:
     tflite: list[Path]
     timm_fp32: Path | None = None
     torch_backend: str = "inductor"
+    ort_spin: bool = True  # False on a shared machine, like OMP_WAIT_POLICY=PASSIVE for PyTorch
 
 
 def _torch_runners(setup: BenchSetup, x: Any) -> dict[str, Runner]:
@@ -178,12 +179,12 @@ def make_runners(setup: BenchSetup, threads: int, batch: int) -> dict[str, Runne
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (batch, 3, setup.resolution, setup.resolution)).astype(np.float32)
     runners = _torch_runners(setup, torch.from_numpy(x))
-    runners["ort-fp32"] = onnx_runner(setup.fp32, x, threads)
-    runners["ort-int8"] = onnx_runner(setup.int8, x, threads)
+    runners["ort-fp32"] = onnx_runner(setup.fp32, x, threads, setup.ort_spin)
+    runners["ort-int8"] = onnx_runner(setup.int8, x, threads, setup.ort_spin)
     if setup.tflite:
         runners["litert-int8"] = _litert_runner(setup.tflite, batch, setup.resolution, threads)
     if setup.timm_fp32 is not None:
-        runners["timm-ort-fp32"] = onnx_runner(setup.timm_fp32, x, threads)
+        runners["timm-ort-fp32"] = onnx_runner(setup.timm_fp32, x, threads, setup.ort_spin)
     return runners
 
 
