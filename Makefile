@@ -25,9 +25,13 @@ lint: install
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/ruff format --check src tests benchmarks examples
 
+# The quick benchmarks; the long ones (fidelity, int8_fidelity, train_*, fuzz, kill) are
+# run one by one with the commands recorded in docs/.
 bench: install
 	$(BIN)/python benchmarks/cost_table.py
+	$(BIN)/python benchmarks/latency.py
 	$(BIN)/python benchmarks/ddp_scaling.py
+	$(BIN)/mobilenet-v1 tradeoff --output benchmarks/results/tradeoff
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

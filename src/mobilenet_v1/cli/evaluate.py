@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--weights", default=DEFAULT_WEIGHTS.value.name, help=WEIGHTS_HELP)
-    p.add_argument("--model", type=Path, help="an exported .onnx file, run by ONNX Runtime with its stored preprocessing")
+    p.add_argument("--model", type=Path, help="an exported .onnx file, run by ONNX Runtime with its preprocessing")
     p.add_argument("--batch-size", type=types.positive_int, default=64)
     p.add_argument("--workers", type=int, default=2, help="data loading processes (0: in this process)")
     p.add_argument("--wnids", type=Path, help="ImageNet WordNet ids, one per line (default: the data directory's)")
