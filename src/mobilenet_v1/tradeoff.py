@@ -246,11 +246,21 @@ def _imagenette_top1(predict: Predictor, data: Path, info: Any, limit: int | Non
 
     samples, folders = find_samples(data, info.classes, read_wnids())
     if limit:
-        seen: Counter[int] = Counter()
-        samples = [s for s in samples if (seen.update([s[1]]) or seen[s[1]]) <= limit]
+        samples = _first_per_class(samples, limit)
     dataset = ImageFolderDataset(samples, eval_transform(info.preprocessing, to_float=False))
     batches = ((float_input(x, info.preprocessing), y) for x, y in make_loader(dataset, batch_size=32, workers=2))
     return evaluate(predict, batches, folders, ignore=info.ignore).top1
+
+
+def _first_per_class(samples: list[tuple[Path, int]], limit: int) -> list[tuple[Path, int]]:
+    """The first ``limit`` samples of each class, in order."""
+    seen: Counter[int] = Counter()
+    kept = []
+    for path, target in samples:
+        seen[target] += 1
+        if seen[target] <= limit:
+            kept.append((path, target))
+    return kept
 
 
 def _write_json(path: Path, data: Any) -> None:
