@@ -169,3 +169,36 @@ def test_eval_truncated_model_one_line_exit_2(fp32_file, tmp_path):
     )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "cannot load ONNX model" in lines[0], proc.stderr
+
+
+def test_google_int8_keeps_googles_weight_grid_per_channel(shared_data, tmp_path):
+    """Google's uint8 grids become symmetric per-channel int8 (ORT's fast kernels) with the
+    same values wherever a channel's steps fit in [-127, 127]."""
+    import onnx
+    from onnx import numpy_helper
+
+    from mobilenet_v1.quantize import tflite_overrides
+    from mobilenet_v1.weights import load_weights
+
+    model, info = load_weights(GOOGLE)
+    fp32, int8 = tmp_path / "f.onnx", tmp_path / "q.onnx"
+    export_onnx(model, fp32, info.preprocessing)
+    files = calibration_files(shared_data / "imagenette" / "train", 4)
+    overrides = tflite_overrides(fp32, info.record.files())
+    quantize_onnx(fp32, int8, load_batch(files, info.preprocessing), overrides=overrides)
+    floats = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(fp32)).graph.initializer}
+    graph = onnx.load(str(int8)).graph
+    ints = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    exact = total = layers = 0
+    for node in graph.node:
+        q = ints.get(node.input[0])
+        if node.op_type != "DequantizeLinear" or q is None or q.dtype != np.int8:
+            continue
+        scale, zero = ints[node.input[1]], ints[node.input[2]]
+        assert scale.shape == (len(q),) and not zero.any()  # per output channel, symmetric
+        source = floats[node.output[0].removesuffix("_DequantizeLinear_Output")]
+        values = q.astype(np.float32) * scale.reshape(-1, *[1] * (q.ndim - 1))
+        same = np.isclose(values, source, rtol=0, atol=1e-7).reshape(len(q), -1).all(axis=1)
+        exact, total, layers = exact + same.sum(), total + len(q), layers + 1
+    assert layers == 26  # 25 quantized convs (2 stay float) + the classifier
+    assert exact / total > 0.97, f"only {exact} of {total} channels keep Google's grid"

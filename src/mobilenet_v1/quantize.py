@@ -5,9 +5,10 @@ activations, int8 weights) that it fuses into ``QLinearConv`` on VNNI kernels:
 
 * ``calibrated`` (any checkpoint): weights int8 per output channel (symmetric),
   activations uint8 per tensor from min/max over calibration images;
-* ``tflite`` (Google's QAT models): the scales and zero points stored in Google's
-  ``.tflite`` file, i.e. the quantization the network was trained with
-  (:func:`tflite_overrides`); calibration images then only check the result.
+* ``tflite`` (Google's QAT models): the activation scales and zero points stored in
+  Google's ``.tflite`` file, i.e. the quantization the network was trained with, and its
+  weight grids as symmetric per-channel int8 (exact for 98.5% of the channels of
+  0.25/128, see :func:`_int8_weight`); calibration images then only check the result.
 
 The first ``float_layers`` convolutions (the 3x3 stem and the first depthwise layer,
 Table 1's widest maps with the fewest channels) stay in float: ORT's int8 kernels are
@@ -95,17 +96,23 @@ def params(tensor: Any) -> list[dict[str, Any]]:
     return [{"scale": np.array(tensor.scale[0], np.float32), "zero_point": np.array(tensor.zero_point[0], np.uint8)}]
 
 
-def _int8_weight(tensor: Any) -> list[dict[str, Any]]:
-    """A uint8 TFLite weight grid ``s * (q - z)`` is exactly the int8 grid ``s * ((q - 128) - (z - 128))``:
-    the same values, in the signed type ORT's fast U8S8 kernels take."""
+def _int8_weight(tensor: Any, values: np.ndarray) -> list[dict[str, Any]]:
+    """Google's uint8 weight grid ``s * (q - z)`` as per-channel *symmetric* int8, the form
+    ORT's fastest U8S8 kernels take (zero point 0; a per-tensor zero point ``z - 128``
+    is as exact but 1.3-1.6x slower, docs/deployment.md). An output channel whose steps
+    ``q - z`` all lie in [-127, 127] keeps Google's grid exactly (scale ``s``); the rare
+    channel reaching further gets the step ``s * max|q - z| / 127``.
+    ``values`` is the ONNX weight (the dequantized grid), output channels first."""
     if tensor.scale.size != 1:
         raise ValueError(f"expected per-tensor TFLite weights, got {tensor.scale.size} scales for {tensor.name}")
-    return [
-        {
-            "scale": np.array(tensor.scale[0], np.float32),
-            "zero_point": np.array(int(tensor.zero_point[0]) - 128, np.int8),
-        }
+    step = float(tensor.scale[0])
+    reach = np.abs(np.rint(values / step)).reshape(len(values), -1).max(axis=1)
+    channels = [
+        {"scale": np.array(step if r <= 127 else step * r / 127, np.float32), "zero_point": np.array(0, np.int8)}
+        for r in reach
     ]
+    channels[0]["axis"] = 0
+    return channels
 
 
 def tflite_overrides(fp32: str | Path, tflite: Sequence[str | Path]) -> dict[str, list[dict[str, Any]]]:
@@ -125,6 +132,7 @@ def tflite_overrides(fp32: str | Path, tflite: Sequence[str | Path]) -> dict[str
     convs = [op for op in ops if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D")]
     pool = [op for op in ops if op.name == "AVERAGE_POOL_2D"]
     graph = onnx.load(str(fp32)).graph
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
     ours = [n for n in graph.node if n.op_type in ("Conv", "Gemm")]
     if len(ours) != len(convs) or len(pool) != 1:
         raise ValueError(f"TFLite model has {len(convs)} convs, the ONNX graph {len(ours)}: not the same network")
@@ -133,7 +141,7 @@ def tflite_overrides(fp32: str | Path, tflite: Sequence[str | Path]) -> dict[str
     after = {n.input[0]: n.output[0] for n in graph.node if n.op_type in ("Clip", "Relu")}
     for node, op in zip(ours, convs, strict=True):
         out[node.output[0]] = params(op.outputs[0])
-        out[node.input[1]] = _int8_weight(op.inputs[1])
+        out[node.input[1]] = _int8_weight(op.inputs[1], weights[node.input[1]])
         if node.output[0] in after:
             out[after[node.output[0]]] = params(op.outputs[0])
     means = [n for n in graph.node if n.op_type in ("ReduceMean", "GlobalAveragePool", "Reshape", "Flatten")]
@@ -158,7 +166,7 @@ def _quantize(fp32: Path, out: Path, images: torch.Tensor, float_layers: int, ov
             quant_format=quant.QuantFormat.QDQ,
             activation_type=quant.QuantType.QUInt8,
             weight_type=quant.QuantType.QInt8,
-            per_channel=not overrides,  # Google's grids are per tensor; calibrated weights per channel
+            per_channel=True,
             calibrate_method=quant.CalibrationMethod.MinMax,
             nodes_to_exclude=_float_nodes(model, float_layers),
             extra_options={
