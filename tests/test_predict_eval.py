@@ -12,7 +12,7 @@ import torch
 
 from mobilenet_v1 import mobilenet_v1
 from mobilenet_v1.cli import main
-from mobilenet_v1.evaluate import evaluate, find_samples
+from mobilenet_v1.evaluate import evaluate, find_samples, top_classes
 from mobilenet_v1.weights import save_safetensors
 
 SMALL = "mobilenet_v1_0.25_128_quant.tflite"
@@ -147,3 +147,10 @@ def test_find_samples_maps_wnids_past_background(tmp_path: Path) -> None:
     (tmp_path / "notes").mkdir()  # a folder without images is skipped
     samples, folders = find_samples(tmp_path, ["background", "first", "second"], ["n1", "n2"])
     assert folders == {"n2": 2} and samples == [(tmp_path / "n2" / "x.JPEG", 2)]
+
+
+def test_top_classes_breaks_ties_by_lower_index():
+    scores = torch.tensor([[0.1, 0.5, 0.2, 0.5, 0.5], [3.0, 3.0, 3.0, 3.0, 3.0]])
+    for _ in range(3):  # the same answer every time, not whatever order topk leaves ties in
+        assert top_classes(scores, 3).tolist() == [[1, 3, 4], [0, 1, 2]]
+    assert top_classes(scores, 10).shape == (2, 5)

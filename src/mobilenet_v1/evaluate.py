@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .transforms import IMAGE_EXTENSIONS, Preprocessing, load_image
 
-__all__ = ["EvalResult", "ImageFolderDataset", "evaluate", "find_samples", "float_input", "make_loader"]
+__all__ = ["EvalResult", "ImageFolderDataset", "evaluate", "find_samples", "float_input", "make_loader", "top_classes"]
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 
@@ -99,6 +99,13 @@ class EvalResult:
         return {"top1": self.top1, "top5": self.top5, "count": self.count, "per_class": self.per_class}
 
 
+def top_classes(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` best classes per row, ties broken by the lower index. Quantized outputs
+    (LiteRT's uint8 scores) tie often; ``topk`` leaves their order unspecified, so the
+    same scores could count as right in one run and wrong in another."""
+    return scores.sort(dim=1, descending=True, stable=True).indices[:, : min(k, scores.shape[1])]
+
+
 @torch.inference_mode()
 def evaluate(
     predict: Predictor,
@@ -121,7 +128,7 @@ def evaluate(
             logits = predict(images).float()
             if ignore:
                 logits[:, list(ignore)] = float("-inf")
-            preds.append(logits.topk(min(5, logits.shape[1]), dim=1).indices)
+            preds.append(top_classes(logits, 5))
             targets.append(torch.as_tensor(target))
     except ValueError as exc:  # a DataLoader worker wraps the error with a traceback: keep its last line
         raise ValueError(str(exc).strip().splitlines()[-1].removeprefix("ValueError: ")) from None

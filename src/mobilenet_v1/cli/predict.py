@@ -7,6 +7,7 @@ import json
 
 import torch
 
+from ..evaluate import top_classes
 from ..int8 import load_int8
 from ..transforms import eval_transform, load_image
 from ..weights import DEFAULT_WEIGHTS, load_weights
@@ -35,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
         out = model(torch.stack([transform(img) for img in images]))
         probs = out / 256.0 if args.int8_exact else torch.softmax(out, dim=1)  # uint8 softmax: scale 1/256
         probs[:, list(info.ignore)] = -1.0  # Google's "background" is never an answer (int8 scores can be 0)
-    k = min(args.topk, probs.shape[1])
-    values, indices = probs.topk(k, dim=1)
+    indices = top_classes(probs, args.topk)
+    values = probs.gather(1, indices)
     top = [
         [(info.classes[i], float(p)) for p, i in zip(vals.tolist(), idx.tolist(), strict=True)]
         for vals, idx in zip(values, indices, strict=True)
