@@ -24,9 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
-# PyTorch's OpenMP threads spin while waiting; on a shared 2-core machine a descheduled
-# spinner stalls every barrier (0.25/128 eager at 2 threads: 3.5 s instead of 9 ms).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Idle worker threads spin (PyTorch's OpenMP, ORT's pool), the fastest setting on a quiet
+# machine. On a shared 2-core machine a descheduled spinner stalls every barrier (0.25/128
+# eager at 2 threads: 3.5 s instead of 9 ms): --no-spin makes them sleep. Set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE" if "--no-spin" in sys.argv else "ACTIVE")
 
 from mobilenet_v1.bench import layer_profile, prepare, run_config
 from mobilenet_v1.cli.bench import format_table
@@ -55,17 +56,17 @@ def machine() -> dict[str, object]:
         "cores": os.cpu_count(),
         "python": sys.version.split()[0],
         "OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"],
-        "ort_spin": "--ort-spin" in sys.argv,
+        "ort_spin": "--no-spin" not in sys.argv,
         "loadavg_start": os.getloadavg(),
     }
 
 
-def targets(result: dict) -> dict[str, float]:
-    """The issue's ratios at 2 threads, batch 1 (median latency)."""
+def targets(result: dict, statistic: str) -> dict[str, float]:
+    """The issue's ratios at 2 threads, batch 1, of ``statistic`` (median_ms or steady_ms)."""
     t = result["threads"].get("2", {})
 
     def ratio(a: str, b: str) -> float | None:
-        return t[a]["latency"]["median_ms"] / t[b]["latency"]["median_ms"] if a in t and b in t else None
+        return t[a]["latency"][statistic] / t[b]["latency"][statistic] if a in t and b in t else None
 
     return {
         "int8_vs_litert": ratio("ort-int8", "litert-int8"),  # target <= 0.6
@@ -81,7 +82,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--batch-runs", type=int, default=10)
     parser.add_argument("--torch-backend", default="inductor", choices=("inductor", "jit"))
-    parser.add_argument("--ort-spin", action="store_true", help="let ORT threads spin (best on a quiet machine)")
+    parser.add_argument("--no-spin", action="store_true", help="idle threads sleep (for a shared machine)")
     parser.add_argument("--calibration", type=Path, default=DATA / "imagenette" / "train")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "latency.json")
     args = parser.parse_args()
@@ -92,9 +93,9 @@ def main() -> None:
             start = time.time()
             setup = prepare(CONFIGS[label], Path(tmp), files)
             setup.torch_backend = args.torch_backend
-            setup.ort_spin = args.ort_spin
+            setup.ort_spin = not args.no_spin
             result = run_config(setup, threads=tuple(args.threads), runs=args.runs, batch_runs=args.batch_runs)
-            result["targets"] = targets(result)
+            result["targets"] = {"median": targets(result, "median_ms"), "steady": targets(result, "steady_ms")}
             result["loadavg_end"] = os.getloadavg()
             report["results"].append(result)
             report["profiles"][label] = {

@@ -35,13 +35,20 @@ FC_OPS = ("Gemm", "QGemm", "MatMul", "MatMulInteger", "QLinearMatMul")
 
 @dataclass(frozen=True)
 class Timing:
-    """Times of one runtime at one batch size, in milliseconds per call."""
+    """Times of one runtime at one batch size, in milliseconds per call.
+
+    ``steady_ms`` is the best of the per-round medians: the runtime's speed once the OS
+    has placed its threads on separate cores and no other runtime's idle threads are
+    spinning. On a 2-core VM both happen by chance (LiteRT's two threads sharing one
+    core run at its 1-thread speed for whole rounds), and they hit every runtime alike.
+    """
 
     runs: int
     batch: int
     median_ms: float
     p90_ms: float
     min_ms: float
+    steady_ms: float
 
     @property
     def images_per_s(self) -> float:
@@ -65,14 +72,21 @@ def measure(
         for _ in range(warmup):
             run()
     samples: dict[str, list[float]] = {name: [] for name in runners}
+    steady: dict[str, float] = dict.fromkeys(runners, float("inf"))
     per_round = -(-runs // rounds)
     for _ in range(rounds):
         for name, run in runners.items():
+            block = []
             for _ in range(per_round):
                 start = time.perf_counter()
                 run()
-                samples[name].append((time.perf_counter() - start) * 1e3)
-    return {name: Timing(len(t), batch, statistics.median(t), percentile(t, 90), min(t)) for name, t in samples.items()}
+                block.append((time.perf_counter() - start) * 1e3)
+            samples[name] += block
+            steady[name] = min(steady[name], statistics.median(block))
+    return {
+        name: Timing(len(t), batch, statistics.median(t), percentile(t, 90), min(t), steady[name])
+        for name, t in samples.items()
+    }
 
 
 def onnx_runner(path: str | Path, batch: np.ndarray, threads: int, spin: bool = True) -> Runner:
