@@ -16,8 +16,11 @@ import json
 import tempfile
 from pathlib import Path
 
+import torch
+
 from mobilenet_v1.evaluate import ImageFolderDataset, evaluate, find_samples, float_input, make_loader
 from mobilenet_v1.export import OnnxModel, export_onnx
+from mobilenet_v1.inference import compile_for_inference
 from mobilenet_v1.litert import LiteRTModel
 from mobilenet_v1.quantize import calibration_files, load_batch, quantize_onnx, tflite_overrides
 from mobilenet_v1.transforms import eval_transform
@@ -55,6 +58,9 @@ def one_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
         overrides = tflite_overrides(fp32, tflite) if mode == "tflite" else None
         quantize_onnx(fp32, out, calibration, float_layers=float_layers, overrides=overrides)
         row[f"int8_{mode}_f{float_layers}"] = top1(OnnxModel(out), samples, folders, pre, info.ignore)
+    if args.bf16:
+        fast = compile_for_inference(model, pre.resolution, dtype=torch.bfloat16)
+        row["torch_compiled_bf16"] = top1(fast, samples, folders, pre, info.ignore)
     if not args.quick:
         row["litert_int8"] = top1(LiteRTModel(tflite), samples, folders, pre, info.ignore, uint8=True)
     print(json.dumps(row), flush=True)
@@ -68,6 +74,7 @@ def main() -> None:
     parser.add_argument("--calibration-images", type=int, default=200)
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--variants", nargs="+", default=[f"{m}_f{f}" for m, f in VARIANTS], help="e.g. tflite_f2")
+    parser.add_argument("--bf16", action="store_true", help="add the bfloat16 compiled PyTorch path")
     parser.add_argument("--quick", action="store_true", help="skip fp32 ONNX and LiteRT (the slow references)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "int8_accuracy.json")
     args = parser.parse_args()

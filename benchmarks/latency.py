@@ -2,7 +2,7 @@
 
 For each of the four configurations 0.25/128, 0.5/160, 0.75/192 and 1.0/224 (Google's
 quantized checkpoints), in one run: PyTorch eager, PyTorch compiled
-(``compile_for_inference``), ONNX Runtime fp32, ONNX Runtime int8 (our exports), Google's
+(``compile_for_inference``, float32 and bfloat16), ONNX Runtime fp32, ONNX Runtime int8 (our exports), Google's
 int8 ``.tflite`` under LiteRT (XNNPACK, its default CPU path) and timm's MobileNet V1 of
 the same width exported to ONNX fp32. Batch-1 latency (median, p90 over ``--runs`` timed
 runs after warm-up, runtimes interleaved in 10 rounds) and batch-32 throughput at 1 and
@@ -24,10 +24,13 @@ import tempfile
 import time
 from pathlib import Path
 
-# Idle worker threads spin (PyTorch's OpenMP, ORT's pool), the fastest setting on a quiet
-# machine. On a shared 2-core machine a descheduled spinner stalls every barrier (0.25/128
-# eager at 2 threads: 3.5 s instead of 9 ms): --no-spin makes them sleep. Set before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE" if "--no-spin" in sys.argv else "ACTIVE")
+# Idle worker threads spin briefly, then sleep (the runtimes' defaults; ORT's spinning is
+# on). OMP_WAIT_POLICY=ACTIVE would keep PyTorch's idle OpenMP threads spinning for good
+# and starve the other runtimes of this process (1.0/224 int8 at 2 threads: 5.7 ms instead
+# of 1.8). On a shared 2-core machine a descheduled spinner stalls every barrier (0.25/128
+# eager at 2 threads: 3.5 s instead of 9 ms): --no-spin makes all of them sleep.
+if "--no-spin" in sys.argv:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from mobilenet_v1.bench import layer_profile, prepare, run_config
 from mobilenet_v1.cli.bench import format_table
@@ -55,7 +58,7 @@ def machine() -> dict[str, object]:
         "cpu": cpu,
         "cores": os.cpu_count(),
         "python": sys.version.split()[0],
-        "OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"],
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "default"),
         "ort_spin": "--no-spin" not in sys.argv,
         "loadavg_start": os.getloadavg(),
     }
@@ -72,6 +75,7 @@ def targets(result: dict, statistic: str) -> dict[str, float]:
         "int8_vs_litert": ratio("ort-int8", "litert-int8"),  # target <= 0.6
         "fp32_vs_timm": ratio("ort-fp32", "timm-ort-fp32"),  # target <= 1.0
         "compiled_vs_ort_fp32": ratio("torch-compiled", "ort-fp32"),  # target <= 1.3
+        "compiled_bf16_vs_ort_fp32": ratio("torch-compiled-bf16", "ort-fp32"),
     }
 
 

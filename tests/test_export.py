@@ -117,6 +117,20 @@ def test_compile_for_inference_matches_eager():
         compile_for_inference(model, backend="tensorrt")
 
 
+def test_compile_for_inference_bfloat16_close_to_float():
+    model = _bn_model()
+    x = torch.randn(4, 3, 96, 96)
+    with torch.inference_mode():
+        ref = model(x)
+        for backend in ("eager", "jit"):
+            out = compile_for_inference(model, 96, backend=backend, dtype=torch.bfloat16)(x)
+            assert out.dtype == torch.float32  # logits come back in float32
+            assert (out - ref).abs().max() < 0.05 * ref.abs().max()  # bf16 keeps ~3 significant digits
+            assert not torch.equal(out, ref)  # it did run in bfloat16
+    with pytest.raises(ValueError, match="dtype"):
+        compile_for_inference(model, dtype=torch.float16)
+
+
 def test_calibration_folder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="calibration folder not found"):
         calibration_files(tmp_path / "missing", 4)

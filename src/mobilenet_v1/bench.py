@@ -136,7 +136,15 @@ def layer_profile(
     return {"total_us": total, "by_kind": shares, "layers": layers, "convs_matched": conv_index == len(plan)}
 
 
-SUBJECTS = ("torch-eager", "torch-compiled", "ort-fp32", "ort-int8", "litert-int8", "timm-ort-fp32")
+SUBJECTS = (
+    "torch-eager",
+    "torch-compiled",
+    "torch-compiled-bf16",
+    "ort-fp32",
+    "ort-int8",
+    "litert-int8",
+    "timm-ort-fp32",
+)
 
 
 @dataclass
@@ -159,17 +167,19 @@ def _torch_runners(setup: BenchSetup, x: Any) -> dict[str, Runner]:
 
     from .inference import compile_for_inference
 
-    compiled = compile_for_inference(setup.model, setup.resolution, backend=setup.torch_backend)
+    def timed(predict: Callable[[Any], Any]) -> Runner:
+        def run() -> Any:
+            with torch.inference_mode():
+                return predict(x)
 
-    def eager() -> Any:
-        with torch.inference_mode():
-            return setup.model(x)
+        return run
 
-    def fast() -> Any:
-        with torch.inference_mode():
-            return compiled(x)
-
-    return {"torch-eager": eager, "torch-compiled": fast}
+    model, res, backend = setup.model, setup.resolution, setup.torch_backend
+    return {
+        "torch-eager": timed(model),
+        "torch-compiled": timed(compile_for_inference(model, res, backend=backend)),
+        "torch-compiled-bf16": timed(compile_for_inference(model, res, backend=backend, dtype=torch.bfloat16)),
+    }
 
 
 def _litert_runner(paths: list[Path], batch: int, resolution: int, threads: int) -> Runner:

@@ -7,6 +7,8 @@ layout for depthwise and 1x1 convolutions), and compiles the result with
 conv + bias + ReLU6 are fused and weights are pre-packed for oneDNN. Call the result
 under ``torch.inference_mode()``. ``backend="jit"`` is the older TorchScript route
 (``torch.jit.freeze`` + ``optimize_for_inference``), without a compile step.
+``dtype=torch.bfloat16`` runs weights and activations in bfloat16 (oneDNN's AMX / AVX-512
+BF16 kernels where the CPU has them; logits are returned in float32).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ __all__ = ["BACKENDS", "compile_for_inference"]
 BACKENDS = ("inductor", "jit", "eager")
 
 
-def _inductor(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+def _inductor(model: nn.Module, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
     import torch._inductor.config as inductor_config
 
     # Freezing turns parameters into constants so Inductor can fold and pre-pack them.
@@ -32,7 +34,7 @@ def _inductor(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     compiled = torch.compile(model, backend="inductor", dynamic=False)
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        return compiled(x.contiguous(memory_format=torch.channels_last))
+        return compiled(x.to(dtype).contiguous(memory_format=torch.channels_last)).float()
 
     return run
 
@@ -43,13 +45,13 @@ def _jit(model: nn.Module, example: torch.Tensor) -> Callable[[torch.Tensor], to
         frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        return frozen(x.contiguous(memory_format=torch.channels_last))
+        return frozen(x.to(example.dtype).contiguous(memory_format=torch.channels_last)).float()
 
     return run
 
 
 def compile_for_inference(
-    model: MobileNetV1, resolution: int = 224, *, backend: str = "inductor"
+    model: MobileNetV1, resolution: int = 224, *, backend: str = "inductor", dtype: torch.dtype = torch.float32
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Return a callable ``x -> logits`` optimised for CPU inference of ``model``.
 
@@ -59,11 +61,13 @@ def compile_for_inference(
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    folded = fuse_bn(model).eval().to(memory_format=torch.channels_last)
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"unsupported inference dtype {dtype}; choose torch.float32 or torch.bfloat16")
+    folded = fuse_bn(model).eval().to(dtype=dtype, memory_format=torch.channels_last)
     for p in folded.parameters():
         p.requires_grad_(False)
     if backend == "inductor":
-        return _inductor(folded)
+        return _inductor(folded, dtype)
     if backend == "jit":
-        return _jit(folded, torch.randn(1, 3, resolution, resolution))
-    return folded
+        return _jit(folded, torch.randn(1, 3, resolution, resolution, dtype=dtype))
+    return lambda x: folded(x.to(dtype).contiguous(memory_format=torch.channels_last)).float()
