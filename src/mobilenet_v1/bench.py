@@ -174,6 +174,9 @@ def _torch_runners(setup: BenchSetup, x: Any) -> dict[str, Runner]:
 
         return run
 
+    # Every call compiles the same forward() again; past dynamo's recompile limit (8 per
+    # function) it would silently run eager. The previous runners are no longer used.
+    torch._dynamo.reset()
     model, res, backend = setup.model, setup.resolution, setup.torch_backend
     return {
         "torch-eager": timed(model),

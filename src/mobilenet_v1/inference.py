@@ -57,7 +57,9 @@ def compile_for_inference(
 
     The model is copied with BN folded and put in eval mode, so ``model`` itself is left
     untouched. The first call of the ``inductor`` backend compiles (tens of seconds on a
-    small CPU); each new batch size recompiles once.
+    small CPU); each new batch size recompiles once. All models share one ``forward``, and
+    ``torch.compile`` recompiles it at most 8 times per process before falling back to
+    eager: to compile many models in one process, call ``torch._dynamo.reset()`` between.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
