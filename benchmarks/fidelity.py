@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from mobilenet_v1.bench import cpu_name
 from mobilenet_v1.convert import load_tflite, read_tflite_files
 from mobilenet_v1.evaluate import find_samples
 from mobilenet_v1.fidelity import EVALUATORS, compare
@@ -84,7 +86,7 @@ def main() -> None:
         rows[-1]["seconds"] = round(time.perf_counter() - start, 1)
     print(format_table(rows))
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    machine = {"machine": "2-core AMD EPYC Zen 4 CPU", "python": platform.python_version()}
+    machine = {"machine": f"{os.cpu_count()}-core {cpu_name()}", "python": platform.python_version()}
     command = f"nice python benchmarks/fidelity.py --every {args.every}"
     if args.models:
         command += f" --models {' '.join(args.models)}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from importlib.metadata import version
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mobilenet_v1.bench import cpu_name
 from mobilenet_v1.evaluate import ImageFolderDataset, find_samples, make_loader
 from mobilenet_v1.int8 import Int8MobileNetV1, compare_outputs
 from mobilenet_v1.litert import LiteRTModel
@@ -131,7 +133,7 @@ def main() -> None:
     every = {k: n for k, n in (("default", args.every), ("reference", args.reference_every)) if k in args.kernels}
     command = "nice python benchmarks/int8_fidelity.py " + " ".join(f"--{k}-every {n}" for k, n in every.items())
     command = command.replace("--default-every", "--every")
-    meta = {"machine": "2-core AMD EPYC Zen 4 CPU", "python": platform.python_version()}
+    meta = {"machine": f"{os.cpu_count()}-core {cpu_name()}", "python": platform.python_version()}
     meta["versions"] = {m: version(m) for m in ("torch", "ai-edge-litert")}
     rows = []
     for name in args.models:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 if "--no-spin" in sys.argv:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from mobilenet_v1.bench import layer_profile, prepare, run_config
+from mobilenet_v1.bench import cpu_name, layer_profile, prepare, run_config
 from mobilenet_v1.cli.bench import format_table
 from mobilenet_v1.quantize import calibration_files
 
@@ -46,16 +45,8 @@ CONFIGS = {
 
 
 def machine() -> dict[str, object]:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "python": sys.version.split()[0],
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "default"),

@@ -11,6 +11,7 @@ per-node profile into Table 2's layer kinds (stem conv, depthwise, pointwise, FC
 from __future__ import annotations
 
 import json
+import platform
 import statistics
 import sys
 import tempfile
@@ -26,7 +27,17 @@ import numpy as np
 from .export import onnx_session
 from .model import layer_plan
 
-__all__ = ["SUBJECTS", "BenchSetup", "Timing", "layer_profile", "measure", "onnx_runner", "prepare", "run_config"]
+__all__ = [
+    "SUBJECTS",
+    "BenchSetup",
+    "Timing",
+    "cpu_name",
+    "layer_profile",
+    "measure",
+    "onnx_runner",
+    "prepare",
+    "run_config",
+]
 
 Runner = Callable[[], Any]
 CONV_OPS = ("Conv", "QLinearConv", "FusedConv", "NchwcConv", "ConvInteger")
@@ -56,6 +67,14 @@ class Timing:
 
     def to_dict(self) -> dict[str, float]:
         return {**self.__dict__, "images_per_s": self.images_per_s}
+
+
+def cpu_name() -> str:
+    """The CPU as the kernel reports it (``model name`` in /proc/cpuinfo)."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
 
 
 def percentile(values: list[float], q: float) -> float:

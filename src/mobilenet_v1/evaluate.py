@@ -99,11 +99,14 @@ class EvalResult:
         return {"top1": self.top1, "top5": self.top5, "count": self.count, "per_class": self.per_class}
 
 
-def top_classes(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """The ``k`` best classes per row, ties broken by the lower index. Quantized outputs
-    (LiteRT's uint8 scores) tie often; ``topk`` leaves their order unspecified, so the
-    same scores could count as right in one run and wrong in another."""
-    return scores.sort(dim=1, descending=True, stable=True).indices[:, : min(k, scores.shape[1])]
+def top_classes(scores: torch.Tensor, k: int, *, seed: int = 0) -> torch.Tensor:
+    """The ``k`` best classes per row; tied scores are ordered by a fixed pseudo-random
+    class order (``seed``). Quantized outputs (LiteRT's uint8 scores) tie often: ``topk``
+    leaves their order unspecified, and breaking them by the lower index would hand every
+    tie to the same classes (Imagenette's tench is ImageNet class 0)."""
+    order = torch.randperm(scores.shape[1], generator=torch.Generator().manual_seed(seed))
+    ranked = scores[:, order].sort(dim=1, descending=True, stable=True).indices
+    return order[ranked[:, : min(k, scores.shape[1])]]
 
 
 @torch.inference_mode()
