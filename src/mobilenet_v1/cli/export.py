@@ -12,6 +12,16 @@ from . import args as types
 FORMATS = ("onnx", "onnx-int8")
 
 
+def _steps(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export weights to ONNX (fp32) or int8 ONNX, numerics checked")
     p.add_argument("--weights", required=True, help="Google model name, enum name, or .tflite/.safetensors file")
@@ -30,6 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="auto",
         help="int8 parameters: calibrated per-channel PTQ, or Google's own from its .tflite (auto: tflite if any)",
     )
+    p.add_argument(
+        "--qat-steps",
+        type=_steps,
+        default=0,
+        help="onnx-int8, calibrated: quantization-aware fine-tuning steps on the calibration images first (default 0)",
+    )
     p.add_argument("-o", "--output", type=Path, required=True, help="the .onnx file to write")
     p.add_argument("--json", action="store_true", help="print the export report as JSON")
     p.set_defaults(func=run)
@@ -37,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..export import check_writable, export_onnx
+    from ..qat import qat_finetune
     from ..quantize import DEFAULT_FLOAT_LAYERS, calibration_files, load_batch, quantize_onnx
     from ..weights import load_weights
 
@@ -47,9 +64,15 @@ def run(args: argparse.Namespace) -> int:
     float_layers = DEFAULT_FLOAT_LAYERS if args.float_layers is None else args.float_layers
     if float_layers < 0:
         raise ValueError(f"--float-layers must be >= 0, got {float_layers}")
+    if args.qat_steps and args.format != "onnx-int8":
+        raise ValueError(f"--qat-steps only applies to --format onnx-int8, got --format {args.format}")
     check_writable(args.output)
     files = calibration_files(args.calibration, args.calibration_images) if args.calibration else []
     model, loaded = load_weights(args.weights)
+    if args.qat_steps and args.quantization != "calibrated" and _tflite_files(args.weights, loaded):
+        raise ValueError(
+            f"--qat-steps needs calibrated quantization: {args.weights!r} carries Google's own QAT int8 grids"
+        )
     pre, labels = loaded.preprocessing, loaded.classes
     if args.format == "onnx":
         report = export_onnx(model, args.output, pre, labels=labels)
@@ -59,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
             fp32 = Path(tmp) / "fp32.onnx"
             export_onnx(model, fp32, pre, labels=labels)
             overrides = _overrides(args, loaded, fp32)
+            if args.qat_steps:
+                tuned = qat_finetune(model, calibration, steps=args.qat_steps, float_layers=float_layers)
+                export_onnx(tuned, fp32, pre, labels=labels)  # what gets quantized; compared with `model`
             report = quantize_onnx(
                 fp32, args.output, calibration, reference=model, float_layers=float_layers, overrides=overrides
             )

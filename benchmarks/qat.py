@@ -1,0 +1,100 @@
+"""Imagenette top-1 of calibrated int8 PTQ vs int8 after quantization-aware fine-tuning.
+
+Google's quantized MobileNet V1 weights treated as ordinary checkpoints (calibrated
+mode, Google's own quantization ignored): float PyTorch, int8 PTQ (``quantize_onnx``),
+and int8 after ``qat_finetune`` (self-distillation on the calibration images), with the
+time QAT took. Prediction is 1000-way over outputs 1..1000 (ImageNet wnid folders);
+calibration and fine-tuning images come from imagenette/train, never val.
+
+    python benchmarks/qat.py [--every 5] [--steps 200] [--lr 1e-5] [--models ...]
+
+PyTorch and ONNX Runtime run on ``--threads`` threads (default 1: on a machine shared
+with other jobs, two spinning threads were up to 100x slower than one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from mobilenet_v1.evaluate import ImageFolderDataset, evaluate, find_samples, float_input, make_loader
+from mobilenet_v1.export import OnnxModel, export_onnx
+from mobilenet_v1.qat import qat_finetune
+from mobilenet_v1.quantize import calibration_files, load_batch, quantize_onnx
+from mobilenet_v1.transforms import eval_transform
+from mobilenet_v1.weights import load_weights, read_wnids
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+MODELS = ("mobilenet_v1_0.5_160_quant", "mobilenet_v1_1.0_224_quant")
+
+
+def top1(predict, samples, folders, pre, ignore) -> float:
+    loader = make_loader(ImageFolderDataset(samples, eval_transform(pre, to_float=False)), 64, 0)
+    return evaluate(lambda batch: predict(float_input(batch, pre)), loader, folders, ignore=ignore).top1
+
+
+def one_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
+    model, info = load_weights(name)
+    model.eval()
+    pre = info.preprocessing
+    samples, folders = find_samples(args.val, info.classes, read_wnids())
+    samples = samples[:: args.every]
+    calibration = load_batch(calibration_files(args.calibration, args.calibration_images), pre)
+    fp32, ptq = tmp / f"{name}.onnx", tmp / f"{name}_ptq.onnx"
+    export_onnx(model, fp32, pre, labels=info.classes)
+    quantize_onnx(fp32, ptq, calibration)
+    start = time.perf_counter()
+    tuned = qat_finetune(model, calibration, steps=args.steps, lr=args.lr, batch_size=args.batch_size)
+    seconds = time.perf_counter() - start
+    fp32_qat, qat = tmp / f"{name}_qat_fp32.onnx", tmp / f"{name}_qat.onnx"
+    export_onnx(tuned, fp32_qat, pre, labels=info.classes)
+    quantize_onnx(fp32_qat, qat, calibration)
+    row = {
+        "model": name,
+        "val_images": len(samples),
+        "calibration_images": len(calibration),
+        "qat_steps": args.steps,
+        "qat_lr": args.lr,
+        "qat_batch": args.batch_size,
+        "float": top1(model, samples, folders, pre, info.ignore),
+        "int8_ptq": top1(OnnxModel(ptq, args.threads), samples, folders, pre, info.ignore),
+        "int8_qat": top1(OnnxModel(qat, args.threads), samples, folders, pre, info.ignore),
+        "qat_seconds": round(seconds, 1),
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--val", type=Path, default=DATA / "imagenette" / "val")
+    parser.add_argument("--calibration", type=Path, default=DATA / "imagenette" / "train")
+    parser.add_argument("--calibration-images", type=int, default=200)
+    parser.add_argument("--every", type=int, default=1, help="evaluate every k-th val image")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "qat.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [one_model(name, args, Path(tmp)) for name in args.models]
+    args.out.write_text(json.dumps(rows, indent=2) + "\n")
+    print("| model | val images | float | int8 PTQ | int8 QAT | QAT steps | QAT time (s) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['model']} | {r['val_images']} | {r['float']:.2f} | {r['int8_ptq']:.2f} | {r['int8_qat']:.2f} "
+            f"| {r['qat_steps']} | {r['qat_seconds']:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
