@@ -1,5 +1,7 @@
 """Quantization-aware fine-tuning: a new folded model, closer int8 numerics, CLI guards."""
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,8 +10,9 @@ from mobilenet_v1 import mobilenet_v1
 from mobilenet_v1.cli import main
 from mobilenet_v1.export import OnnxModel, export_onnx
 from mobilenet_v1.qat import qat_finetune
-from mobilenet_v1.quantize import quantize_onnx
+from mobilenet_v1.quantize import calibration_files, load_batch, quantize_onnx
 from mobilenet_v1.transforms import Preprocessing
+from mobilenet_v1.weights import load_weights
 
 STEPS = 60
 
@@ -110,3 +113,17 @@ def test_cli_qat_with_google_weights_one_line(shared_data, capsys, tmp_path):
     argv = ["--weights", "mobilenet_v1_0.25_128_quant", "--calibration", train, "--calibration-images", "4"]
     assert main(["export", *argv, "--format", "onnx-int8", "--qat-steps", "5", "-o", str(out)]) == 2
     assert "Google's own" in _stderr_line(capsys) and not out.exists()
+
+
+def test_cli_qat_export_compares_with_original_model(shared_data, capsys, tmp_path):
+    train, out = str(shared_data / "imagenette" / "train"), tmp_path / "q.onnx"
+    argv = ["--weights", "mobilenet_v1_0.25_128_quant", "--calibration", train, "--calibration-images", "8"]
+    argv += ["--format", "onnx-int8", "--quantization", "calibrated", "--qat-steps", "2", "--json", "-o", str(out)]
+    assert main(["export", *argv]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert out.is_file() and report["checked_on"] == "8 calibration images, calibrated quantization"
+    model, info = load_weights("mobilenet_v1_0.25_128_quant")
+    images = load_batch(calibration_files(train, 8), info.preprocessing)
+    with torch.no_grad():  # the report measures the int8 file against the ORIGINAL float model
+        diff = (OnnxModel(out, threads=1)(images) - model.eval()(images)).abs().max()
+    assert report["max_abs_diff"] == pytest.approx(float(diff), abs=1e-5) and report["top1_agreement"] >= 0.5
