@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from mobilenet_v1.evaluate import ImageFolderDataset, evaluate, find_samples, float_input, make_loader
+from mobilenet_v1.evaluate import EvalResult, ImageFolderDataset, evaluate, find_samples, float_input, make_loader
 from mobilenet_v1.export import OnnxModel, export_onnx
 from mobilenet_v1.qat import qat_finetune
 from mobilenet_v1.quantize import calibration_files, load_batch, quantize_onnx
@@ -33,9 +33,14 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MODELS = ("mobilenet_v1_0.5_160_quant", "mobilenet_v1_1.0_224_quant")
 
 
-def top1(predict, samples, folders, pre, ignore) -> float:
+def run_eval(predict, samples, folders, pre, ignore) -> EvalResult:
     loader = make_loader(ImageFolderDataset(samples, eval_transform(pre, to_float=False)), 64, 0)
-    return evaluate(lambda batch: predict(float_input(batch, pre)), loader, folders, ignore=ignore).top1
+    return evaluate(lambda batch: predict(float_input(batch, pre)), loader, folders, ignore=ignore)
+
+
+def agreement(result: EvalResult, reference: EvalResult) -> float:
+    """Percent of images whose top-1 class equals the float model's (fidelity, no labels)."""
+    return 100 * float((result.predictions[:, 0] == reference.predictions[:, 0]).mean())
 
 
 def one_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
@@ -54,6 +59,11 @@ def one_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
     fp32_qat, qat = tmp / f"{name}_qat_fp32.onnx", tmp / f"{name}_qat.onnx"
     export_onnx(tuned, fp32_qat, pre, labels=info.classes)
     quantize_onnx(fp32_qat, qat, calibration)
+    evals = {
+        "float": run_eval(model, samples, folders, pre, info.ignore),
+        "int8_ptq": run_eval(OnnxModel(ptq, args.threads), samples, folders, pre, info.ignore),
+        "int8_qat": run_eval(OnnxModel(qat, args.threads), samples, folders, pre, info.ignore),
+    }
     row = {
         "model": name,
         "val_images": len(samples),
@@ -61,9 +71,9 @@ def one_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
         "qat_steps": args.steps,
         "qat_lr": args.lr,
         "qat_batch": args.batch_size,
-        "float": top1(model, samples, folders, pre, info.ignore),
-        "int8_ptq": top1(OnnxModel(ptq, args.threads), samples, folders, pre, info.ignore),
-        "int8_qat": top1(OnnxModel(qat, args.threads), samples, folders, pre, info.ignore),
+        **{key: result.top1 for key, result in evals.items()},
+        "agree_ptq": agreement(evals["int8_ptq"], evals["float"]),
+        "agree_qat": agreement(evals["int8_qat"], evals["float"]),
         "qat_seconds": round(seconds, 1),
     }
     print(json.dumps(row), flush=True)
@@ -87,12 +97,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rows = [one_model(name, args, Path(tmp)) for name in args.models]
     args.out.write_text(json.dumps(rows, indent=2) + "\n")
-    print("| model | val images | float | int8 PTQ | int8 QAT | QAT steps | QAT time (s) |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| model | val images | float | int8 PTQ | int8 QAT | top-1 = float's: PTQ | QAT | QAT steps, lr | QAT time |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['model']} | {r['val_images']} | {r['float']:.2f} | {r['int8_ptq']:.2f} | {r['int8_qat']:.2f} "
-            f"| {r['qat_steps']} | {r['qat_seconds']:.0f} |"
+            f"| {r['agree_ptq']:.1f}% | {r['agree_qat']:.1f}% | {r['qat_steps']}, {r['qat_lr']:g} "
+            f"| {r['qat_seconds']:.0f} s |"
         )
 
 
