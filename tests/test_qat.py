@@ -88,6 +88,15 @@ def test_qat_int8_is_closer_to_float_than_ptq(tuned, tmp_path):
     assert errors["qat"][1] < errors["ptq"][1] and errors["qat"][2] < errors["ptq"][2]
 
 
+def test_no_float_layers_quantizes_the_stem_too():
+    images = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    out = qat_finetune(_model(), images, steps=2, lr=1e-5, batch_size=4, float_layers=0)
+    stem = out.features[0].conv.weight.flatten(1)
+    steps = stem / (stem.abs().amax(1, keepdim=True) / 127)
+    torch.testing.assert_close(steps, steps.round(), atol=1e-3, rtol=0)
+    assert not any(m._forward_pre_hooks for m in out.modules())
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="steps >= 0"):
         qat_finetune(_model(), torch.randn(2, 3, 64, 64), steps=-1)
