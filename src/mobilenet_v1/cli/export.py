@@ -12,16 +12,6 @@ from . import args as types
 FORMATS = ("onnx", "onnx-int8")
 
 
-def _steps(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return value
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export weights to ONNX (fp32) or int8 ONNX, numerics checked")
     p.add_argument("--weights", required=True, help="Google model name, enum name, or .tflite/.safetensors file")
@@ -42,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--qat-steps",
-        type=_steps,
+        type=types.non_negative_int,
         default=0,
         help="onnx-int8, calibrated: quantization-aware fine-tuning steps on the calibration images first (default 0)",
     )
