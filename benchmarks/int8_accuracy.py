@@ -36,10 +36,12 @@ MODELS = (
 VARIANTS = (("tflite", 2), ("tflite", 0), ("calibrated", 2), ("calibrated", 0))
 
 
-def top1(predict, samples, folders, pre, ignore, uint8=False) -> float:
+def top1(predict, samples, folders, pre, ignore, uint8=False) -> tuple[float, float]:
+    """Top-1 (ties broken by ``top_classes``'s fixed order) and top-1 with ties split."""
     loader = make_loader(ImageFolderDataset(samples, eval_transform(pre, to_float=False)), 64, 0)
     run = predict if uint8 else (lambda batch: predict(float_input(batch, pre)))
-    return evaluate(run, loader, folders, ignore=ignore).top1
+    result = evaluate(run, loader, folders, ignore=ignore)
+    return result.top1, result.top1_ties_split
 
 
 def one_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
@@ -50,19 +52,23 @@ def one_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
     export_onnx(model, fp32, pre, labels=info.classes)
     calibration = load_batch(calibration_files(args.calibration, args.calibration_images), pre)
     tflite = info.record.files(download=False)
-    row = {"model": name, "images": len(samples), "float_torch": top1(model, samples, folders, pre, info.ignore)}
+    row = {"model": name, "images": len(samples)}
+
+    def record(key: str, predict, uint8: bool = False) -> None:
+        row[key], row[f"{key}_ties_split"] = top1(predict, samples, folders, pre, info.ignore, uint8)
+
+    record("float_torch", model)
     if not args.quick:
-        row["fp32_onnx"] = top1(OnnxModel(fp32), samples, folders, pre, info.ignore)
+        record("fp32_onnx", OnnxModel(fp32))
     for mode, float_layers in (v for v in VARIANTS if f"{v[0]}_f{v[1]}" in args.variants):
         out = tmp / f"{name}_{mode}_{float_layers}.onnx"
         overrides = tflite_overrides(fp32, tflite) if mode == "tflite" else None
         quantize_onnx(fp32, out, calibration, float_layers=float_layers, overrides=overrides)
-        row[f"int8_{mode}_f{float_layers}"] = top1(OnnxModel(out), samples, folders, pre, info.ignore)
+        record(f"int8_{mode}_f{float_layers}", OnnxModel(out))
     if args.bf16:
-        fast = compile_for_inference(model, pre.resolution, dtype=torch.bfloat16)
-        row["torch_compiled_bf16"] = top1(fast, samples, folders, pre, info.ignore)
+        record("torch_compiled_bf16", compile_for_inference(model, pre.resolution, dtype=torch.bfloat16))
     if not args.quick:
-        row["litert_int8"] = top1(LiteRTModel(tflite), samples, folders, pre, info.ignore, uint8=True)
+        record("litert_int8", LiteRTModel(tflite), uint8=True)
     print(json.dumps(row), flush=True)
     return row
 

@@ -160,3 +160,13 @@ def test_top_classes_orders_by_score_and_breaks_ties_evenly():
     assert torch.equal(first[::2], first[:1].expand(1000))  # the same tie-break every time
     winners = {int(top_classes(torch.zeros(1, 10), 1, seed=s)) for s in range(20)}
     assert len(winners) > 3  # the winner of a tie is not always the lowest index
+
+
+def test_top1_ties_split_counts_a_k_way_tie_as_one_kth():
+    scores = torch.tensor([[0.0, 5.0, 5.0, 1.0], [0.0, 2.0, 2.0, 2.0], [9.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    targets = torch.tensor([1, 3, 1, 0])  # 2-way tie won, 3-way tie won, plain miss, 4-way tie won
+    result = evaluate(lambda x: x, [(scores, targets)], {"a": 0, "b": 1, "c": 2, "d": 3})
+    assert result.top1_ties_split == pytest.approx(100 * (1 / 2 + 1 / 3 + 0 + 1 / 4) / 4)
+    assert result.to_dict()["top1_ties_split"] == result.top1_ties_split
+    plain = evaluate(lambda x: x, [(torch.eye(4), torch.arange(4))], {"a": 0, "b": 1, "c": 2, "d": 3})
+    assert plain.top1_ties_split == plain.top1 == 100.0  # without ties both figures agree

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +84,11 @@ def float_input(batch: torch.Tensor, preset: Preprocessing) -> torch.Tensor:
 
 @dataclass
 class EvalResult:
-    """Top-1/top-5 in percent, per-folder accuracy, and each image's top-5 output indices."""
+    """Top-1/top-5 in percent, per-folder accuracy, and each image's top-5 output indices.
+
+    ``top1_ties_split`` counts an image whose best score is tied among k classes, the
+    right one included, as 1/k: the expected top-1 over random tie-breaks, the one figure
+    that does not depend on a tie rule (quantized outputs tie often)."""
 
     top1: float
     top5: float
@@ -94,9 +98,16 @@ class EvalResult:
     classes: list[str]
     predictions: np.ndarray = field(repr=False)  # (count, 5) output indices, best first
     targets: np.ndarray = field(repr=False)
+    top1_ties_split: float = float("nan")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"top1": self.top1, "top5": self.top5, "count": self.count, "per_class": self.per_class}
+        return {
+            "top1": self.top1,
+            "top1_ties_split": self.top1_ties_split,
+            "top5": self.top5,
+            "count": self.count,
+            "per_class": self.per_class,
+        }
 
 
 def top_classes(scores: torch.Tensor, k: int, *, seed: int = 0) -> torch.Tensor:
@@ -123,7 +134,7 @@ def evaluate(
     predicted (Google's background class). The progress bar (stderr) shows on a terminal."""
     from tqdm import tqdm
 
-    preds, targets = [], []
+    preds, targets, credit = [], [], []
     try:
         for images, target in tqdm(
             batches, total=total, file=sys.stderr, disable=None if progress else True, unit="batch"
@@ -133,9 +144,18 @@ def evaluate(
                 logits[:, list(ignore)] = float("-inf")
             preds.append(top_classes(logits, 5))
             targets.append(torch.as_tensor(target))
+            credit.append(_tie_credit(logits, targets[-1]))
     except ValueError as exc:  # a DataLoader worker wraps the error with a traceback: keep its last line
         raise ValueError(str(exc).strip().splitlines()[-1].removeprefix("ValueError: ")) from None
-    return _summarise(torch.cat(preds).numpy(), torch.cat(targets).numpy(), folders)
+    result = _summarise(torch.cat(preds).numpy(), torch.cat(targets).numpy(), folders)
+    return replace(result, top1_ties_split=100.0 * float(torch.cat(credit).mean()))
+
+
+def _tie_credit(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per row: 1/k if the target is among the k classes tied at the top, else 0."""
+    top = scores == scores.max(dim=1, keepdim=True).values
+    hit = top.gather(1, target.long().clamp(0, scores.shape[1] - 1)[:, None]).squeeze(1) & (target >= 0)
+    return hit.float() / top.sum(dim=1)
 
 
 def _summarise(preds: np.ndarray, targets: np.ndarray, folders: dict[str, int]) -> EvalResult:
