@@ -17,16 +17,6 @@ if TYPE_CHECKING:
     from ..train_setup import RunPlan
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return value
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
@@ -49,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--freeze-backbone", action="store_true", default=None, help="train the classifier only")
     p.add_argument("--val-fraction", type=float, help="share of each class held out when there is no DIR/val")
     p.add_argument("--seed", type=int, help="seed of init, data order, augmentation and split (0)")
-    p.add_argument("--workers", type=non_negative_int, help="data loading processes (2)")
+    p.add_argument("--workers", type=types.non_negative_int, help="data loading processes (2)")
     p.add_argument("--ema", action="store_true", default=None, help="keep an EMA of the weights; evaluate/save it")
     p.add_argument("--ema-decay", type=float)
     precision = p.add_mutually_exclusive_group()
@@ -57,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     precision.add_argument("--bf16", action="store_const", const="bf16", dest="precision", help="bf16 autocast")
     p.add_argument("--channels-last", action="store_true", default=None)
     p.add_argument("--checkpoint-minutes", type=types.positive_float, help="also checkpoint this often (10)")
-    p.add_argument("--checkpoint-steps", type=non_negative_int, help="also checkpoint every N steps (0: off)")
+    p.add_argument("--checkpoint-steps", type=types.non_negative_int, help="also checkpoint every N steps (0: off)")
     p.add_argument("--sync-bn", action="store_true", default=None, help="batch norm over the global batch (DDP)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
     p.set_defaults(func=run)
