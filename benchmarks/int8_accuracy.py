@@ -18,12 +18,11 @@ from pathlib import Path
 
 import torch
 
-from mobilenet_v1.evaluate import ImageFolderDataset, evaluate, find_samples, float_input, make_loader
+from mobilenet_v1.evaluate import evaluate_samples, find_samples
 from mobilenet_v1.export import OnnxModel, export_onnx
 from mobilenet_v1.inference import compile_for_inference
 from mobilenet_v1.litert import LiteRTModel
 from mobilenet_v1.quantize import calibration_files, load_batch, quantize_onnx, tflite_overrides
-from mobilenet_v1.transforms import eval_transform
 from mobilenet_v1.weights import load_weights, read_wnids
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -38,9 +37,7 @@ VARIANTS = (("tflite", 2), ("tflite", 0), ("calibrated", 2), ("calibrated", 0))
 
 def top1(predict, samples, folders, pre, ignore, uint8=False) -> tuple[float, float]:
     """Top-1 (ties broken by ``top_classes``'s fixed order) and top-1 with ties split."""
-    loader = make_loader(ImageFolderDataset(samples, eval_transform(pre, to_float=False)), 64, 0)
-    run = predict if uint8 else (lambda batch: predict(float_input(batch, pre)))
-    result = evaluate(run, loader, folders, ignore=ignore)
+    result = evaluate_samples(predict, samples, folders, pre, ignore=ignore, uint8=uint8)
     return result.top1, result.top1_ties_split
 
 

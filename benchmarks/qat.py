@@ -22,20 +22,14 @@ from pathlib import Path
 
 import torch
 
-from mobilenet_v1.evaluate import EvalResult, ImageFolderDataset, evaluate, find_samples, float_input, make_loader
+from mobilenet_v1.evaluate import EvalResult, evaluate_samples, find_samples
 from mobilenet_v1.export import OnnxModel, export_onnx
 from mobilenet_v1.qat import qat_finetune
 from mobilenet_v1.quantize import calibration_files, load_batch, quantize_onnx
-from mobilenet_v1.transforms import eval_transform
 from mobilenet_v1.weights import load_weights, read_wnids
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MODELS = ("mobilenet_v1_0.5_160_quant", "mobilenet_v1_1.0_224_quant")
-
-
-def run_eval(predict, samples, folders, pre, ignore) -> EvalResult:
-    loader = make_loader(ImageFolderDataset(samples, eval_transform(pre, to_float=False)), 64, 0)
-    return evaluate(lambda batch: predict(float_input(batch, pre)), loader, folders, ignore=ignore)
 
 
 def agreement(result: EvalResult, reference: EvalResult) -> float:
@@ -60,9 +54,9 @@ def one_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
     export_onnx(tuned, fp32_qat, pre, labels=info.classes)
     quantize_onnx(fp32_qat, qat, calibration)
     evals = {
-        "float": run_eval(model, samples, folders, pre, info.ignore),
-        "int8_ptq": run_eval(OnnxModel(ptq, args.threads), samples, folders, pre, info.ignore),
-        "int8_qat": run_eval(OnnxModel(qat, args.threads), samples, folders, pre, info.ignore),
+        "float": evaluate_samples(model, samples, folders, pre, ignore=info.ignore),
+        "int8_ptq": evaluate_samples(OnnxModel(ptq, args.threads), samples, folders, pre, ignore=info.ignore),
+        "int8_qat": evaluate_samples(OnnxModel(qat, args.threads), samples, folders, pre, ignore=info.ignore),
     }
     row = {
         "model": name,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .transforms import IMAGE_EXTENSIONS, Preprocessing, load_image
+from .transforms import IMAGE_EXTENSIONS, Preprocessing, eval_transform, load_image
 
-__all__ = ["EvalResult", "ImageFolderDataset", "evaluate", "find_samples", "float_input", "make_loader", "top_classes"]
+__all__ = [
+    "EvalResult",
+    "ImageFolderDataset",
+    "evaluate",
+    "evaluate_samples",
+    "find_samples",
+    "float_input",
+    "make_loader",
+    "top_classes",
+]
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 
@@ -98,7 +107,7 @@ class EvalResult:
     classes: list[str]
     predictions: np.ndarray = field(repr=False)  # (count, 5) output indices, best first
     targets: np.ndarray = field(repr=False)
-    top1_ties_split: float = float("nan")
+    top1_ties_split: float
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -147,8 +156,27 @@ def evaluate(
             credit.append(_tie_credit(logits, targets[-1]))
     except ValueError as exc:  # a DataLoader worker wraps the error with a traceback: keep its last line
         raise ValueError(str(exc).strip().splitlines()[-1].removeprefix("ValueError: ")) from None
-    result = _summarise(torch.cat(preds).numpy(), torch.cat(targets).numpy(), folders)
-    return replace(result, top1_ties_split=100.0 * float(torch.cat(credit).mean()))
+    return _summarise(torch.cat(preds).numpy(), torch.cat(targets).numpy(), torch.cat(credit).numpy(), folders)
+
+
+def evaluate_samples(
+    predict: Predictor,
+    samples: Sequence[tuple[Path, int]],
+    folders: dict[str, int],
+    preprocessing: Preprocessing,
+    *,
+    ignore: Sequence[int] = (),
+    uint8: bool = False,
+    batch_size: int = 64,
+    workers: int = 0,
+) -> EvalResult:
+    """:func:`evaluate` on ``(path, target)`` samples, decoded and centre-cropped by the
+    preset: ``predict`` gets the float input (or, with ``uint8``, the uint8 crops that
+    Google's interpreter and the int8-exact model take)."""
+    dataset = ImageFolderDataset(samples, eval_transform(preprocessing, to_float=False))
+    batches = make_loader(dataset, batch_size=batch_size, workers=workers)
+    run = predict if uint8 else (lambda batch: predict(float_input(batch, preprocessing)))
+    return evaluate(run, batches, folders, ignore=ignore)
 
 
 def _tie_credit(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -158,7 +186,7 @@ def _tie_credit(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return hit.float() / top.sum(dim=1)
 
 
-def _summarise(preds: np.ndarray, targets: np.ndarray, folders: dict[str, int]) -> EvalResult:
+def _summarise(preds: np.ndarray, targets: np.ndarray, credit: np.ndarray, folders: dict[str, int]) -> EvalResult:
     hit1 = preds[:, 0] == targets
     hit5 = (preds == targets[:, None]).any(axis=1)
     names = list(folders)
@@ -179,4 +207,5 @@ def _summarise(preds: np.ndarray, targets: np.ndarray, folders: dict[str, int]) 
         classes=names,
         predictions=preds,
         targets=targets,
+        top1_ties_split=100.0 * float(credit.mean()),
     )

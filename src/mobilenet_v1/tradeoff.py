@@ -240,16 +240,14 @@ def _calibration_batch(folder: Path | None, preset: Preprocessing, count: int = 
 
 
 def _imagenette_top1(predict: Predictor, data: Path, info: Any, limit: int | None) -> float:
-    from .evaluate import ImageFolderDataset, evaluate, find_samples, float_input, make_loader
-    from .transforms import eval_transform
+    from .evaluate import evaluate_samples, find_samples
     from .weights import read_wnids
 
     samples, folders = find_samples(data, info.classes, read_wnids())
     if limit:
         samples = _first_per_class(samples, limit)
-    dataset = ImageFolderDataset(samples, eval_transform(info.preprocessing, to_float=False))
-    batches = ((float_input(x, info.preprocessing), y) for x, y in make_loader(dataset, batch_size=32, workers=2))
-    return evaluate(predict, batches, folders, ignore=info.ignore).top1
+    pre, ignore = info.preprocessing, info.ignore
+    return evaluate_samples(predict, samples, folders, pre, ignore=ignore, batch_size=32, workers=2).top1
 
 
 def _first_per_class(samples: list[tuple[Path, int]], limit: int) -> list[tuple[Path, int]]:
