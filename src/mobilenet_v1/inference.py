@@ -26,28 +26,18 @@ __all__ = ["BACKENDS", "compile_for_inference"]
 BACKENDS = ("inductor", "jit", "eager")
 
 
-def _inductor(model: nn.Module, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
+def _inductor(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     import torch._inductor.config as inductor_config
 
     # Freezing turns parameters into constants so Inductor can fold and pre-pack them.
     inductor_config.freezing = True
-    compiled = torch.compile(model, backend="inductor", dynamic=False)
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        return compiled(x.to(dtype).contiguous(memory_format=torch.channels_last)).float()
-
-    return run
+    return torch.compile(model, backend="inductor", dynamic=False)
 
 
 def _jit(model: nn.Module, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     with torch.no_grad():
         traced = torch.jit.trace(model, example.contiguous(memory_format=torch.channels_last))
-        frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        return frozen(x.to(example.dtype).contiguous(memory_format=torch.channels_last)).float()
-
-    return run
+        return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
 
 
 def compile_for_inference(
@@ -69,7 +59,13 @@ def compile_for_inference(
     for p in folded.parameters():
         p.requires_grad_(False)
     if backend == "inductor":
-        return _inductor(folded, dtype)
-    if backend == "jit":
-        return _jit(folded, torch.randn(1, 3, resolution, resolution, dtype=dtype))
-    return lambda x: folded(x.to(dtype).contiguous(memory_format=torch.channels_last)).float()
+        forward = _inductor(folded)
+    elif backend == "jit":
+        forward = _jit(folded, torch.randn(1, 3, resolution, resolution, dtype=dtype))
+    else:
+        forward = folded
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return forward(x.to(dtype).contiguous(memory_format=torch.channels_last)).float()
+
+    return run

@@ -187,7 +187,7 @@ class _Softmax(nn.Module):
         self.fixed_point = kernels == "reference"  # BUILTIN_REF: gemmlowp's fixed-point softmax
         self.s_in, self.beta = s_in, float(np.float32(op.options.get("beta", 1.0)))
         s_out, self.zero_point = _per_tensor(op.outputs[0])
-        scale = np.float32(-s_in) * np.float32(op.options.get("beta", 1.0))
+        scale = np.float32(-s_in) * np.float32(self.beta)
         # table[d] = expf(scale * d) for d = max - x in 0..255, as PopulateSoftmaxLookupTable
         products = scale * np.arange(256, dtype=np.float32)
         self.register_buffer("table", torch.from_numpy(np.exp(products.astype(np.float64)).astype(np.float32)))
