@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import BatchNorm2d, DepthwiseConv2d
+
 __all__ = [
     "SHALLOW_REMOVED",
     "TABLE1",
@@ -170,24 +172,33 @@ class Conv2dSame(nn.Conv2d):
         return super().forward(F.pad(x, pads))
 
 
+class DepthwiseConv2dSame(Conv2dSame, DepthwiseConv2d):
+    """A depthwise Conv2dSame with DepthwiseConv2d's training kernels."""
+
+
 class ConvBNAct(nn.Module):
     """Conv + BN + activation: every layer of Table 1 (Figure 3)."""
 
     def __init__(self, spec: LayerSpec, config: MobileNetV1Config) -> None:
         super().__init__()
-        groups = spec.in_channels if spec.kind == "depthwise" else 1
+        depthwise = spec.kind == "depthwise"
         same_pad = config.padding == "same" and spec.stride > 1
-        conv_cls = Conv2dSame if same_pad else nn.Conv2d
+        conv_cls = {
+            (False, False): nn.Conv2d,
+            (True, False): Conv2dSame,
+            (False, True): DepthwiseConv2d,
+            (True, True): DepthwiseConv2dSame,
+        }[same_pad, depthwise]
         self.conv = conv_cls(
             spec.in_channels,
             spec.out_channels,
             spec.kernel,
             stride=spec.stride,
             padding=0 if same_pad else spec.kernel // 2,
-            groups=groups,
+            groups=spec.in_channels if depthwise else 1,
             bias=config.folded_bn,
         )
-        self.bn = nn.Identity() if config.folded_bn else nn.BatchNorm2d(spec.out_channels, eps=config.bn_eps)
+        self.bn = nn.Identity() if config.folded_bn else BatchNorm2d(spec.out_channels, eps=config.bn_eps)
         self.act = nn.ReLU6(inplace=True) if config.activation == "relu6" else nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
