@@ -1,0 +1,87 @@
+"""Where the float level and LiteRT part: how close each disagreement is to a tie.
+
+For each shared model, over Imagenette val (uint8 centre crops, as ``fidelity.py``): the
+images where our float model's top-1 is not among LiteRT's top-scoring classes, and for
+those, (a) how far LiteRT's score for our class is below its best, in output steps
+(1/256), (b) how far ahead our float logit for our class is of LiteRT's class, and (c)
+LiteRT's confidence there against all images. Prints a table, writes JSON.
+
+    nice python benchmarks/fidelity_margins.py [--models mobilenet_v1_0.25_128_quant ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+from fidelity import DATA, ROOT, shared_models
+
+from mobilenet_v1.bench import cpu_name
+from mobilenet_v1.convert import load_tflite
+from mobilenet_v1.evaluate import ImageFolderDataset, find_samples, make_loader
+from mobilenet_v1.fidelity import EVALUATORS
+from mobilenet_v1.transforms import Preprocessing, eval_transform
+from mobilenet_v1.weights import WNIDS_FILE
+
+
+@torch.no_grad()
+def margins(paths: list[Path], samples: list[tuple[Path, int]]) -> dict:
+    resolution = load_tflite(paths)[1]["resolution"]
+    dataset = ImageFolderDataset(samples, eval_transform(Preprocessing(resolution), to_float=False))
+    litert, ours = EVALUATORS["litert"](paths), EVALUATORS["float"](paths)
+    lite_scores, logits = [], []
+    for batch, *_ in make_loader(dataset, batch_size=50, workers=1):
+        lite_scores.append(litert(batch).float()[:, 1:] * 256)  # uint8 softmax steps; drop background
+        logits.append(ours(batch).float()[:, 1:])
+    lite, logit = torch.cat(lite_scores), torch.cat(logits)
+    rows = torch.arange(len(lite))
+    pick, lite_pick = logit.argmax(1), lite.argmax(1)
+    best = lite.max(1).values
+    apart = lite[rows, pick] != best  # not even among LiteRT's tied best
+    steps = (best - lite[rows, pick])[apart]
+    lead = (logit[rows, pick] - logit[rows, lite_pick])[apart]
+    return {
+        "images": len(lite),
+        "agreement_ties": 100.0 * (1 - apart.float().mean().item()),
+        "disagreements": int(apart.sum()),
+        "litert_steps_below_best_median": steps.median().item(),
+        "litert_steps_below_best_le_4": 100.0 * (steps <= 4).float().mean().item(),
+        "float_logit_lead_median": lead.median().item(),
+        "float_logit_lead_lt_0.25": 100.0 * (lead < 0.25).float().mean().item(),
+        "litert_top_score_median_disagreements": best[apart].median().item() / 256,
+        "litert_top_score_median_all": best.median().item() / 256,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--models", nargs="+", help="Google model names (default: the four shared ones)")
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "fidelity_margins.json")
+    args = parser.parse_args()
+    pretrained = args.data / "pretrained"
+    labels = (pretrained / "imagenet_labels.txt").read_text().splitlines()
+    wnids = (pretrained / WNIDS_FILE).read_text().split()
+    samples, _ = find_samples(args.data / "imagenette" / "val", labels, wnids)
+    models = shared_models(pretrained)
+    rows = [{"model": name, **margins(models[name], samples)} for name in args.models or list(models)]
+    print("| model | agreement (ties) | disagreements | LiteRT steps below best (median; ≤ 4) |", end="")
+    print(" float logit lead (median; < 0.25) | LiteRT top score: disagreements / all |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['model']} | {r['agreement_ties']:.2f}% | {r['disagreements']} | "
+            f"{r['litert_steps_below_best_median']:.0f}; {r['litert_steps_below_best_le_4']:.0f}% | "
+            f"{r['float_logit_lead_median']:.3f}; {r['float_logit_lead_lt_0.25']:.0f}% | "
+            f"{r['litert_top_score_median_disagreements']:.2f} / {r['litert_top_score_median_all']:.2f} |"
+        )
+    meta = {"machine": f"{os.cpu_count()}-core {cpu_name()}", "command": "nice python benchmarks/fidelity_margins.py"}
+    args.output.write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
