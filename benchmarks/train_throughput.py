@@ -4,7 +4,8 @@ Each measurement runs in a fresh process (clean peak-RSS), models alternate (our
 ours, timm, ...) so that load from other processes hits both alike, and the best of the
 repeats is kept. The loop: forward, cross-entropy, backward, ``RMSpropTF`` step (the paper
 recipe), batch 32. ``pipeline`` rows feed the same step from Imagenette JPEGs (decode ->
-random resized crop -> flip -> normalize, DataLoader workers) instead of synthetic tensors.
+random resized crop -> flip in DataLoader workers, uint8 batches normalized in the step,
+as the trainer does) instead of synthetic tensors.
 
 nice python benchmarks/train_throughput.py [--steps 8] [--repeats 2] [--imagenette DIR]
 """
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 
 from mobilenet_v1 import mobilenet_v1
 from mobilenet_v1.optim import build_optimizer
+from mobilenet_v1.transforms import Preprocessing, float_input, train_transform
 
 BATCH = 32
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,16 +57,16 @@ def synthetic_batches(resolution: int):
         yield x, y
 
 
-def jpeg_batches(resolution: int, imagenette: Path, workers: int):
+def jpeg_batches(resolution: int, imagenette: Path, workers: int, worker_nice: int):
     from torch.utils.data import DataLoader, RandomSampler
 
-    from mobilenet_v1.data import ImageFolder, collate_skipping, load_splits
-    from mobilenet_v1.transforms import Preprocessing, train_transform
+    from mobilenet_v1.data import ImageFolder, collate_skipping, load_splits, lower_priority
 
     split = load_splits(imagenette)
-    dataset = ImageFolder(split.train, train_transform(Preprocessing(resolution)))
+    dataset = ImageFolder(split.train, train_transform(Preprocessing(resolution), to_float=False))
     sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(0))
-    loader = DataLoader(dataset, BATCH, sampler=sampler, num_workers=workers, collate_fn=collate_skipping)
+    kw = {"num_workers": workers, "collate_fn": collate_skipping, "worker_init_fn": lower_priority(worker_nice)}
+    loader = DataLoader(dataset, BATCH, sampler=sampler, **kw)
     while True:
         for x, y, _ in loader:
             yield x, y
@@ -79,14 +81,17 @@ def measure(args: argparse.Namespace) -> dict:
     if args.source == "synthetic":
         batches = synthetic_batches(args.resolution)
     else:
-        batches = jpeg_batches(args.resolution, Path(args.imagenette), args.workers)
+        batches = jpeg_batches(args.resolution, Path(args.imagenette), args.workers, args.worker_nice)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    preset = Preprocessing(args.resolution)
     baseline = rss_mb()
     times = []
     for i in range(args.warmup + args.steps):
         start = time.perf_counter()
         x, y = next(batches)
         x = x.contiguous(memory_format=fmt)
+        if x.dtype == torch.uint8:  # JPEG batches: normalized here, as the trainer does
+            x = float_input(x, preset)
         with autocast:
             loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
@@ -135,8 +140,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--imagenette", default=str(ROOT.parent / "shared" / "data" / "imagenette"))
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--worker-nice", type=int, default=10, help="as `train --worker-nice` (its default, 10)")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "train_throughput.json")
-    parser.add_argument("--only", help="comma-separated indices of CONFIGS to run (default: all)")
+    parser.add_argument("--only", help="indices of CONFIGS, e.g. 0,3 (default: all; none: pipeline only)")
     parser.add_argument("--pipeline", type=int, default=len(PIPELINE), help="how many PIPELINE rows to run")
     # child-process options
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -155,7 +161,10 @@ def main() -> None:
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, batch {BATCH}, best of {args.repeats}")
     print("| alpha/res | precision | channels_last | ours img/s | timm img/s | ratio | ours MB | timm MB |")
     print("|---|---|---|---|---|---|---|---|")
-    wanted = range(len(CONFIGS)) if not args.only else [int(i) for i in args.only.split(",")]
+    if args.only == "none":
+        wanted = []
+    else:
+        wanted = range(len(CONFIGS)) if not args.only else [int(i) for i in args.only.split(",")]
     for index in wanted:
         alpha, res, precision, cl = CONFIGS[index]
         kw = {"alpha": alpha, "resolution": res, "precision": precision, "channels_last": cl, **common}
@@ -179,17 +188,15 @@ def main() -> None:
         for alpha, res, precision in PIPELINE[: args.pipeline]:
             kw = {"impl": "ours", "alpha": alpha, "resolution": res, "precision": precision, **common}
             kw["channels_last"] = True
+            loader = {"workers": args.workers, "worker_nice": args.worker_nice}
             syn = best([run_child(**kw) for _ in range(args.repeats)])
             jpg = best(
-                [
-                    run_child(**kw, source="jpeg", imagenette=args.imagenette, workers=args.workers)
-                    for _ in range(args.repeats)
-                ]
+                [run_child(**kw, source="jpeg", imagenette=args.imagenette, **loader) for _ in range(args.repeats)]
             )
             ratio = jpg["img_per_s"] / syn["img_per_s"]
             pipeline.append(
                 {"alpha": alpha, "resolution": res, "precision": precision, "synthetic": syn}
-                | {"jpeg": jpg, "ratio": ratio, "workers": args.workers}
+                | {"jpeg": jpg, "ratio": ratio, **loader}
             )
             print(f"| {alpha:g}/{res} | {precision} | {syn['img_per_s']:.1f} | {jpg['img_per_s']:.1f} | {ratio:.2f} |")
     args.output.parent.mkdir(parents=True, exist_ok=True)

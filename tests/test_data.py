@@ -1,3 +1,4 @@
+import os
 import warnings
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from mobilenet_v1.data import (
     collate_skipping,
     find_classes,
     load_splits,
+    lower_priority,
     sample_seed,
 )
 from mobilenet_v1.transforms import Preprocessing, train_transform
@@ -114,3 +116,20 @@ def test_seeded_sampler_resumes_inside_an_epoch():
     assert list(sampler) == full[4:] and len(sampler) == 6
     sampler.set_epoch(2)
     assert [i for i, _ in sampler] != [i for i, _ in full]
+
+
+class _Niceness(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> int:
+        return os.nice(0)
+
+
+@pytest.mark.skipif(not hasattr(os, "nice"), reason="no os.nice on this platform")
+def test_lower_priority_renices_the_workers_only():
+    parent = os.nice(0)
+    loader = torch.utils.data.DataLoader(_Niceness(), batch_size=1, num_workers=1, worker_init_fn=lower_priority(3))
+    assert [int(x) for x in loader] == [min(parent + 3, 19)] * 2
+    assert os.nice(0) == parent
+    assert lower_priority(0) is None

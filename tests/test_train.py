@@ -145,6 +145,7 @@ def test_resume_can_extend_a_finished_run(tiny_run, tmp_path):
         (["--data", "{data}", "--lr", "0"], "lr"),
         (["--data", "{data}", "--lr", "-1"], "lr"),
         (["--data", "{data}", "--epochs", "0"], "epochs"),
+        (["--data", "{data}", "--worker-nice", "20"], "worker_nice must be at most 19"),
         (["--data", "{data}", "--output", "{run}"], "already exists"),
         (["--resume", "{tmp}/empty"], "no checkpoint"),
         (["--resume", "{tmp}/missing"], "not found"),

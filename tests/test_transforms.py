@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mobilenet_v1.transforms import Preprocessing, eval_transform, load_image, train_transform
+from mobilenet_v1.transforms import Preprocessing, eval_transform, float_input, load_image, train_transform
 
 
 @pytest.mark.parametrize(
@@ -67,3 +67,22 @@ def test_bad_preset():
         Preprocessing(resolution=128, interpolation="lanczos9")
     with pytest.raises(ValueError, match="crop_fraction"):
         Preprocessing(resolution=128, crop_fraction=0)
+
+
+@pytest.mark.parametrize("strong", [False, True])
+def test_uint8_training_batches_normalize_to_the_float_transform(strong):
+    preset = Preprocessing(24)
+    image = torch.randint(0, 256, (3, 40, 50), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    outputs = []
+    for to_float in (True, False):
+        torch.manual_seed(3)
+        outputs.append(train_transform(preset, strong=strong, to_float=to_float)(image))
+    as_float, as_uint8 = outputs
+    assert as_uint8.dtype == torch.uint8 and as_float.dtype == torch.float32
+    batch = torch.stack([as_uint8, as_uint8]).contiguous(memory_format=torch.channels_last)
+    normalized = float_input(batch, preset)
+    assert normalized.is_contiguous(memory_format=torch.channels_last)
+    if strong:  # random erasing fills with the mean colour: 0 in float, 128 in uint8
+        assert torch.allclose(normalized[0], as_float, atol=1 / 127.5 + 1e-6)
+    else:
+        torch.testing.assert_close(normalized[0], as_float, atol=1e-6, rtol=0)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .transforms import IMAGE_EXTENSIONS, Preprocessing, eval_transform, load_image
+from .transforms import IMAGE_EXTENSIONS, Preprocessing, eval_transform, float_input, load_image
 
 __all__ = [
     "EvalResult",
@@ -27,7 +27,6 @@ __all__ = [
     "evaluate",
     "evaluate_samples",
     "find_samples",
-    "float_input",
     "make_loader",
     "top_classes",
 ]
@@ -82,13 +81,6 @@ class ImageFolderDataset(Dataset):
 
 def make_loader(dataset: Dataset, batch_size: int = 64, workers: int = 2) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
-
-
-def float_input(batch: torch.Tensor, preset: Preprocessing) -> torch.Tensor:
-    """uint8 (N, 3, H, W) crops -> the float input of the preset (``x / 127.5 - 1`` for Google's)."""
-    mean = torch.tensor(preset.mean).view(1, 3, 1, 1)
-    std = torch.tensor(preset.std).view(1, 3, 1, 1)
-    return (batch.float() / 255.0 - mean) / std
 
 
 @dataclass

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from .convert import load_tflite
-from .evaluate import ImageFolderDataset, evaluate, float_input, make_loader
+from .evaluate import ImageFolderDataset, evaluate, make_loader
 from .litert import LiteRTModel
-from .transforms import Preprocessing, eval_transform
+from .transforms import Preprocessing, eval_transform, float_input
 
 __all__ = ["EVALUATORS", "compare", "float_evaluator", "int8_evaluator", "litert_evaluator"]
 

@@ -34,6 +34,7 @@ from .optim import build_optimizer, exponential_decay, warmup_cosine
 from .run_outputs import TensorBoard, format_row, model_metadata, plot_curves, write_metrics
 from .train_eval import autocast_for, evaluate, resolve_device
 from .train_setup import RunPlan, build_loaders, build_model
+from .transforms import float_input
 from .weights_io import save_safetensors
 
 __all__ = ["Trainer", "train"]
@@ -126,6 +127,7 @@ class Trainer:
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        images = float_input(images, self.preprocessing)
         labels = labels.to(self.device, non_blocking=True)
         with self.autocast():
             logits = self.model(images)
@@ -202,7 +204,9 @@ class Trainer:
         """Validation loss and top-1 (EMA weights when ``--ema``), summed over processes."""
         model = self.ema.module if self.ema is not None else self.model_without_ddp
         dist.broadcast_buffers(model, self.env)  # BN statistics: evaluate what rank 0 saves
-        loss, acc, skipped = evaluate(model, self.val_loader, self.device, self.autocast, self.memory_format, self.env)
+        loss, acc, skipped = evaluate(
+            model, self.val_loader, self.device, self.autocast, self.memory_format, self.env, self.preprocessing
+        )
         self.progress.skipped_images += skipped
         return loss, acc
 

@@ -66,6 +66,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     seed: int = 0
     workers: int = 2
+    worker_nice: int = 10  # lower the workers' CPU priority by this much (0-19)
     ema: bool = False
     ema_decay: float = 0.9998
     precision: str = "fp32"
@@ -89,6 +90,9 @@ class TrainConfig:
         _check_int("epochs", self.epochs, 1)
         _check_int("batch_size", self.batch_size, 1)
         _check_int("workers", self.workers, 0)
+        _check_int("worker_nice", self.worker_nice, 0)
+        if self.worker_nice > 19:
+            raise ValueError(f"worker_nice must be at most 19 (the lowest priority), got {self.worker_nice!r}")
         _check_int("checkpoint_steps", self.checkpoint_steps, 0)
         if self.lr is not None:
             _check_positive("lr", self.lr)

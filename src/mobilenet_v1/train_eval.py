@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from . import distributed as dist
+from .transforms import Preprocessing, float_input
 
 __all__ = ["autocast_for", "evaluate", "resolve_device"]
 
@@ -47,6 +48,7 @@ def evaluate(
     autocast: Autocast,
     memory_format: torch.memory_format,
     env: dist.DistEnv,
+    preprocessing: Preprocessing,
 ) -> tuple[float, float, int]:
     """Mean cross-entropy, top-1 and the number of skipped images, over all processes."""
     model.eval()
@@ -56,7 +58,7 @@ def evaluate(
         skipped_images += skipped
         if not len(labels):
             continue
-        images = images.to(device, non_blocking=True, memory_format=memory_format)
+        images = float_input(images.to(device, non_blocking=True, memory_format=memory_format), preprocessing)
         labels = labels.to(device, non_blocking=True)
         with autocast():
             logits = model(images)

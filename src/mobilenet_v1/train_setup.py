@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from . import distributed as dist
 from .checkpoint import LAST, find_checkpoint, load_checkpoint
-from .data import DataSplit, ImageFolder, SeededSampler, collate_skipping, load_splits
+from .data import DataSplit, ImageFolder, SeededSampler, collate_skipping, load_splits, lower_priority
 from .model import MobileNetV1, mobilenet_v1
 from .train_config import TrainConfig
 from .transforms import Preprocessing, eval_transform, train_transform
@@ -132,19 +132,23 @@ def adapt_head(model: MobileNetV1, old_classes: list[str] | None, classes: list[
 def build_loaders(
     config: TrainConfig, split: DataSplit, preprocessing: Preprocessing, env: dist.DistEnv
 ) -> tuple[DataLoader, SeededSampler, DataLoader]:
-    """Training loader (seeded per-sample augmentation, resumable) and validation loader."""
+    """Training loader (seeded per-sample augmentation, resumable) and validation loader.
+
+    Both yield uint8 batches; the loop normalizes them on its device (``float_input``).
+    """
     recipe = config.recipe_defaults
     train_set = ImageFolder(
         split.train,
-        train_transform(preprocessing, min_scale=recipe.min_scale, strong=recipe.strong_augment),
+        train_transform(preprocessing, min_scale=recipe.min_scale, strong=recipe.strong_augment, to_float=False),
     )
-    val_set = ImageFolder(split.val, eval_transform(preprocessing))
+    val_set = ImageFolder(split.val, eval_transform(preprocessing, to_float=False))
     sampler = SeededSampler(dist.make_sampler(train_set, env, shuffle=True, seed=config.seed), seed=config.seed)
     common: dict[str, Any] = {
         "num_workers": config.workers,
         "collate_fn": collate_skipping,
         "pin_memory": torch.cuda.is_available(),
         "persistent_workers": config.workers > 0,
+        "worker_init_fn": lower_priority(config.worker_nice),
         # Workers take their seeds from this generator, not from the global RNG, so
         # starting an epoch does not advance the RNG that dropout uses.
         "generator": torch.Generator().manual_seed(config.seed),

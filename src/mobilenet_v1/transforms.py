@@ -17,7 +17,7 @@ import torch
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
-__all__ = ["IMAGE_EXTENSIONS", "Preprocessing", "eval_transform", "load_image", "train_transform"]
+__all__ = ["IMAGE_EXTENSIONS", "Preprocessing", "eval_transform", "float_input", "load_image", "train_transform"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _INTERPOLATION = {
@@ -120,16 +120,31 @@ def eval_transform(preset: Preprocessing, *, to_float: bool = True) -> v2.Compos
     return v2.Compose(steps)
 
 
+def float_input(batch: torch.Tensor, preset: Preprocessing) -> torch.Tensor:
+    """uint8 (N, 3, H, W) crops -> the float input of the preset (``x / 127.5 - 1`` for Google's).
+
+    Elementwise, so the result keeps the batch's device and memory format: the training
+    loop moves uint8 batches (a quarter of the bytes of float32) and normalizes them there.
+    """
+    mean = torch.tensor(preset.mean, device=batch.device).view(1, 3, 1, 1)
+    std = torch.tensor(preset.std, device=batch.device).view(1, 3, 1, 1)
+    return (batch.float() / 255.0 - mean) / std
+
+
 def train_transform(
     preset: Preprocessing,
     *,
     min_scale: float = 0.35,
     hflip: bool = True,
     strong: bool = False,
+    to_float: bool = True,
 ) -> v2.Compose:
     """Training augmentation. The paper uses less than Inception (Section 3.2): random
     resized crops limited to at least ``min_scale`` of the image, and flips. ``strong``
-    adds TrivialAugment and random erasing (for the "modern" recipe)."""
+    adds TrivialAugment and random erasing (for the "modern" recipe). With
+    ``to_float=False`` the result stays uint8, for :func:`float_input` on the whole batch;
+    random erasing then fills with the preset's mean colour in uint8 (what 0 is after
+    normalization)."""
     steps: list[Any] = [
         v2.RandomResizedCrop(
             preset.resolution,
@@ -142,6 +157,10 @@ def train_transform(
         steps.append(v2.RandomHorizontalFlip())
     if strong:
         steps.append(v2.TrivialAugmentWide(interpolation=_INTERPOLATION[preset.interpolation]))
+    if not to_float:
+        if strong:
+            steps.append(v2.RandomErasing(p=0.25, value=[round(255 * m) for m in preset.mean]))
+        return v2.Compose(steps)
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(preset.mean, preset.std)]
     if strong:
         steps.append(v2.RandomErasing(p=0.25))
