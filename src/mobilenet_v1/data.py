@@ -153,7 +153,7 @@ def lower_priority(increment: int) -> Callable[[int], None] | None:
 
     When the workers and the training step share the cores, a worker that preempts one
     thread of the step's OpenMP team stalls the whole team at its next barrier; at a lower
-    priority the workers decode in the step's gaps instead (docs/training.md: 0.60 -> 0.75
+    priority the workers decode in the step's gaps instead (docs/training.md: 0.59 -> 0.68
     of the synthetic step at alpha 0.25 on 2 cores). ``0`` (or no ``os.nice``): ``None``.
     """
     if increment == 0 or not hasattr(os, "nice"):
