@@ -30,6 +30,7 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/cost_table.py
 	$(BIN)/python benchmarks/latency.py
+	$(BIN)/python benchmarks/depthwise_backward.py
 	$(BIN)/python benchmarks/ddp_scaling.py
 	$(BIN)/mobilenet-v1 tradeoff --output benchmarks/results/tradeoff
 
