@@ -4,8 +4,8 @@ Each measurement runs in a fresh process (clean peak-RSS), models alternate (our
 ours, timm, ...) so that load from other processes hits both alike, and the best of the
 repeats is kept. The loop: forward, cross-entropy, backward, ``RMSpropTF`` step (the paper
 recipe), batch 32. ``pipeline`` rows feed the same step from Imagenette JPEGs (decode ->
-random resized crop -> flip in DataLoader workers, uint8 batches normalized in the step,
-as the trainer does) instead of synthetic tensors.
+random resized crop -> flip in DataLoader workers with per-sample seeds, uint8 batches
+normalized in the step, as the trainer does) instead of synthetic tensors.
 
 nice python benchmarks/train_throughput.py [--steps 8] [--repeats 2] [--imagenette DIR]
 """
@@ -60,11 +60,12 @@ def synthetic_batches(resolution: int):
 def jpeg_batches(resolution: int, imagenette: Path, workers: int, worker_nice: int):
     from torch.utils.data import DataLoader, RandomSampler
 
-    from mobilenet_v1.data import ImageFolder, collate_skipping, load_splits, lower_priority
+    from mobilenet_v1.data import ImageFolder, SeededSampler, collate_skipping, load_splits, lower_priority
 
     split = load_splits(imagenette)
     dataset = ImageFolder(split.train, train_transform(Preprocessing(resolution), to_float=False))
-    sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(0))
+    # as the trainer: a shuffle, and each sample's augmentation drawn from its own seed
+    sampler = SeededSampler(RandomSampler(dataset, generator=torch.Generator().manual_seed(0)), seed=0)
     kw = {"num_workers": workers, "collate_fn": collate_skipping, "worker_init_fn": lower_priority(worker_nice)}
     loader = DataLoader(dataset, BATCH, sampler=sampler, **kw)
     while True:

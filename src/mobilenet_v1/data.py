@@ -143,9 +143,14 @@ class ImageFolder(Dataset):
             return None
         if seed is None:
             return self.transform(image), label
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        # The transforms draw from the CPU generator only; seeding it alone is 1 us where
+        # torch.manual_seed, which also seeds every accelerator's generators, is ~60 us.
+        state = torch.get_rng_state()
+        torch.default_generator.manual_seed(seed)
+        try:
             return self.transform(image), label
+        finally:
+            torch.set_rng_state(state)
 
 
 def lower_priority(increment: int) -> Callable[[int], None] | None:
