@@ -128,7 +128,7 @@ def float_input(batch: torch.Tensor, preset: Preprocessing) -> torch.Tensor:
     """
     mean = torch.tensor(preset.mean, device=batch.device).view(1, 3, 1, 1)
     std = torch.tensor(preset.std, device=batch.device).view(1, 3, 1, 1)
-    return (batch.float() / 255.0 - mean) / std
+    return batch.to(torch.float32, copy=True).div_(255.0).sub_(mean).div_(std)  # one new tensor, not three
 
 
 def train_transform(
@@ -157,11 +157,8 @@ def train_transform(
         steps.append(v2.RandomHorizontalFlip())
     if strong:
         steps.append(v2.TrivialAugmentWide(interpolation=_INTERPOLATION[preset.interpolation]))
-    if not to_float:
-        if strong:
-            steps.append(v2.RandomErasing(p=0.25, value=[round(255 * m) for m in preset.mean]))
-        return v2.Compose(steps)
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(preset.mean, preset.std)]
+    if to_float:
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(preset.mean, preset.std)]
     if strong:
-        steps.append(v2.RandomErasing(p=0.25))
+        steps.append(v2.RandomErasing(p=0.25, value=0 if to_float else [round(255 * m) for m in preset.mean]))
     return v2.Compose(steps)
