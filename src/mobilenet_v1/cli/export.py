@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..export import check_writable, export_onnx
     from ..qat import qat_finetune
-    from ..quantize import DEFAULT_FLOAT_LAYERS, calibration_files, load_batch, quantize_onnx
+    from ..quantize import DEFAULT_FLOAT_LAYERS, calibration_files, load_batch, quantize_onnx, tflite_overrides
     from ..weights import load_weights
 
     if args.format == "onnx-int8" and args.calibration is None:
@@ -59,10 +59,7 @@ def run(args: argparse.Namespace) -> int:
     check_writable(args.output)
     files = calibration_files(args.calibration, args.calibration_images) if args.calibration else []
     model, loaded = load_weights(args.weights)
-    if args.qat_steps and args.quantization != "calibrated" and _tflite_files(args.weights, loaded):
-        raise ValueError(
-            f"--qat-steps needs calibrated quantization: {args.weights!r} carries Google's own QAT int8 grids"
-        )
+    google_grids = _google_grids(args, loaded) if args.format == "onnx-int8" else []
     pre, labels = loaded.preprocessing, loaded.classes
     if args.format == "onnx":
         report = export_onnx(model, args.output, pre, labels=labels)
@@ -71,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             fp32 = Path(tmp) / "fp32.onnx"
             export_onnx(model, fp32, pre, labels=labels)
-            overrides = _overrides(args, loaded, fp32)
+            overrides = tflite_overrides(fp32, google_grids) if google_grids else None
             if args.qat_steps:
                 tuned = qat_finetune(model, calibration, steps=args.qat_steps, float_layers=float_layers)
                 export_onnx(tuned, fp32, pre, labels=labels)  # what gets quantized; compared with `model`
@@ -98,10 +95,13 @@ def _tflite_files(weights: str, loaded: object) -> list[Path]:
     return []
 
 
-def _overrides(args: argparse.Namespace, loaded: object, fp32: Path) -> dict | None:
-    from ..quantize import tflite_overrides
-
+def _google_grids(args: argparse.Namespace, loaded: object) -> list[Path]:
+    """The .tflite file(s) whose int8 grids the export carries over ([]: calibrate instead)."""
     files = _tflite_files(args.weights, loaded) if args.quantization != "calibrated" else []
     if args.quantization == "tflite" and not files:
         raise ValueError(f"--quantization tflite needs Google's quantized .tflite weights, got {args.weights!r}")
-    return tflite_overrides(fp32, files) if files else None
+    if args.qat_steps and files:
+        raise ValueError(
+            f"--qat-steps needs calibrated quantization: {args.weights!r} carries Google's own QAT int8 grids"
+        )
+    return files
