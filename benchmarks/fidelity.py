@@ -43,6 +43,14 @@ def shared_models(pretrained: Path) -> dict[str, list[Path]]:
     }
 
 
+def val_samples(data: Path) -> tuple[list[tuple[Path, int]], dict[str, int]]:
+    """Imagenette val as (path, ImageNet class) samples and its folders, from the shared data."""
+    pretrained = data / "pretrained"
+    labels = (pretrained / "imagenet_labels.txt").read_text().splitlines()
+    wnids = (pretrained / WNIDS_FILE).read_text().split()
+    return find_samples(data / "imagenette" / "val", labels, wnids)
+
+
 def fake_quant_evaluator(paths: list[Path]) -> Callable[[torch.Tensor], torch.Tensor]:
     """Diagnostic, not a fidelity level: the float model with every activation rounded to
     the file's uint8 grid, as LiteRT stores it, and LiteRT's exact input ``(q - 128) / 128``.
@@ -72,9 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     evaluators = {name: {**EVALUATORS, **DIAGNOSTICS}[name] for name in args.evaluators}
     pretrained = args.data / "pretrained"
-    labels = (pretrained / "imagenet_labels.txt").read_text().splitlines()
-    wnids = (pretrained / WNIDS_FILE).read_text().split()
-    samples, folders = find_samples(args.data / "imagenette" / "val", labels, wnids)
+    samples, folders = val_samples(args.data)
     samples = samples[:: args.every]
     google = {w.value.name: w.value.google_top1 for w in MobileNetV1Weights}
     rows = []

@@ -17,26 +17,18 @@ import os
 from pathlib import Path
 
 import torch
-from fidelity import DATA, ROOT, shared_models
+from fidelity import DATA, ROOT, shared_models, val_samples
 
 from mobilenet_v1.bench import cpu_name
-from mobilenet_v1.convert import load_tflite
-from mobilenet_v1.evaluate import ImageFolderDataset, find_samples, make_loader
-from mobilenet_v1.fidelity import EVALUATORS
-from mobilenet_v1.transforms import Preprocessing, eval_transform
-from mobilenet_v1.weights import WNIDS_FILE
+from mobilenet_v1.fidelity import EVALUATORS, compare
 
 
-@torch.no_grad()
-def margins(paths: list[Path], samples: list[tuple[Path, int]]) -> dict:
-    resolution = load_tflite(paths)[1]["resolution"]
-    dataset = ImageFolderDataset(samples, eval_transform(Preprocessing(resolution), to_float=False))
-    litert, ours = EVALUATORS["litert"](paths), EVALUATORS["float"](paths)
-    lite_scores, logits = [], []
-    for batch, *_ in make_loader(dataset, batch_size=50, workers=1):
-        lite_scores.append(litert(batch).float()[:, 1:] * 256)  # uint8 softmax steps; drop background
-        logits.append(ours(batch).float()[:, 1:])
-    lite, logit = torch.cat(lite_scores), torch.cat(logits)
+def margins(paths: list[Path], samples: list[tuple[Path, int]], folders: dict[str, int]) -> dict:
+    scores: dict[str, torch.Tensor] = {}
+    evaluators = {name: EVALUATORS[name] for name in ("litert", "float")}
+    agreement = compare(paths, samples, folders, evaluators=evaluators, workers=1, scores=scores)["float"]
+    lite = scores["litert"][:, 1:] * 256  # uint8 softmax steps; drop background
+    logit = scores["float"][:, 1:]
     rows = torch.arange(len(lite))
     pick, lite_pick = logit.argmax(1), lite.argmax(1)
     best = lite.max(1).values
@@ -45,7 +37,7 @@ def margins(paths: list[Path], samples: list[tuple[Path, int]]) -> dict:
     lead = (logit[rows, pick] - logit[rows, lite_pick])[apart]
     return {
         "images": len(lite),
-        "agreement_ties": 100.0 * (1 - apart.float().mean().item()),
+        "agreement_ties": agreement["agreement_ties"],
         "disagreements": int(apart.sum()),
         "litert_steps_below_best_median": steps.median().item(),
         "litert_steps_below_best_le_4": 100.0 * (steps <= 4).float().mean().item(),
@@ -62,12 +54,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", help="Google model names (default: the four shared ones)")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "fidelity_margins.json")
     args = parser.parse_args()
-    pretrained = args.data / "pretrained"
-    labels = (pretrained / "imagenet_labels.txt").read_text().splitlines()
-    wnids = (pretrained / WNIDS_FILE).read_text().split()
-    samples, _ = find_samples(args.data / "imagenette" / "val", labels, wnids)
-    models = shared_models(pretrained)
-    rows = [{"model": name, **margins(models[name], samples)} for name in args.models or list(models)]
+    samples, folders = val_samples(args.data)
+    models = shared_models(args.data / "pretrained")
+    rows = [{"model": name, **margins(models[name], samples, folders)} for name in args.models or list(models)]
     print("| model | agreement (ties) | disagreements | LiteRT steps below best (median; ≤ 4) |", end="")
     print(" float logit lead (median; < 0.25) | LiteRT top score: disagreements / all |")
     print("|---|---|---|---|---|---|")

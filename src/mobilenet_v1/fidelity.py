@@ -61,24 +61,28 @@ def compare(
     batch_size: int = 50,
     workers: int = 0,
     progress: bool = False,
+    scores: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Top-1/top-5 of each evaluator and its top-1 agreement with ``reference``."""
+    """Top-1/top-5 of each evaluator and its top-1 agreement with ``reference``.
+
+    ``scores``, if given, receives each evaluator's outputs, (images, 1001) in sample order.
+    """
     evaluators = evaluators or EVALUATORS
     if reference not in evaluators:
         raise ValueError(f"reference {reference!r} is not among the evaluators {sorted(evaluators)}")
     resolution = load_tflite(paths)[1]["resolution"]
     dataset = ImageFolderDataset(samples, eval_transform(Preprocessing(resolution), to_float=False))
     loader = make_loader(dataset, batch_size=batch_size, workers=workers)
-    results, reference_scores = {}, []
+    results, scores = {}, {} if scores is None else scores
     for name, make in evaluators.items():
-        predict = make(paths)
-        if name == reference:
-            predict = _recording(predict, reference_scores)
+        outputs: list[torch.Tensor] = []
+        predict = _recording(make(paths), outputs)
         results[name] = evaluate(predict, loader, folders, ignore=(0,), progress=progress, total=len(loader))
-    scores = torch.cat(reference_scores)[:, 1:]
-    best = scores.max(dim=1).values
+        scores[name] = torch.cat(outputs)
+    reference_scores = scores[reference][:, 1:]
+    best = reference_scores.max(dim=1).values
     top1 = {name: r.predictions[:, 0] for name, r in results.items()}
-    rows = torch.arange(len(scores))
+    rows = torch.arange(len(reference_scores))
     return {
         name: {
             "top1": r.top1,
@@ -86,7 +90,8 @@ def compare(
             "count": r.count,
             "agreement": 100.0 * float(np.mean(top1[name] == top1[reference])),
             # LiteRT's uint8 output often ties at the top: its top-1 is then any of the tied classes
-            "agreement_ties": 100.0 * float((scores[rows, torch.from_numpy(top1[name]) - 1] == best).float().mean()),
+            "agreement_ties": 100.0
+            * float((reference_scores[rows, torch.from_numpy(top1[name]) - 1] == best).float().mean()),
         }
         for name, r in results.items()
     }
