@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -39,6 +40,22 @@ def top1(predict, samples, folders, pre, ignore, uint8=False) -> tuple[float, fl
     """Top-1 (ties broken by ``top_classes``'s fixed order) and top-1 with ties split."""
     result = evaluate_samples(predict, samples, folders, pre, ignore=ignore, uint8=uint8)
     return result.top1, result.top1_ties_split
+
+
+def data_arguments(parser: argparse.ArgumentParser, out: str) -> None:
+    """What both int8 benchmarks (this and qat.py) take: val and calibration folders, output."""
+    parser.add_argument("--val", type=Path, default=DATA / "imagenette" / "val")
+    parser.add_argument("--calibration", type=Path, default=DATA / "imagenette" / "train")
+    parser.add_argument("--calibration-images", type=int, default=200)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / out)
+
+
+def run_models(one_model: Callable[[str, argparse.Namespace, Path], dict], args: argparse.Namespace) -> list[dict]:
+    """``one_model`` for each of ``args.models`` in one scratch folder; the rows also go to ``args.out``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [one_model(name, args, Path(tmp)) for name in args.models]
+    args.out.write_text(json.dumps(rows, indent=2) + "\n")
+    return rows
 
 
 def one_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
@@ -72,18 +89,12 @@ def one_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--val", type=Path, default=DATA / "imagenette" / "val")
-    parser.add_argument("--calibration", type=Path, default=DATA / "imagenette" / "train")
-    parser.add_argument("--calibration-images", type=int, default=200)
+    data_arguments(parser, "int8_accuracy.json")
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--variants", nargs="+", default=[f"{m}_f{f}" for m, f in VARIANTS], help="e.g. tflite_f2")
     parser.add_argument("--bf16", action="store_true", help="add the bfloat16 compiled PyTorch path")
     parser.add_argument("--quick", action="store_true", help="skip fp32 ONNX and LiteRT (the slow references)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "int8_accuracy.json")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        rows = [one_model(name, args, Path(tmp)) for name in args.models]
-    args.out.write_text(json.dumps(rows, indent=2) + "\n")
+    rows = run_models(one_model, parser.parse_args())
     keys = [k for k in rows[0] if k not in ("model", "images")]
     print("| model | " + " | ".join(keys) + " |")
     print("|---" * (len(keys) + 1) + "|")

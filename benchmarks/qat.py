@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+from int8_accuracy import data_arguments, run_models
 
 from mobilenet_v1.evaluate import EvalResult, evaluate_samples, find_samples
 from mobilenet_v1.export import OnnxModel, export_onnx
@@ -28,7 +28,6 @@ from mobilenet_v1.qat import qat_finetune
 from mobilenet_v1.quantize import calibration_files, load_batch, quantize_onnx
 from mobilenet_v1.weights import load_weights, read_wnids
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MODELS = ("mobilenet_v1_0.5_160_quant", "mobilenet_v1_1.0_224_quant")
 
 
@@ -39,7 +38,6 @@ def agreement(result: EvalResult, reference: EvalResult) -> float:
 
 def one_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
     model, info = load_weights(name)
-    model.eval()
     pre = info.preprocessing
     samples, folders = find_samples(args.val, info.classes, read_wnids())
     samples = samples[:: args.every]
@@ -76,21 +74,16 @@ def one_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--val", type=Path, default=DATA / "imagenette" / "val")
-    parser.add_argument("--calibration", type=Path, default=DATA / "imagenette" / "train")
-    parser.add_argument("--calibration-images", type=int, default=200)
+    data_arguments(parser, "qat.json")
     parser.add_argument("--every", type=int, default=1, help="evaluate every k-th val image")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--models", nargs="+", default=list(MODELS))
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "qat.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        rows = [one_model(name, args, Path(tmp)) for name in args.models]
-    args.out.write_text(json.dumps(rows, indent=2) + "\n")
+    rows = run_models(one_model, args)
     print(
         "| model | val images | float | int8 PTQ | int8 QAT | top-1 = float's: PTQ | QAT | QAT steps, lr | QAT time |"
     )
