@@ -149,6 +149,15 @@ def test_find_samples_maps_wnids_past_background(tmp_path: Path) -> None:
     assert folders == {"n2": 2} and samples == [(tmp_path / "n2" / "x.JPEG", 2)]
 
 
+def test_find_samples_prefers_a_checkpoints_own_wnid_classes(tmp_path: Path) -> None:
+    # a model fine-tuned on wnid folders (Imagenette): its 2 classes are wnids, not ImageNet's rows
+    for wnid in ("n2", "n3"):
+        (tmp_path / wnid).mkdir()
+        (tmp_path / wnid / "x.JPEG").write_bytes(b"")
+    samples, folders = find_samples(tmp_path, ["n3", "n2"], ["n1", "n2", "n3"])
+    assert folders == {"n2": 1, "n3": 0} and [t for _, t in samples] == [1, 0]
+
+
 def test_top_classes_orders_by_score_and_breaks_ties_evenly():
     scores = torch.tensor([[0.1, 0.5, 0.2, 0.9, 0.3]])
     assert top_classes(scores, 3).tolist() == [[3, 1, 4]]  # no ties: plain descending order

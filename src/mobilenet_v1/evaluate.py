@@ -39,14 +39,15 @@ def find_samples(
 ) -> tuple[list[tuple[Path, int]], dict[str, int]]:
     """(image path, output index) pairs and the sub-folder -> output index map.
 
-    A sub-folder is a WordNet id from ``wnids`` (output ``index + len(class_names) -
-    len(wnids)``, so 1 for a 1001-output model) or one of ``class_names``.
+    A sub-folder is one of ``class_names`` (a fine-tuned checkpoint's own classes, which
+    may themselves be WordNet ids) or, for a model with ImageNet's outputs, a WordNet id
+    from ``wnids`` (output ``index + len(class_names) - len(wnids)``, so 1 for 1001 outputs).
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
-    offset = len(class_names) - len(wnids) if wnids else 0
-    by_wnid = {w: i + offset for i, w in enumerate(wnids or ())}
+    offset = len(class_names) - len(wnids) if wnids else -1
+    by_wnid = {w: i + offset for i, w in enumerate(wnids or ())} if offset >= 0 else {}
     by_name = {name: i for i, name in enumerate(class_names)}
     folders: dict[str, int] = {}
     samples: list[tuple[Path, int]] = []
@@ -54,7 +55,7 @@ def find_samples(
         images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not images:
             continue
-        target = by_wnid.get(folder.name, by_name.get(folder.name))
+        target = by_name.get(folder.name, by_wnid.get(folder.name))
         if target is None:
             raise ValueError(f"folder {folder} is neither an ImageNet WordNet id nor a class of the checkpoint")
         folders[folder.name] = target
