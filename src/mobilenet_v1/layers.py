@@ -8,6 +8,10 @@ MobileNet V1's shapes (measured in ``benchmarks/depthwise_backward.py``, docs/tr
 - :class:`BatchNorm2d`: the channels_last batch-norm backward kernel vectorizes over
   channels and is ~5x slower than the NCHW kernel when a layer has fewer channels than
   one AVX-512 vector (16): the stem and first depthwise layer of alpha 0.25 (8 channels).
+- :func:`batch_norm_act`: batch norm with batch statistics and the ReLU after it, trained
+  in four passes over the tensor instead of seven by the C kernels of ``csrc/bn_act.c``
+  (float32/float64, channels_last): PyTorch's separate kernels make BN + ReLU half of the
+  float32 step at 1.0/224, each pass memory-bound.
 - :class:`DepthwiseConv2d`: oneDNN's bfloat16 depthwise backward-data has no fast
   kernel for stride 2 (10-20x slower than the forward pass). The input gradient of a
   3x3 depthwise convolution is itself a depthwise convolution of the output gradient:
@@ -18,13 +22,19 @@ MobileNet V1's shapes (measured in ``benchmarks/depthwise_backward.py``, docs/tr
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as _module
 
-__all__ = ["BatchNorm2d", "DepthwiseConv2d", "depthwise_conv2d"]
+from .native import bn_act_kernels
+
+__all__ = ["BatchNorm2d", "DepthwiseConv2d", "batch_norm_act", "depthwise_conv2d"]
 
 THIN_CHANNELS = 16  # one AVX-512 vector of float32
+FUSED_MIN_ELEMENTS = 1 << 18  # below, the fused path's fixed ~0.2 ms costs more than it saves (measured)
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:
@@ -38,6 +48,110 @@ class BatchNorm2d(nn.BatchNorm2d):
         if self.training and x.device.type == "cpu" and x.shape[1] < THIN_CHANNELS and _is_channels_last(x):
             return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
         return super().forward(x)
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return t.data_ptr()
+
+
+class _BatchNormAct(torch.autograd.Function):
+    """``clamp(batch_norm(x), 0, upper)`` with batch statistics, on a channels_last tensor."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum: float, eps: float, upper: float):
+        lib, kind = bn_act_kernels(), "f32" if x.dtype == torch.float32 else "f64"
+        channels = x.shape[1]
+        rows = x.numel() // channels
+        shift = x.permute(0, 2, 3, 1).reshape(rows, channels)[0].contiguous()
+        sums = torch.empty(2, channels, dtype=torch.float64)
+        if getattr(lib, f"bn_act_stats_{kind}")(_ptr(x), rows, channels, _ptr(shift), _ptr(sums)):
+            raise MemoryError("batch norm statistics: out of memory")
+        centred = sums[0] / rows
+        var = (sums[1] / rows - centred * centred).clamp_(min=0)
+        mean = shift.double() + centred
+        invstd = torch.rsqrt(var + eps)
+        scale = weight.double() * invstd
+        coef = torch.stack([scale, bias.double() - mean * scale, mean]).to(x.dtype)  # scale, bias, mean
+        y = torch.empty_like(x)
+        getattr(lib, f"bn_act_forward_{kind}")(_ptr(x), _ptr(y), rows, channels, _ptr(coef[0]), _ptr(coef[1]), upper)
+        if running_mean is not None:  # as PyTorch: the variance is unbiased here, in double
+            running_mean.copy_(momentum * mean + (1 - momentum) * running_mean.double())
+            unbiased = var * rows / max(rows - 1, 1)
+            running_var.copy_(momentum * unbiased + (1 - momentum) * running_var.double())
+        ctx.save_for_backward(x, coef, invstd)
+        ctx.upper = upper
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, coef, invstd = ctx.saved_tensors
+        lib, kind = bn_act_kernels(), "f32" if x.dtype == torch.float32 else "f64"
+        grad = grad.to(x.dtype).contiguous(memory_format=torch.channels_last)
+        channels = x.shape[1]
+        rows = x.numel() // channels
+        scale, bias, mean = coef
+        sums = torch.empty(2, channels, dtype=torch.float64)
+        args = (_ptr(grad), _ptr(x), rows, channels, _ptr(scale), _ptr(bias), _ptr(mean), ctx.upper, _ptr(sums))
+        if getattr(lib, f"bn_act_backward_stats_{kind}")(*args):
+            raise MemoryError("batch norm backward: out of memory")
+        grad_sum, grad_dot = sums  # sum(g'), sum(g' * (x - mean))
+        a = scale.double()
+        b = -a * grad_sum / rows
+        d = -a * invstd * invstd * grad_dot / rows
+        coef = torch.cat([coef, torch.stack([a, b, d]).to(x.dtype)]).contiguous()
+        grad_x = torch.empty_like(x)
+        getattr(lib, f"bn_act_backward_input_{kind}")(
+            _ptr(grad), _ptr(x), _ptr(grad_x), rows, channels, _ptr(coef), ctx.upper
+        )
+        grad_weight = (grad_dot * invstd).to(x.dtype)
+        return grad_x, grad_weight, grad_sum.to(x.dtype), None, None, None, None, None
+
+
+_ACT_UPPER = {nn.ReLU: math.inf, nn.ReLU6: 6.0}
+
+
+def _has_hooks(*modules: nn.Module) -> bool:
+    globals_ = (_module._global_forward_hooks, _module._global_forward_pre_hooks, _module._global_backward_hooks)
+    own = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    return any(globals_) or any(getattr(m, name) for m in modules for name in own)
+
+
+def _fusable(bn: nn.Module, act: nn.Module, x: torch.Tensor) -> bool:
+    return (
+        type(bn) is BatchNorm2d
+        and type(act) in _ACT_UPPER
+        and bn.training
+        and bn.affine
+        and bn.track_running_stats
+        and x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and x.dim() == 4
+        and x.numel() >= FUSED_MIN_ELEMENTS
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and bn.weight.dtype == x.dtype
+        and not torch.compiler.is_compiling()
+        and not _has_hooks(bn, act)
+        and bn_act_kernels() is not None
+    )
+
+
+def batch_norm_act(bn: nn.Module, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``act(bn(x))``; in training, for our BatchNorm2d then ReLU/ReLU6, by the fused kernels.
+
+    Same parameters, running statistics, ``num_batches_tracked``, values and gradients as
+    the two modules (to rounding: the sums are in double); module hooks on either, autocast's
+    bfloat16, NCHW tensors, small tensors and ``torch.compile`` take the modules themselves.
+    """
+    if not _fusable(bn, act, x):
+        return act(bn(x))
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.num_batches_tracked is not None:  # nn.BatchNorm2d.forward's bookkeeping
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    upper = _ACT_UPPER[type(act)]
+    return _BatchNormAct.apply(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, momentum, bn.eps, upper)
 
 
 class _DepthwiseConv(torch.autograd.Function):

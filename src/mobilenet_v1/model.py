@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import BatchNorm2d, DepthwiseConv2d
+from .layers import BatchNorm2d, DepthwiseConv2d, batch_norm_act
 
 __all__ = [
     "SHALLOW_REMOVED",
@@ -202,7 +202,7 @@ class ConvBNAct(nn.Module):
         self.act = nn.ReLU6(inplace=True) if config.activation == "relu6" else nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
+        return batch_norm_act(self.bn, self.act, self.conv(x))
 
 
 class DepthwiseSeparable(nn.Module):
