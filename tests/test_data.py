@@ -133,3 +133,21 @@ def test_lower_priority_renices_the_workers_only():
     assert [int(x) for x in loader] == [min(parent + 3, 19)] * 2
     assert os.nice(0) == parent
     assert lower_priority(0) is None
+
+
+class _Policy(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> int:
+        return os.sched_getscheduler(0)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="no SCHED_IDLE on this platform")
+def test_idle_workers_run_in_sched_idle_and_the_trainer_only_keeps_its_policy():
+    parent = os.sched_getscheduler(0)
+    loader = torch.utils.data.DataLoader(
+        _Policy(), batch_size=1, num_workers=1, worker_init_fn=lower_priority(0, idle=True)
+    )
+    assert [int(x) for x in loader] == [os.SCHED_IDLE] * 2
+    assert os.sched_getscheduler(0) == parent != os.SCHED_IDLE

@@ -66,7 +66,8 @@ class TrainConfig:
     val_fraction: float = 0.1
     seed: int = 0
     workers: int = 2
-    worker_nice: int = 10  # lower the workers' CPU priority by this much (0-19)
+    worker_nice: int = 10  # lower the workers' CPU priority by this much (0-19), when not worker_idle
+    worker_idle: bool = True  # workers in SCHED_IDLE: they run only on cores the step leaves idle
     ema: bool = False
     ema_decay: float = 0.9998
     precision: str = "fp32"

@@ -148,7 +148,9 @@ def build_loaders(
         "collate_fn": collate_skipping,
         "pin_memory": torch.cuda.is_available(),
         "persistent_workers": config.workers > 0,
-        "worker_init_fn": lower_priority(config.worker_nice),
+        "worker_init_fn": lower_priority(config.worker_nice, idle=config.worker_idle),
+        # idle workers decode in the step's gaps: a deeper queue rides out the busy stretches
+        "prefetch_factor": 4 if config.workers > 0 else None,
         # Workers take their seeds from this generator, not from the global RNG, so
         # starting an epoch does not advance the RNG that dropout uses.
         "generator": torch.Generator().manual_seed(config.seed),

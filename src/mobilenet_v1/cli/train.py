@@ -40,7 +40,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-fraction", type=float, help="share of each class held out when there is no DIR/val")
     p.add_argument("--seed", type=int, help="seed of init, data order, augmentation and split (0)")
     p.add_argument("--workers", type=types.non_negative_int, help="data loading processes (2)")
-    p.add_argument("--worker-nice", type=types.non_negative_int, help="lower the workers' CPU priority, 0-19 (10)")
+    p.add_argument(
+        "--worker-idle",
+        action=argparse.BooleanOptionalAction,
+        help="run the workers only on cores the step leaves idle (Linux SCHED_IDLE; default on)",
+    )
+    p.add_argument(
+        "--worker-nice", type=types.non_negative_int, help="with --no-worker-idle: lower their priority (10)"
+    )
     p.add_argument("--ema", action="store_true", default=None, help="keep an EMA of the weights; evaluate/save it")
     p.add_argument("--ema-decay", type=float)
     precision = p.add_mutually_exclusive_group()
@@ -57,8 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _settings(args: argparse.Namespace) -> dict[str, object]:
     names = (
         "weights alpha resolution recipe optimizer epochs batch_size lr weight_decay label_smoothing "
-        "warmup_epochs freeze_backbone val_fraction seed workers worker_nice ema ema_decay precision channels_last "
-        "checkpoint_minutes checkpoint_steps sync_bn device"
+        "warmup_epochs freeze_backbone val_fraction seed workers worker_nice worker_idle ema ema_decay precision "
+        "channels_last checkpoint_minutes checkpoint_steps sync_bn device"
     ).split()
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
