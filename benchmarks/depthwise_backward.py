@@ -1,9 +1,11 @@
 """The CPU kernels behind ``mobilenet_v1.layers``: per-layer timings of MobileNet V1's shapes.
 
 For every depthwise layer (batch 32, channels_last) it times PyTorch's backward (oneDNN,
-input and weight gradients) against ``layers.depthwise_conv2d``'s backward, and for the
+input and weight gradients) against ``layers.depthwise_conv2d``'s backward; for the
 thin layers PyTorch's channels_last batch norm (forward + backward) against
-``layers.BatchNorm2d``. Median of ``--runs``; prints a table, writes JSON.
+``layers.BatchNorm2d``; and for every batch-norm shape in float32, PyTorch's
+``nn.BatchNorm2d`` + ``nn.ReLU(inplace=True)`` against ``layers.batch_norm_act`` (forward +
+input gradient). Median of ``--runs``; prints a table, writes JSON.
 
     nice python benchmarks/depthwise_backward.py [--alpha 1.0 0.25] [--runs 7]
 """
@@ -24,7 +26,7 @@ from torch import nn
 
 from mobilenet_v1 import mobilenet_v1
 from mobilenet_v1.bench import cpu_name
-from mobilenet_v1.layers import BatchNorm2d, depthwise_conv2d
+from mobilenet_v1.layers import BatchNorm2d, batch_norm_act, depthwise_conv2d
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 32
@@ -77,6 +79,28 @@ def time_batchnorm(channels: int, size: int, runs: int) -> dict:
     return result
 
 
+def bn_shapes(alpha: float) -> list[tuple[int, int]]:
+    """(channels, size) of each batch norm's input, in network order, without repeats."""
+    size, shapes = RESOLUTION[alpha], []
+    for spec in mobilenet_v1(alpha=alpha).plan:
+        size = -(-size // spec.stride)
+        if (spec.out_channels, size) not in shapes:
+            shapes.append((spec.out_channels, size))
+    return shapes
+
+
+def time_bn_act(channels: int, size: int, runs: int) -> dict:
+    x = torch.randn(BATCH, channels, size, size).contiguous(memory_format=torch.channels_last).requires_grad_()
+    grad = torch.randn_like(x)
+    bn, act = nn.BatchNorm2d(channels), nn.ReLU(inplace=True)
+    ours = BatchNorm2d(channels)
+    pytorch_ms = median_ms(lambda: torch.autograd.grad(act(bn(x)), x, grad), runs)
+    return {
+        "pytorch_ms": pytorch_ms,
+        "ours_ms": median_ms(lambda: torch.autograd.grad(batch_norm_act(ours, act, x), x, grad), runs),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--alpha", type=float, nargs="+", default=[1.0, 0.25], choices=sorted(RESOLUTION))
@@ -99,6 +123,10 @@ def main() -> None:
             row = {"alpha": alpha, "layer": "bn", "channels": channels, "size": size, "dtype": "float32"}
             rows.append(row | time_batchnorm(channels, size, args.runs))
             print(_line(rows[-1], f"{channels}x{size}x{size} (BN fwd+bwd)"), flush=True)
+        for channels, size in bn_shapes(alpha):
+            row = {"alpha": alpha, "layer": "bn+relu", "channels": channels, "size": size, "dtype": "float32"}
+            rows.append(row | time_bn_act(channels, size, args.runs))
+            print(_line(rows[-1], f"{channels}x{size}x{size} (BN+ReLU fwd+bwd)"), flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     meta = {"machine": f"{os.cpu_count()}-core {cpu_name()}", "torch": torch.__version__}
     meta["threads"] = torch.get_num_threads()

@@ -34,7 +34,7 @@ from .native import bn_act_kernels
 __all__ = ["BatchNorm2d", "DepthwiseConv2d", "batch_norm_act", "depthwise_conv2d"]
 
 THIN_CHANNELS = 16  # one AVX-512 vector of float32
-FUSED_MIN_ELEMENTS = 1 << 18  # below, the fused path's fixed ~0.2 ms costs more than it saves (measured)
+FUSED_MIN_ELEMENTS = 1 << 19  # below, the fused path's fixed costs can outweigh it (depthwise_backward.py)
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:
