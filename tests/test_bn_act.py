@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
+import shutil
 
 import pytest
 import torch
@@ -14,6 +16,8 @@ from mobilenet_v1 import layers, mobilenet_v1, native
 from mobilenet_v1.layers import BatchNorm2d, batch_norm_act
 
 FUSED = "_BatchNormActBackward"
+# The kernels are compiled on first use; without a C compiler the layers keep PyTorch's.
+needs_compiler = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler")
 BIG = (8, 64, 32, 32)  # 2**19 elements: the smallest tensor the fused path takes
 
 
@@ -39,6 +43,7 @@ def _run(bn: nn.Module, act: nn.Module, x: torch.Tensor, grad: torch.Tensor, fus
     return out, xi.grad, bn.weight.grad, bn.bias.grad, bn.running_mean, bn.running_var, bn.num_batches_tracked
 
 
+@needs_compiler
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("act", [nn.ReLU, nn.ReLU6])
 @pytest.mark.parametrize("momentum", [0.1, None])
@@ -56,6 +61,7 @@ def test_matches_batchnorm_then_activation(dtype: torch.dtype, act: type[nn.Modu
         torch.testing.assert_close(g, e, **tol, msg=lambda m, n=name: f"{n}: {m}")
 
 
+@needs_compiler
 def test_gradcheck(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(layers, "FUSED_MIN_ELEMENTS", 0)
     gen = torch.Generator().manual_seed(1)
@@ -74,11 +80,13 @@ def test_gradcheck(monkeypatch: pytest.MonkeyPatch) -> None:
     assert torch.autograd.gradcheck(fn, inputs)
 
 
+@needs_compiler
 def test_model_step_equals_pytorch_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
-    """One training step of the whole network, fused and not: same loss, gradients and stats."""
+    """One training step of the whole network in float64, fused and not: same loss, gradients, stats."""
+    monkeypatch.setattr(layers, "FUSED_MIN_ELEMENTS", 0)  # every layer of this small input
     torch.manual_seed(0)
-    model = mobilenet_v1(alpha=0.5, num_classes=10).to(memory_format=torch.channels_last)
-    x = _channels_last(torch.randn(4, 3, 96, 96))
+    model = mobilenet_v1(alpha=0.5, num_classes=10).double().to(memory_format=torch.channels_last)
+    x = _channels_last(torch.randn(4, 3, 64, 64, dtype=torch.float64))
     y = torch.tensor([0, 3, 5, 9])
     results = []
     for native_on in (False, True):
@@ -86,14 +94,37 @@ def test_model_step_equals_pytorch_kernels(monkeypatch: pytest.MonkeyPatch) -> N
         m = copy.deepcopy(model).train()
         m.dropout.p = 0.0
         loss = F.cross_entropy(m(x), y)
+        fused = 0
+        stack = [loss.grad_fn]
+        while stack:  # count the fused nodes in the graph
+            node = stack.pop()
+            fused += type(node).__name__ == FUSED
+            stack += [n for n, _ in node.next_functions if n is not None]
+        assert fused == (27 if native_on else 0)
         loss.backward()
         results.append((loss, [p.grad for p in m.parameters()], [b.clone() for b in m.buffers()]))
     (loss0, grads0, bufs0), (loss1, grads1, bufs1) = results
-    torch.testing.assert_close(loss1, loss0, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(loss1, loss0)
     for g0, g1 in zip(grads0, grads1, strict=True):
-        torch.testing.assert_close(g1, g0, atol=2e-4, rtol=1e-3)
+        torch.testing.assert_close(g1, g0)
     for b0, b1 in zip(bufs0, bufs1, strict=True):
         torch.testing.assert_close(b1, b0)
+
+
+@needs_compiler
+def test_float32_input_gradient_close_to_float64() -> None:
+    """Sums over 2**18 rows in float32: ours stay within 1e-6 of the float64 result (PyTorch's
+    channels_last CPU kernel, at this torch version, was measured 15% off on this case)."""
+    gen = torch.Generator().manual_seed(0)
+    x = _channels_last(torch.randn(64, 16, 64, 64, generator=gen) * 0.3 + 0.1)
+    grad = _channels_last(torch.randn(x.shape, generator=gen))
+    ones, zeros = torch.ones(16, dtype=torch.float64), torch.zeros(16, dtype=torch.float64)
+    x64 = x.double().requires_grad_()
+    F.relu(F.batch_norm(x64, None, None, ones, zeros, True)).backward(grad.double())
+    x32 = x.clone().requires_grad_()
+    batch_norm_act(BatchNorm2d(16), nn.ReLU(), x32).backward(grad)
+    error = (x32.grad.double() - x64.grad).abs().max() / x64.grad.abs().max()
+    assert error < 1e-6
 
 
 @pytest.mark.parametrize(
@@ -143,6 +174,7 @@ def test_disabled_or_without_compiler_returns_none(monkeypatch: pytest.MonkeyPat
         native.bn_act_kernels.cache_clear()
 
 
+@needs_compiler
 def test_built_once_into_the_cache(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.setenv("MOBILENET_V1_CACHE", str(tmp_path))
     native.bn_act_kernels.cache_clear()

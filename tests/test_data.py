@@ -1,5 +1,6 @@
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -118,36 +119,36 @@ def test_seeded_sampler_resumes_inside_an_epoch():
     assert [i for i, _ in sampler] != [i for i, _ in full]
 
 
-class _Niceness(torch.utils.data.Dataset):
+class _WorkerReport(torch.utils.data.Dataset):
+    """Two items, each what ``report()`` returns inside the worker."""
+
+    def __init__(self, report: Callable[[], int]) -> None:
+        self.report = report
+
     def __len__(self) -> int:
         return 2
 
     def __getitem__(self, index: int) -> int:
-        return os.nice(0)
+        return self.report()
 
 
 @pytest.mark.skipif(not hasattr(os, "nice"), reason="no os.nice on this platform")
 def test_lower_priority_renices_the_workers_only():
     parent = os.nice(0)
-    loader = torch.utils.data.DataLoader(_Niceness(), batch_size=1, num_workers=1, worker_init_fn=lower_priority(3))
+    loader = torch.utils.data.DataLoader(
+        _WorkerReport(lambda: os.nice(0)), batch_size=1, num_workers=1, worker_init_fn=lower_priority(3)
+    )
     assert [int(x) for x in loader] == [min(parent + 3, 19)] * 2
     assert os.nice(0) == parent
     assert lower_priority(0) is None
 
 
-class _Policy(torch.utils.data.Dataset):
-    def __len__(self) -> int:
-        return 2
-
-    def __getitem__(self, index: int) -> int:
-        return os.sched_getscheduler(0)
-
-
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="no SCHED_IDLE on this platform")
-def test_idle_workers_run_in_sched_idle_and_the_trainer_only_keeps_its_policy():
+def test_idle_workers_run_in_sched_idle_and_the_parent_keeps_its_policy():
     parent = os.sched_getscheduler(0)
+    report = _WorkerReport(lambda: os.sched_getscheduler(0))
     loader = torch.utils.data.DataLoader(
-        _Policy(), batch_size=1, num_workers=1, worker_init_fn=lower_priority(0, idle=True)
+        report, batch_size=1, num_workers=1, worker_init_fn=lower_priority(0, idle=True)
     )
     assert [int(x) for x in loader] == [os.SCHED_IDLE] * 2
     assert os.sched_getscheduler(0) == parent != os.SCHED_IDLE

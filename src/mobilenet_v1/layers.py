@@ -1,9 +1,11 @@
 """Drop-in layers that keep the CPU training step fast (issue 5).
 
-Both are ``nn.Module`` subclasses with the parameters, buffers, state-dict keys and
-results of the PyTorch layer they replace; they change only which kernels run while
-training on the CPU, where two of PyTorch's kernels are far off their usual speed for
-MobileNet V1's shapes (measured in ``benchmarks/depthwise_backward.py``, docs/training.md):
+The classes are ``nn.Module`` subclasses with the parameters, buffers, state-dict keys and
+results of the PyTorch layer they replace, and the function computes what a BN module
+and its activation module compute, with their parameters and buffers; all of them change
+only which kernels run while training on the CPU, where PyTorch's kernels are far off
+their usual speed for MobileNet V1's shapes (measured in
+``benchmarks/depthwise_backward.py``, docs/training.md):
 
 - :class:`BatchNorm2d`: the channels_last batch-norm backward kernel vectorizes over
   channels and is ~5x slower than the NCHW kernel when a layer has fewer channels than
@@ -64,7 +66,9 @@ class _BatchNormAct(torch.autograd.Function):
         rows = x.numel() // channels
         shift = x.permute(0, 2, 3, 1).reshape(rows, channels)[0].contiguous()
         sums = torch.empty(2, channels, dtype=torch.float64)
-        if getattr(lib, f"bn_act_stats_{kind}")(_ptr(x), rows, channels, _ptr(shift), _ptr(sums)):
+        if getattr(lib, f"bn_act_sums_{kind}")(
+            _ptr(x), None, rows, channels, _ptr(shift), None, None, upper, _ptr(sums)
+        ):
             raise MemoryError("batch norm statistics: out of memory")
         centred = sums[0] / rows
         var = (sums[1] / rows - centred * centred).clamp_(min=0)
@@ -92,8 +96,8 @@ class _BatchNormAct(torch.autograd.Function):
         rows = x.numel() // channels
         scale, bias, mean = coef
         sums = torch.empty(2, channels, dtype=torch.float64)
-        args = (_ptr(grad), _ptr(x), rows, channels, _ptr(scale), _ptr(bias), _ptr(mean), ctx.upper, _ptr(sums))
-        if getattr(lib, f"bn_act_backward_stats_{kind}")(*args):
+        args = (_ptr(x), _ptr(grad), rows, channels, _ptr(mean), _ptr(scale), _ptr(bias), ctx.upper, _ptr(sums))
+        if getattr(lib, f"bn_act_sums_{kind}")(*args):
             raise MemoryError("batch norm backward: out of memory")
         grad_sum, grad_dot = sums  # sum(g'), sum(g' * (x - mean))
         a = scale.double()

@@ -68,9 +68,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
     for suffix, scalar in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
         kernels = {
-            "bn_act_stats": (ctypes.c_int, [ptr, i64, i64, ptr, ptr]),
+            "bn_act_sums": (ctypes.c_int, [ptr, ptr, i64, i64, ptr, ptr, ptr, scalar, ptr]),
             "bn_act_forward": (None, [ptr, ptr, i64, i64, ptr, ptr, scalar]),
-            "bn_act_backward_stats": (ctypes.c_int, [ptr, ptr, i64, i64, ptr, ptr, ptr, scalar, ptr]),
             "bn_act_backward_input": (None, [ptr, ptr, ptr, i64, i64, ptr, scalar]),
         }
         for name, (restype, argtypes) in kernels.items():
