@@ -159,7 +159,7 @@ def lower_priority(increment: int, idle: bool = False) -> Callable[[int], None] 
     When the workers and the training step share the cores, a worker that preempts one
     thread of the step's OpenMP team stalls the whole team at its next barrier. ``idle``
     puts the workers in Linux's ``SCHED_IDLE`` class: they run when the step leaves a core
-    idle (waiting for data included), never preempting it (docs/training.md: 0.74 -> 0.80
+    idle (waiting for data included), never preempting it (docs/training.md: 0.72 -> 0.80
     of the synthetic step at alpha 0.25 on 2 cores, against ``nice`` 10). Otherwise, or
     where there is no ``SCHED_IDLE``, ``nice`` by ``increment`` (0.59 -> 0.68 against 0).
     ``None`` when there is nothing to lower.
