@@ -67,14 +67,15 @@ def load_image(path: str | Path) -> torch.Tensor:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
-    image = _decode_jpeg(path)
+    data = path.read_bytes()  # JPEG and torchvision decode these bytes; PIL (PNG, rarer formats) reopens
+    image = _decode_jpeg(data)
     if image is not None:
         return image
     if _header_format(path) == "PNG":  # torchvision's libpng binding can crash on a corrupt PNG
         image = _load_with_pil(path)
     else:
         try:
-            image = decode_image(str(path), mode=ImageReadMode.RGB)
+            image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
         except (RuntimeError, ValueError):
             image = _load_with_pil(path)  # BMP, TIFF and other formats torchvision does not decode
     if image.dtype != torch.uint8:  # 16-bit PNG
@@ -84,16 +85,14 @@ def load_image(path: str | Path) -> torch.Tensor:
     return image
 
 
-def _decode_jpeg(path: Path) -> torch.Tensor | None:
-    """A JPEG through libjpeg-turbo (simplejpeg), or ``None`` for anything else.
+def _decode_jpeg(data: bytes) -> torch.Tensor | None:
+    """A JPEG file's bytes through libjpeg-turbo (simplejpeg), or ``None`` for anything else.
 
     The same pixels as torchvision's ``decode_image`` (both run libjpeg-turbo's default
     integer IDCT), in 0.2 instead of 0.4 ms at 224x224 with the header read, and as an
     (H, W, 3) array, which makes the training crop's resize twice as fast (docs/training.md).
     Files simplejpeg refuses (CMYK, corrupt, a bomb) go on to the general path and its errors.
     """
-    with path.open("rb") as f:
-        data = f.read()
     if not data.startswith(b"\xff\xd8"):
         return None
     from PIL import Image
