@@ -56,19 +56,21 @@ def _ptr(t: torch.Tensor) -> int:
     return t.data_ptr()
 
 
+def _kernel(name: str, x: torch.Tensor):
+    """The compiled kernel ``name`` for x's element type (float32 or float64)."""
+    return getattr(bn_act_kernels(), f"{name}_{'f32' if x.dtype == torch.float32 else 'f64'}")
+
+
 class _BatchNormAct(torch.autograd.Function):
     """``clamp(batch_norm(x), 0, upper)`` with batch statistics, on a channels_last tensor."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum: float, eps: float, upper: float):
-        lib, kind = bn_act_kernels(), "f32" if x.dtype == torch.float32 else "f64"
         channels = x.shape[1]
         rows = x.numel() // channels
-        shift = x.permute(0, 2, 3, 1).reshape(rows, channels)[0].contiguous()
+        shift = x[0, :, 0, 0].contiguous()  # the first row of the (rows, channels) matrix
         sums = torch.empty(2, channels, dtype=torch.float64)
-        if getattr(lib, f"bn_act_sums_{kind}")(
-            _ptr(x), None, rows, channels, _ptr(shift), None, None, upper, _ptr(sums)
-        ):
+        if _kernel("bn_act_sums", x)(_ptr(x), None, rows, channels, _ptr(shift), None, None, upper, _ptr(sums)):
             raise MemoryError("batch norm statistics: out of memory")
         centred = sums[0] / rows
         var = (sums[1] / rows - centred * centred).clamp_(min=0)
@@ -77,7 +79,7 @@ class _BatchNormAct(torch.autograd.Function):
         scale = weight.double() * invstd
         coef = torch.stack([scale, bias.double() - mean * scale, mean]).to(x.dtype)  # scale, bias, mean
         y = torch.empty_like(x)
-        getattr(lib, f"bn_act_forward_{kind}")(_ptr(x), _ptr(y), rows, channels, _ptr(coef[0]), _ptr(coef[1]), upper)
+        _kernel("bn_act_forward", x)(_ptr(x), _ptr(y), rows, channels, _ptr(coef[0]), _ptr(coef[1]), upper)
         if running_mean is not None:  # as PyTorch: the variance is unbiased here, in double
             running_mean.copy_(momentum * mean + (1 - momentum) * running_mean.double())
             unbiased = var * rows / max(rows - 1, 1)
@@ -90,24 +92,21 @@ class _BatchNormAct(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         x, coef, invstd = ctx.saved_tensors
-        lib, kind = bn_act_kernels(), "f32" if x.dtype == torch.float32 else "f64"
         grad = grad.to(x.dtype).contiguous(memory_format=torch.channels_last)
         channels = x.shape[1]
         rows = x.numel() // channels
         scale, bias, mean = coef
         sums = torch.empty(2, channels, dtype=torch.float64)
         args = (_ptr(x), _ptr(grad), rows, channels, _ptr(mean), _ptr(scale), _ptr(bias), ctx.upper, _ptr(sums))
-        if getattr(lib, f"bn_act_sums_{kind}")(*args):
+        if _kernel("bn_act_sums", x)(*args):
             raise MemoryError("batch norm backward: out of memory")
         grad_sum, grad_dot = sums  # sum(g'), sum(g' * (x - mean))
         a = scale.double()
         b = -a * grad_sum / rows
         d = -a * invstd * invstd * grad_dot / rows
-        coef = torch.cat([coef, torch.stack([a, b, d]).to(x.dtype)]).contiguous()
+        coef = torch.cat([coef, torch.stack([a, b, d]).to(x.dtype)])
         grad_x = torch.empty_like(x)
-        getattr(lib, f"bn_act_backward_input_{kind}")(
-            _ptr(grad), _ptr(x), _ptr(grad_x), rows, channels, _ptr(coef), ctx.upper
-        )
+        _kernel("bn_act_backward_input", x)(_ptr(grad), _ptr(x), _ptr(grad_x), rows, channels, _ptr(coef), ctx.upper)
         grad_weight = (grad_dot * invstd).to(x.dtype)
         return grad_x, grad_weight, grad_sum.to(x.dtype), None, None, None, None, None
 
