@@ -16,6 +16,7 @@ nice python benchmarks/train_throughput.py [--steps 8] [--repeats 2] [--imagenet
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -30,7 +31,8 @@ import torch.nn.functional as F
 
 from mobilenet_v1 import mobilenet_v1
 from mobilenet_v1.optim import build_optimizer
-from mobilenet_v1.transforms import Preprocessing, float_input, train_transform
+from mobilenet_v1.train_setup import PREFETCH_FACTOR
+from mobilenet_v1.transforms import Preprocessing, float_input
 
 BATCH = 32
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,22 +62,18 @@ def synthetic_batches(resolution: int):
         yield x, y
 
 
-PREFETCH = 4  # batches per worker, as the trainer
-
-
 def jpeg_batches(resolution: int, imagenette: Path, workers: int, worker_nice: int, worker_idle: bool):
-    from torch.utils.data import DataLoader, RandomSampler
+    """Imagenette train batches from the trainer's own loader (``train_setup.build_loaders``)."""
+    from mobilenet_v1.data import load_splits
+    from mobilenet_v1.dist_env import DistEnv
+    from mobilenet_v1.train_config import TrainConfig
+    from mobilenet_v1.train_setup import build_loaders
 
-    from mobilenet_v1.data import ImageFolder, SeededSampler, collate_skipping, load_splits, lower_priority
-
-    split = load_splits(imagenette)
-    dataset = ImageFolder(split.train, train_transform(Preprocessing(resolution), to_float=False))
-    # as the trainer: a shuffle, and each sample's augmentation drawn from its own seed
-    sampler = SeededSampler(RandomSampler(dataset, generator=torch.Generator().manual_seed(0)), seed=0)
-    kw = {"num_workers": workers, "collate_fn": collate_skipping, "prefetch_factor": PREFETCH if workers else None}
-    kw["worker_init_fn"] = lower_priority(worker_nice, idle=worker_idle)
-    loader = DataLoader(dataset, BATCH, sampler=sampler, **kw)
-    while True:
+    loader_options = {"workers": workers, "worker_nice": worker_nice, "worker_idle": worker_idle}
+    config = TrainConfig(data=str(imagenette), output="", batch_size=BATCH, **loader_options)
+    loader, sampler, _ = build_loaders(config, load_splits(imagenette), Preprocessing(resolution), DistEnv())
+    for epoch in itertools.count():
+        sampler.set_epoch(epoch)
         for x, y, _ in loader:
             yield x, y
 
@@ -200,7 +198,7 @@ def main() -> None:
         for alpha, res, precision in PIPELINE[: args.pipeline]:
             kw = {"impl": "ours", "alpha": alpha, "resolution": res, "precision": precision, **common}
             kw["channels_last"] = True
-            kw["warmup"] = args.warmup + args.workers * PREFETCH
+            kw["warmup"] = args.warmup + args.workers * PREFETCH_FACTOR
             loader = {"workers": args.workers, "worker_nice": args.worker_nice, "worker_idle": args.worker_idle}
             syn = best([run_child(**kw) for _ in range(args.repeats)], "img_per_s_total")
             jpg = best(

@@ -129,6 +129,10 @@ def adapt_head(model: MobileNetV1, old_classes: list[str] | None, classes: list[
     return kept
 
 
+PREFETCH_FACTOR = 4  # batches queued per worker: idle workers decode in the step's gaps, a deeper queue rides
+# out the busy stretches
+
+
 def build_loaders(
     config: TrainConfig, split: DataSplit, preprocessing: Preprocessing, env: dist.DistEnv
 ) -> tuple[DataLoader, SeededSampler, DataLoader]:
@@ -149,8 +153,7 @@ def build_loaders(
         "pin_memory": torch.cuda.is_available(),
         "persistent_workers": config.workers > 0,
         "worker_init_fn": lower_priority(config.worker_nice, idle=config.worker_idle),
-        # idle workers decode in the step's gaps: a deeper queue rides out the busy stretches
-        "prefetch_factor": 4 if config.workers > 0 else None,
+        "prefetch_factor": PREFETCH_FACTOR if config.workers > 0 else None,
         # Workers take their seeds from this generator, not from the global RNG, so
         # starting an epoch does not advance the RNG that dropout uses.
         "generator": torch.Generator().manual_seed(config.seed),
