@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from mobilenet_v1 import mobilenet_v1
-from mobilenet_v1.distributed import barrier, cleanup, init_distributed, local_device, wrap_model
+from mobilenet_v1.train.distributed import barrier, cleanup, init_distributed, local_device, wrap_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""The CPU kernels behind ``mobilenet_v1.layers``: per-layer timings of MobileNet V1's shapes.
+"""The CPU kernels behind ``mobilenet_v1.train.accel.layers``: per-layer timings of MobileNet V1's shapes.
 
 For every depthwise layer (batch 32, channels_last) it times PyTorch's backward (oneDNN,
 input and weight gradients) against ``layers.depthwise_conv2d``'s backward; for the
@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mobilenet_v1 import mobilenet_v1
-from mobilenet_v1.bench import cpu_name
-from mobilenet_v1.layers import BatchNorm2d, batch_norm_act, depthwise_conv2d
+from mobilenet_v1.measure.bench import cpu_name
+from mobilenet_v1.train.accel.layers import BatchNorm2d, batch_norm_act, depthwise_conv2d
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 32

@@ -23,12 +23,13 @@ from pathlib import Path
 
 import torch
 
-from mobilenet_v1.bench import cpu_name
-from mobilenet_v1.convert import load_tflite, read_tflite_files
-from mobilenet_v1.evaluate import find_samples
-from mobilenet_v1.fidelity import EVALUATORS, compare
+from mobilenet_v1.data.folders import find_samples
+from mobilenet_v1.measure.bench import cpu_name
+from mobilenet_v1.measure.fidelity import EVALUATORS, compare
 from mobilenet_v1.model import ConvBNAct
 from mobilenet_v1.weights import WNIDS_FILE, MobileNetV1Weights
+from mobilenet_v1.weights.tflite.convert import load_tflite
+from mobilenet_v1.weights.tflite.reader import read_tflite_files
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

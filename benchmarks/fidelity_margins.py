@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from fidelity import DATA, ROOT, shared_models, val_samples
 
-from mobilenet_v1.bench import cpu_name
-from mobilenet_v1.fidelity import EVALUATORS, compare
+from mobilenet_v1.measure.bench import cpu_name
+from mobilenet_v1.measure.fidelity import EVALUATORS, compare
 
 
 def margins(paths: list[Path], samples: list[tuple[Path, int]], folders: dict[str, int]) -> dict:

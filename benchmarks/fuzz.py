@@ -56,12 +56,12 @@ TIME_LIMIT_S = 20.0
 
 def make_case(target: str, index: int, seeds: dict[str, Any]) -> tuple[str, bytes, Any]:
     """(file suffix, bytes, reader) of case ``index``: the same every run."""
-    from mobilenet_v1.transforms import load_image
+    from mobilenet_v1.data.images import load_image
     from mobilenet_v1.weights import load_weights
 
     rng = random.Random(f"{target}-{index}")
     if target == "tflite_reader":
-        from mobilenet_v1.tflite_reader import read_tflite
+        from mobilenet_v1.weights.tflite.reader import read_tflite
 
         data, structure = seeds["tflite"]
         return ".tflite", mutate(data, random_edits(rng), structure if rng.random() < 0.8 else None), read_tflite

@@ -19,12 +19,13 @@ from pathlib import Path
 
 import torch
 
-from mobilenet_v1.evaluate import evaluate_samples, find_samples
-from mobilenet_v1.export import OnnxModel, export_onnx
-from mobilenet_v1.inference import compile_for_inference
-from mobilenet_v1.litert import LiteRTModel
-from mobilenet_v1.quantize import calibration_files, load_batch, quantize_onnx, tflite_overrides
+from mobilenet_v1.data.folders import find_samples
+from mobilenet_v1.deploy.compiled import compile_for_inference
+from mobilenet_v1.deploy.onnx import OnnxModel, export_onnx
+from mobilenet_v1.deploy.quantize import calibration_files, load_batch, quantize_onnx, tflite_overrides
+from mobilenet_v1.measure.evaluate import evaluate_samples
 from mobilenet_v1.weights import load_weights, read_wnids
+from mobilenet_v1.weights.tflite.litert import LiteRTModel
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MODELS = (

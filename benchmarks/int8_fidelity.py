@@ -1,7 +1,7 @@
 """int8-exact level (issue 4, item 2) on Imagenette val: our integer emulation vs LiteRT.
 
 For each of Google's four shared uint8 models, every val image's uint8 centre crop goes
-through LiteRT and through :class:`mobilenet_v1.int8.Int8MobileNetV1`, and the 1001 output
+through LiteRT and through :class:`mobilenet_v1.weights.tflite.int8.Int8MobileNetV1`, and the 1001 output
 bytes are compared: Imagenette top-1 of each (1000-way), same top-1, bytes within ±1,
 exact bytes. Against LiteRT's default kernels (XNNPACK; ours ``kernels="xnnpack"``) on
 every ``--every``-th image, and against its reference kernels (BUILTIN_REF; ours
@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mobilenet_v1.bench import cpu_name
-from mobilenet_v1.evaluate import ImageFolderDataset, find_samples, make_loader
-from mobilenet_v1.int8 import Int8MobileNetV1, compare_outputs
-from mobilenet_v1.litert import LiteRTModel
-from mobilenet_v1.transforms import Preprocessing, eval_transform
+from mobilenet_v1.data.folders import ImageFolder, find_samples
+from mobilenet_v1.data.transforms import Preprocessing, eval_transform
+from mobilenet_v1.measure.bench import cpu_name
+from mobilenet_v1.measure.evaluate import make_loader
+from mobilenet_v1.weights.tflite.int8 import Int8MobileNetV1, compare_outputs
+from mobilenet_v1.weights.tflite.litert import LiteRTModel
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -52,9 +53,7 @@ def litert_bytes(model: LiteRTModel, batch: torch.Tensor) -> torch.Tensor:
 def run_model(paths: list[Path], resolution: int, samples: list, every: dict[str, int], batch_size: int) -> dict:
     """Output bytes of LiteRT and ours for each kernel pair, then their agreement."""
     wanted = [i for i in range(len(samples)) if any(i % n == 0 for n in every.values())]
-    dataset = ImageFolderDataset(
-        [samples[i] for i in wanted], eval_transform(Preprocessing(resolution), to_float=False)
-    )
+    dataset = ImageFolder([samples[i] for i in wanted], eval_transform(Preprocessing(resolution), to_float=False))
     loader = make_loader(dataset, batch_size=batch_size, workers=1)
     runners = {k: (LiteRTModel(paths, kernels=k), Int8MobileNetV1.from_tflite(paths, kernels=PAIRS[k])) for k in every}
     outputs: dict[str, dict[str, list]] = {k: {"litert": [], "ours": [], "targets": []} for k in every}

@@ -31,9 +31,9 @@ from pathlib import Path
 if "--no-spin" in sys.argv:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from mobilenet_v1.bench import cpu_name, layer_profile, prepare, run_config
 from mobilenet_v1.cli.bench import format_table
-from mobilenet_v1.quantize import calibration_files
+from mobilenet_v1.deploy.quantize import calibration_files
+from mobilenet_v1.measure.bench import cpu_name, layer_profile, prepare, run_config
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CONFIGS = {

@@ -24,11 +24,12 @@ from pathlib import Path
 
 import torch
 
-from mobilenet_v1.bench import measure, onnx_runner
-from mobilenet_v1.evaluate import ImageFolderDataset, evaluate, find_samples, make_loader
-from mobilenet_v1.export import OnnxModel, export_onnx, fuse_bn
-from mobilenet_v1.quantize import calibration_files, load_batch, quantize_onnx, tflite_overrides
-from mobilenet_v1.transforms import eval_transform
+from mobilenet_v1.data.folders import ImageFolder, find_samples
+from mobilenet_v1.data.transforms import eval_transform
+from mobilenet_v1.deploy.onnx import OnnxModel, export_onnx, fuse_bn
+from mobilenet_v1.deploy.quantize import calibration_files, load_batch, quantize_onnx, tflite_overrides
+from mobilenet_v1.measure.bench import measure, onnx_runner
+from mobilenet_v1.measure.evaluate import evaluate, make_loader
 from mobilenet_v1.weights import load_weights, read_wnids
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -81,7 +82,7 @@ def one_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
     torch.set_num_threads(2)
     timing = measure({"pt2e": run_pt2e, "ort": onnx_runner(int8, x.numpy(), 2)}, runs=args.runs, rounds=10)
     samples, folders = find_samples(args.val, info.classes, read_wnids())
-    loader = make_loader(ImageFolderDataset(samples[:: args.every], eval_transform(pre)), 1, 0)
+    loader = make_loader(ImageFolder(samples[:: args.every], eval_transform(pre)), 1, 0)
     accuracy = {}
     for label, predict in (("float", model), ("pt2e", run_pt2e_batch(pt2e)), ("ort", OnnxModel(int8))):
         accuracy[label] = evaluate(predict, loader, folders, ignore=info.ignore).top1

@@ -22,10 +22,11 @@ from pathlib import Path
 import torch
 from int8_accuracy import data_arguments, run_models
 
-from mobilenet_v1.evaluate import EvalResult, evaluate_samples, find_samples
-from mobilenet_v1.export import OnnxModel, export_onnx
-from mobilenet_v1.qat import qat_finetune
-from mobilenet_v1.quantize import calibration_files, load_batch, quantize_onnx
+from mobilenet_v1.data.folders import find_samples
+from mobilenet_v1.deploy.onnx import OnnxModel, export_onnx
+from mobilenet_v1.deploy.qat import qat_finetune
+from mobilenet_v1.deploy.quantize import calibration_files, load_batch, quantize_onnx
+from mobilenet_v1.measure.evaluate import EvalResult, evaluate_samples
 from mobilenet_v1.weights import load_weights, read_wnids
 
 MODELS = ("mobilenet_v1_0.5_160_quant", "mobilenet_v1_1.0_224_quant")

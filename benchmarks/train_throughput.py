@@ -30,9 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from mobilenet_v1 import mobilenet_v1
-from mobilenet_v1.optim import build_optimizer
-from mobilenet_v1.train_setup import PREFETCH_FACTOR
-from mobilenet_v1.transforms import Preprocessing, float_input
+from mobilenet_v1.data.transforms import Preprocessing, float_input
+from mobilenet_v1.train.accel import accelerate
+from mobilenet_v1.train.loaders import PREFETCH_FACTOR
+from mobilenet_v1.train.optim import build_optimizer
 
 BATCH = 32
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def build(impl: str, alpha: float) -> torch.nn.Module:
     if impl == "ours":
-        return mobilenet_v1(alpha=alpha, num_classes=1000)
+        return accelerate(mobilenet_v1(alpha=alpha, num_classes=1000))  # as the trainer runs it
     from timm.models.efficientnet import _gen_mobilenet_v1
 
     # timm registers only mobilenetv1_100/_125; its generator takes any channel multiplier.
@@ -63,11 +64,11 @@ def synthetic_batches(resolution: int):
 
 
 def jpeg_batches(resolution: int, imagenette: Path, workers: int, worker_nice: int, worker_idle: bool):
-    """Imagenette train batches from the trainer's own loader (``train_setup.build_loaders``)."""
-    from mobilenet_v1.data import load_splits
-    from mobilenet_v1.dist_env import DistEnv
-    from mobilenet_v1.train_config import TrainConfig
-    from mobilenet_v1.train_setup import build_loaders
+    """Imagenette train batches from the trainer's own loader (``train.loaders.build_loaders``)."""
+    from mobilenet_v1.data.folders import load_splits
+    from mobilenet_v1.train.config import TrainConfig
+    from mobilenet_v1.train.loaders import build_loaders
+    from mobilenet_v1.train.torchrun import DistEnv
 
     loader_options = {"workers": workers, "worker_nice": worker_nice, "worker_idle": worker_idle}
     config = TrainConfig(data=str(imagenette), output="", batch_size=BATCH, **loader_options)

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from mobilenet_v1 import mobilenet_v1, model_cost
-from mobilenet_v1.transforms import eval_transform, load_image
+from mobilenet_v1.data.images import load_image
+from mobilenet_v1.data.transforms import eval_transform
 from mobilenet_v1.weights import load_weights
 
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "images"

@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mobilenet_v1 import layers, mobilenet_v1, native
-from mobilenet_v1.layers import BatchNorm2d, batch_norm_act
+from mobilenet_v1 import mobilenet_v1
+from mobilenet_v1.train.accel import accelerate, layers, native
+from mobilenet_v1.train.accel.layers import BatchNorm2d, batch_norm_act
 
 FUSED = "_BatchNormActBackward"
 # The kernels are compiled on first use; without a C compiler the layers keep PyTorch's.
@@ -85,7 +86,7 @@ def test_model_step_equals_pytorch_kernels(monkeypatch: pytest.MonkeyPatch) -> N
     """One training step of the whole network in float64, fused and not: same loss, gradients, stats."""
     monkeypatch.setattr(layers, "FUSED_MIN_ELEMENTS", 0)  # every layer of this small input
     torch.manual_seed(0)
-    model = mobilenet_v1(alpha=0.5, num_classes=10).double().to(memory_format=torch.channels_last)
+    model = accelerate(mobilenet_v1(alpha=0.5, num_classes=10)).double().to(memory_format=torch.channels_last)
     x = _channels_last(torch.randn(4, 3, 64, 64, dtype=torch.float64))
     y = torch.tensor([0, 3, 5, 9])
     results = []
@@ -162,12 +163,12 @@ def test_disabled_or_without_compiler_returns_none(monkeypatch: pytest.MonkeyPat
         native.bn_act_kernels.cache_clear()
         monkeypatch.delenv("MOBILENET_V1_NATIVE")
         monkeypatch.setenv("CC", "no-such-compiler")
-        with caplog.at_level(logging.WARNING, logger="mobilenet_v1.native"):
+        with caplog.at_level(logging.WARNING, logger="mobilenet_v1.train.accel.native"):
             assert native.bn_act_kernels() is None
         assert "no C compiler" in caplog.text
         native.bn_act_kernels.cache_clear()
         monkeypatch.setenv("CC", "false")  # a compiler that fails
-        with caplog.at_level(logging.WARNING, logger="mobilenet_v1.native"):
+        with caplog.at_level(logging.WARNING, logger="mobilenet_v1.train.accel.native"):
             assert native.bn_act_kernels() is None
         assert "could not build" in caplog.text
     finally:

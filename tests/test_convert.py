@@ -12,15 +12,8 @@ import torch
 
 pytest.importorskip("tflite", reason="the 'tflite' package is not installed")
 
-from mobilenet_v1.convert import (
-    check_ops,
-    dequantize,
-    import_table,
-    join_ops,
-    load_tflite,
-    read_tflite,
-    tflite_state_dict,
-)
+from mobilenet_v1.weights.tflite.convert import check_ops, import_table, load_tflite, tflite_state_dict
+from mobilenet_v1.weights.tflite.reader import dequantize, join_ops, read_tflite
 
 MODELS = {  # file name -> (alpha, resolution)
     "mobilenet_v1_0.25_128_quant.tflite": (0.25, 128),

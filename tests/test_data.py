@@ -8,16 +8,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DistributedSampler
 
-from mobilenet_v1.data import (
-    ImageFolder,
-    SeededSampler,
-    collate_skipping,
-    find_classes,
-    load_splits,
-    lower_priority,
-    sample_seed,
-)
-from mobilenet_v1.transforms import Preprocessing, train_transform
+from mobilenet_v1.data.folders import ImageFolder, find_classes, load_splits
+from mobilenet_v1.data.transforms import Preprocessing, train_transform
+from mobilenet_v1.train.loaders import SeededSampler, collate_skipping, lower_priority, sample_seed
 
 
 def write_images(folder: Path, n: int, mode: str = "RGB", size=(40, 36), fmt: str = "JPEG") -> list[Path]:
@@ -79,7 +72,7 @@ def test_image_modes_are_converted_and_corrupt_files_skipped(tmp_path):
     ]
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8 truncated")
-    dataset = ImageFolder([(p, i) for i, p in enumerate(paths)] + [(bad, 3)], transform=lambda x: x)
+    dataset = ImageFolder([(p, i) for i, p in enumerate(paths)] + [(bad, 3)], lambda x: x, skip_unreadable=True)
     for i in range(3):
         image, label = dataset[i]
         assert image.shape == (3, 36, 40) and image.dtype == torch.uint8 and label == i

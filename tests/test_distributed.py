@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from mobilenet_v1.distributed import (
+from mobilenet_v1.train.distributed import (
     TIMEOUT_ENV,
     DistEnv,
     ShardSampler,
@@ -171,7 +171,7 @@ def test_global_batch_and_scaling_summary():
 
 PROBE = (
     "import torch\n"
-    "from mobilenet_v1.distributed import init_distributed, all_reduce_sum, broadcast_buffers, cleanup\n"
+    "from mobilenet_v1.train.distributed import init_distributed, all_reduce_sum, broadcast_buffers, cleanup\n"
     "env = init_distributed('cpu')\n"
     "assert init_distributed('cpu') == env\n"
     "bn = torch.nn.BatchNorm1d(2)\n"
@@ -218,8 +218,9 @@ import sys
 
 from torch import nn
 
-from mobilenet_v1 import mobilenet_v1, train
-from mobilenet_v1.transforms import Preprocessing
+from mobilenet_v1 import mobilenet_v1
+from mobilenet_v1.train import trainer as train
+from mobilenet_v1.data.transforms import Preprocessing
 
 
 def per_sample_norm(module):

@@ -13,10 +13,10 @@ pytest.importorskip("onnxscript")
 
 from mobilenet_v1 import mobilenet_v1
 from mobilenet_v1.cli import main
-from mobilenet_v1.export import OnnxModel, export_onnx, fuse_bn, onnx_session, read_metadata
-from mobilenet_v1.inference import compile_for_inference
-from mobilenet_v1.quantize import calibration_files, load_batch, quantize_onnx
-from mobilenet_v1.transforms import Preprocessing
+from mobilenet_v1.data.transforms import Preprocessing
+from mobilenet_v1.deploy.compiled import compile_for_inference
+from mobilenet_v1.deploy.onnx import OnnxModel, export_onnx, fuse_bn, onnx_session, read_metadata
+from mobilenet_v1.deploy.quantize import calibration_files, load_batch, quantize_onnx
 
 GOOGLE = "mobilenet_v1_0.25_128_quant"
 
@@ -60,7 +60,7 @@ def test_fp32_export_numerics_dynamic_batch_and_metadata(fp32_file):
     x = torch.randn(5, 3, 96, 96)  # a batch size never seen at export
     with torch.no_grad():
         torch.testing.assert_close(onnx(x), _bn_model()(x), atol=1e-4, rtol=1e-4)
-    assert not list(path.parent.glob("*.partial"))
+    assert not list(path.parent.glob(".*.partial*"))
 
 
 def test_failed_numerics_check_leaves_no_file(tmp_path):
@@ -191,7 +191,7 @@ def test_google_int8_keeps_googles_weight_grid_per_channel(shared_data, tmp_path
     import onnx
     from onnx import numpy_helper
 
-    from mobilenet_v1.quantize import tflite_overrides
+    from mobilenet_v1.deploy.quantize import tflite_overrides
     from mobilenet_v1.weights import load_weights
 
     model, info = load_weights(GOOGLE)

@@ -14,11 +14,12 @@ import torch
 pytest.importorskip("ai_edge_litert", reason="ai-edge-litert (Google's interpreter) is not installed")
 pytest.importorskip("tflite", reason="the 'tflite' package is not installed")
 
-from mobilenet_v1.convert import load_tflite
-from mobilenet_v1.evaluate import find_samples
-from mobilenet_v1.fidelity import compare
-from mobilenet_v1.litert import LiteRTModel
-from mobilenet_v1.transforms import Preprocessing, eval_transform, float_input, load_image
+from mobilenet_v1.data.folders import find_samples
+from mobilenet_v1.data.images import load_image
+from mobilenet_v1.data.transforms import Preprocessing, eval_transform, float_input
+from mobilenet_v1.measure.fidelity import compare
+from mobilenet_v1.weights.tflite.convert import load_tflite
+from mobilenet_v1.weights.tflite.litert import LiteRTModel
 
 MODELS = {
     "0.25_128": ["mobilenet_v1_0.25_128_quant.tflite"],

@@ -24,8 +24,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from mobilenet_v1 import mobilenet_v1
-from mobilenet_v1.transforms import Preprocessing, load_image
-from mobilenet_v1.weights_io import load_safetensors, save_safetensors
+from mobilenet_v1.data.images import load_image
+from mobilenet_v1.data.transforms import Preprocessing
+from mobilenet_v1.weights import load_safetensors, save_safetensors
 
 TFLITE = Path(__file__).resolve().parents[2] / "shared/data/pretrained/mobilenet_v1_0.25_128_quant.tflite"
 CLEAR_ERRORS = (ValueError, FileNotFoundError)
@@ -177,7 +178,7 @@ def st_seed(tmp_path_factory) -> bytes:
 @fuzz(150)
 @given(edits=mutations, structural=st.booleans())
 def test_tflite_reader(tflite_seed, tmp_path, edits, structural):
-    from mobilenet_v1.tflite_reader import read_tflite
+    from mobilenet_v1.weights.tflite.reader import read_tflite
 
     data, structure = tflite_seed
     outcome(read_tflite, tmp_path / "m.tflite", mutate(data, edits, structure if structural else None))

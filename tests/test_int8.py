@@ -17,7 +17,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mobilenet_v1.fixed_point import (
+from mobilenet_v1.weights.tflite.fixed_point import (
     exp_on_negative_values,
     multiply_by_quantized_multiplier,
     quantize_multiplier,
@@ -25,7 +25,7 @@ from mobilenet_v1.fixed_point import (
     saturating_rounding_doubling_high_mul,
     softmax_uint8,
 )
-from mobilenet_v1.int8 import Int8MobileNetV1, compare_outputs
+from mobilenet_v1.weights.tflite.int8 import Int8MobileNetV1, compare_outputs
 
 INT32 = st.integers(-(2**31), 2**31 - 1)
 MODELS = {  # name: (files, resolution)
@@ -123,7 +123,8 @@ def litert() -> object:
 
 
 def _images(shared: Path, resolution: int, val_every: int = 200) -> torch.Tensor:
-    from mobilenet_v1.transforms import Preprocessing, eval_transform, load_image
+    from mobilenet_v1.data.images import load_image
+    from mobilenet_v1.data.transforms import Preprocessing, eval_transform
 
     photos = sorted((shared / "images").iterdir())
     val = sorted((shared / "imagenette" / "val").glob("*/*.JPEG"))[::val_every]
@@ -132,7 +133,7 @@ def _images(shared: Path, resolution: int, val_every: int = 200) -> torch.Tensor
 
 
 def _litert_bytes(litert: object, paths: list[Path], batch: torch.Tensor, resolver: str) -> torch.Tensor:
-    from mobilenet_v1.litert import LiteRTModel
+    from mobilenet_v1.weights.tflite.litert import LiteRTModel
 
     model = LiteRTModel(paths, kernels=resolver)
     nhwc = batch.permute(0, 2, 3, 1).contiguous().numpy()
@@ -217,7 +218,7 @@ def test_bad_input_is_a_one_line_error(small: Int8MobileNetV1) -> None:
 
 
 def test_unsupported_graphs_are_rejected(shared_data: Path) -> None:
-    from mobilenet_v1.tflite_reader import read_tflite
+    from mobilenet_v1.weights.tflite.reader import read_tflite
 
     ops = read_tflite(shared_data / "pretrained" / MODELS["0.25_128"][0][0])
     with pytest.raises(ValueError, match="unsupported operator ADD"):

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 from test_train import TINY, make_folder, run_cli
 
-from mobilenet_v1.checkpoint import LAST, load_checkpoint
+from mobilenet_v1.train.checkpoint import LAST, load_checkpoint
 
 # 21 training images, batch 4: 5 steps an epoch, 10 in all; checkpoints at steps 3, 5 (+ best), 6, 9, 10.
 COMMON = [*TINY, "--epochs", "2", "--recipe", "modern", "--ema", "--checkpoint-steps", "3"]
@@ -101,7 +101,7 @@ def test_kills_before_the_first_checkpoint_in_a_checkpoint_write_and_at_a_random
     # 2. SIGKILL half-way through the 2nd checkpoint write (checkpoint-best.pt at the end of epoch 1).
     killed = run_killed_in_save(["--resume", run], nth=2)
     assert killed.returncode == -9, killed.stderr
-    assert list(run.glob(".checkpoint-best.pt.*.tmp")), "the kill did not land inside the write"
+    assert list(run.glob(".checkpoint-best.*.partial.pt")), "the kill did not land inside the write"
     assert load_checkpoint(run / LAST)["progress"]["global_step"] == 3  # the previous one, intact
     # 3. SIGKILL right after a random later step, then resume to the end.
     step = random.Random(9).randint(4, 9)

@@ -8,7 +8,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from mobilenet_v1 import mobilenet_v1
-from mobilenet_v1.layers import BatchNorm2d, DepthwiseConv2d, depthwise_conv2d
+from mobilenet_v1.train.accel import accelerate
+from mobilenet_v1.train.accel.layers import (
+    BatchNorm2d,
+    DepthwiseConv2d,
+    DepthwiseConv2dSame,
+    FusedConvBNAct,
+    depthwise_conv2d,
+)
 
 
 def _channels_last(x: torch.Tensor, on: bool) -> torch.Tensor:
@@ -91,11 +98,21 @@ def test_thin_batchnorm_matches_pytorch_on_channels_last() -> None:
         torch.testing.assert_close(a, b)
 
 
-def test_model_uses_the_layers_and_keeps_its_state_dict() -> None:
-    model = mobilenet_v1(alpha=0.25)
-    kinds = {type(m).__name__ for m in model.modules()}
-    assert {"BatchNorm2d", "DepthwiseConv2d"} <= kinds
+def test_accelerate_swaps_the_layers_and_keeps_the_state_dict() -> None:
+    plain = mobilenet_v1(alpha=0.25)
+    assert {type(m) for m in plain.modules()}.isdisjoint({BatchNorm2d, DepthwiseConv2d, FusedConvBNAct})
+    state = {k: v.clone() for k, v in plain.state_dict().items()}
+    model = accelerate(plain)
+    kinds = {type(m) for m in model.modules()}
+    assert {BatchNorm2d, DepthwiseConv2d, FusedConvBNAct} <= kinds
     assert all(isinstance(m, BatchNorm2d) for m in model.modules() if isinstance(m, nn.BatchNorm2d))
-    google = mobilenet_v1(alpha=0.25, num_classes=1001, activation="relu6", padding="same", folded_bn=True)
-    assert "DepthwiseConv2dSame" in {type(m).__name__ for m in google.modules()}
-    assert not any(k.startswith("_") for k in model.state_dict())
+    pointwise = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
+    assert pointwise and all(type(m) is nn.Conv2d for m in pointwise)  # only depthwise 3x3 convs swap
+    assert model.state_dict().keys() == state.keys()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    google = accelerate(mobilenet_v1(alpha=0.25, num_classes=1001, activation="relu6", padding="same", folded_bn=True))
+    assert DepthwiseConv2dSame in {type(m) for m in google.modules()}
+    x = torch.randn(2, 3, 64, 64)
+    reference = mobilenet_v1(alpha=0.25).eval()
+    reference.load_state_dict(state)
+    torch.testing.assert_close(model.eval()(x), reference(x))

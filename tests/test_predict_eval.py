@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from mobilenet_v1 import mobilenet_v1
+from mobilenet_v1.classify import top_classes
 from mobilenet_v1.cli import main
-from mobilenet_v1.evaluate import evaluate, find_samples, top_classes
+from mobilenet_v1.data.folders import find_samples
+from mobilenet_v1.measure.evaluate import evaluate
 from mobilenet_v1.weights import save_safetensors
 
 SMALL = "mobilenet_v1_0.25_128_quant.tflite"

@@ -8,10 +8,10 @@ import torch.nn.functional as F
 
 from mobilenet_v1 import mobilenet_v1
 from mobilenet_v1.cli import main
-from mobilenet_v1.export import OnnxModel, export_onnx
-from mobilenet_v1.qat import qat_finetune
-from mobilenet_v1.quantize import calibration_files, load_batch, quantize_onnx
-from mobilenet_v1.transforms import Preprocessing
+from mobilenet_v1.data.transforms import Preprocessing
+from mobilenet_v1.deploy.onnx import OnnxModel, export_onnx
+from mobilenet_v1.deploy.qat import qat_finetune
+from mobilenet_v1.deploy.quantize import calibration_files, load_batch, quantize_onnx
 from mobilenet_v1.weights import load_weights
 
 STEPS = 60

@@ -27,10 +27,12 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from mobilenet_v1 import checkpoint, mobilenet_v1
+from mobilenet_v1 import mobilenet_v1
 from mobilenet_v1.cli import build_parser, main
-from mobilenet_v1.transforms import Preprocessing, load_image
-from mobilenet_v1.weights_io import save_safetensors
+from mobilenet_v1.data.images import load_image
+from mobilenet_v1.data.transforms import Preprocessing
+from mobilenet_v1.train import checkpoint
+from mobilenet_v1.weights import save_safetensors
 
 SHARED_TFLITE = Path(__file__).resolve().parents[2] / "shared/data/pretrained/mobilenet_v1_0.25_128_quant.tflite"
 TINY_TRAIN = ["--alpha", "0.25", "--resolution", "32", "--batch-size", "4", "--workers", "0", "--epochs", "1"]
@@ -229,7 +231,7 @@ def _model_input(shape):
 
 
 def _train_config(**bad):
-    from mobilenet_v1.train_config import TrainConfig
+    from mobilenet_v1.train.config import TrainConfig
 
     return lambda f: TrainConfig(data=str(f.data), output=str(f.d / "run"), **bad)
 
@@ -257,18 +259,23 @@ API_CASES = [
     ("input 16x16 (rho too small)", _model_input((1, 3, 16, 16)), ValueError, "at least 32"),
     ("input with 4 channels", _model_input((1, 4, 64, 64)), ValueError, "(N, 3, H, W)"),
     ("classes conflict with weights", lambda f: mobilenet_v1(weights=f.tiny, num_classes=5), ValueError, "conflicts"),
-    ("missing image", _call("transforms", "load_image", "{d}/missing.jpg"), FileNotFoundError, "missing.jpg"),
-    ("zero-byte image", _call("transforms", "load_image", "{d}/zero.jpg"), ValueError, "zero.jpg"),
-    ("PNG with a bad row filter", _call("transforms", "load_image", "{d}/bad_filter.png"), ValueError, "bad_filter"),
-    ("decompression bomb", _call("transforms", "load_image", "{d}/bomb.png"), ValueError, "decompression bomb"),
+    ("missing image", _call("data.images", "load_image", "{d}/missing.jpg"), FileNotFoundError, "missing.jpg"),
+    ("zero-byte image", _call("data.images", "load_image", "{d}/zero.jpg"), ValueError, "zero.jpg"),
+    ("PNG with a bad row filter", _call("data.images", "load_image", "{d}/bad_filter.png"), ValueError, "bad_filter"),
+    ("decompression bomb", _call("data.images", "load_image", "{d}/bomb.png"), ValueError, "decompression bomb"),
     ("crop fraction 0", lambda f: Preprocessing(224, crop_fraction=0), ValueError, "crop_fraction"),
-    ("missing .tflite", _call("tflite_reader", "read_tflite", "{d}/no.tflite"), FileNotFoundError, "no.tflite"),
-    ("random .tflite", _call("tflite_reader", "read_tflite", "{d}/random.tflite"), ValueError, "TFL3"),
-    ("TFL3 + garbage", _call("tflite_reader", "read_tflite", "{d}/tfl3_garbage.tflite"), ValueError, "corrupt"),
-    ("3 .tflite files", _call("tflite_reader", "read_tflite_files", ["a", "b", "c"]), ValueError, "3 paths"),
-    ("wrong shapes", _call("weights_io", "load_safetensors", "{d}/wrong_shape.safetensors"), ValueError, "shape"),
-    ("random .safetensors", _call("weights_io", "load_safetensors", "{d}/random.safetensors"), ValueError, "random"),
-    ("pickle as weights", _call("weights", "load_weights", "{d}/evil.pt"), ValueError, "unsupported weights file"),
+    ("missing .tflite", _call("weights.tflite.reader", "read_tflite", "{d}/no.tflite"), FileNotFoundError, "no.tflite"),
+    ("random .tflite", _call("weights.tflite.reader", "read_tflite", "{d}/random.tflite"), ValueError, "TFL3"),
+    ("TFL3 + garbage", _call("weights.tflite.reader", "read_tflite", "{d}/tfl3_garbage.tflite"), ValueError, "corrupt"),
+    ("3 .tflite files", _call("weights.tflite.reader", "read_tflite_files", ["a", "b", "c"]), ValueError, "3 paths"),
+    ("wrong shapes", _call("weights", "load_safetensors", "{d}/wrong_shape.safetensors"), ValueError, "shape"),
+    ("random .safetensors", _call("weights", "load_safetensors", "{d}/random.safetensors"), ValueError, "random"),
+    (
+        "pickle as weights",
+        _call("weights", "load_weights", "{d}/evil.pt"),
+        ValueError,
+        "unsupported weights file",
+    ),
     (
         "unknown weights name",
         _call("weights", "get_weights", "ALPHA_0_25_128_QUNT"),
@@ -277,19 +284,34 @@ API_CASES = [
     ),
     (
         "pickle as checkpoint",
-        _call("checkpoint", "load_checkpoint", "{d}/evil_ckpt/checkpoint-last.pt"),
+        _call("train.checkpoint", "load_checkpoint", "{d}/evil_ckpt/checkpoint-last.pt"),
         ValueError,
         "cannot read",
     ),
-    ("no checkpoint", _call("checkpoint", "find_checkpoint", "{d}/empty"), FileNotFoundError, "no checkpoint"),
-    ("images but no class folders", _call("data", "find_classes", "{data}/ant"), ValueError, "no class folders"),
+    ("no checkpoint", _call("train.checkpoint", "find_checkpoint", "{d}/empty"), FileNotFoundError, "no checkpoint"),
+    (
+        "images but no class folders",
+        _call("data.folders", "find_classes", "{data}/ant"),
+        ValueError,
+        "no class folders",
+    ),
     ("batch size 0", _train_config(batch_size=0), ValueError, "batch_size"),
     ("lr -1", _train_config(lr=-1.0), ValueError, "lr"),
     ("epochs 0", _train_config(epochs=0), ValueError, "epochs"),
     ("unknown recipe", _train_config(recipe="fancy"), ValueError, "recipe"),
-    ("random .onnx", _call("export", "onnx_session", "{d}/random.onnx"), ValueError, "cannot load ONNX model"),
-    ("empty calibration folder", _call("quantize", "calibration_files", "{d}/empty", 10), ValueError, "no images"),
-    ("export under a file", _call("export", "check_writable", "{d}/file.txt/out.onnx"), FileNotFoundError, "file.txt"),
+    ("random .onnx", _call("deploy.onnx", "onnx_session", "{d}/random.onnx"), ValueError, "cannot load ONNX model"),
+    (
+        "empty calibration folder",
+        _call("deploy.quantize", "calibration_files", "{d}/empty", 10),
+        ValueError,
+        "no images",
+    ),
+    (
+        "export under a file",
+        _call("files", "check_writable", "{d}/file.txt/out.onnx"),
+        FileNotFoundError,
+        "file.txt",
+    ),
 ]
 
 
@@ -303,7 +325,7 @@ def test_api_bad_input_clear_exception(f, what, call, exc_type, needle):
 
 
 def test_wrong_shapes_name_the_first_mismatching_tensor(f):
-    from mobilenet_v1.weights_io import load_safetensors
+    from mobilenet_v1.weights import load_safetensors
 
     with pytest.raises(ValueError, match=f"tensor '{f.first}' has shape"):
         load_safetensors(f.d / "wrong_shape.safetensors")
@@ -391,7 +413,7 @@ def test_full_disk_during_training_one_line_and_resumable(f, tmp_path, monkeypat
         assert code == 2 and "Traceback" not in err, err
         assert err.strip().splitlines()[-1] == "mobilenet-v1: error: [Errno 28] No space left on device"
         assert checkpoint.load_checkpoint(run / checkpoint.LAST)["progress"]["global_step"] == 1
-        assert not list(run.glob(".*.tmp"))
+        assert not list(run.glob(".*.partial*"))
         monkeypatch.setattr(torch, "save", real_save)
         code, err = run_main(["train", "--resume", str(run)], capsys)
     finally:

@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-from mobilenet_v1 import tradeoff
 from mobilenet_v1.cli import main
-from mobilenet_v1.tradeoff import GRID, Point, best_under_budget, measure_grid, pareto_front
-from mobilenet_v1.tradeoff_report import latency_fit, markdown_table, write_report
+from mobilenet_v1.measure import tradeoff
+from mobilenet_v1.measure.report import latency_fit, markdown_table, write_report
+from mobilenet_v1.measure.tradeoff import GRID, Point, best_under_budget, measure_grid, pareto_front
 
 
 def _points() -> list[Point]:

@@ -14,9 +14,9 @@ from safetensors.torch import load_file
 
 from mobilenet_v1 import mobilenet_v1
 from mobilenet_v1.cli import main
-from mobilenet_v1.optim import RMSpropTF, exponential_decay, param_groups, warmup_cosine
-from mobilenet_v1.train_config import TrainConfig
-from mobilenet_v1.train_setup import adapt_head, build_model
+from mobilenet_v1.train.config import TrainConfig
+from mobilenet_v1.train.optim import RMSpropTF, exponential_decay, param_groups, warmup_cosine
+from mobilenet_v1.train.setup import adapt_head, build_model
 from mobilenet_v1.weights import load_weights
 
 TINY = ["--alpha", "0.25", "--resolution", "32", "--batch-size", "4", "--workers", "0"]

@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mobilenet_v1.transforms import Preprocessing, eval_transform, float_input, load_image, train_transform
+from mobilenet_v1.data.images import load_image
+from mobilenet_v1.data.transforms import Preprocessing, eval_transform, float_input, train_transform
 
 
 @pytest.mark.parametrize(

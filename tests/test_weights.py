@@ -17,7 +17,6 @@ import torch
 
 from mobilenet_v1 import mobilenet_v1
 from mobilenet_v1.cost import model_cost
-from mobilenet_v1.download import Source, fetch, sha256sum
 from mobilenet_v1.model import MobileNetV1Config
 from mobilenet_v1.weights import (
     DEFAULT_WEIGHTS,
@@ -27,6 +26,7 @@ from mobilenet_v1.weights import (
     load_weights,
     save_safetensors,
 )
+from mobilenet_v1.weights.download import Source, fetch, sha256sum
 
 PAPER = Path(__file__).resolve().parents[2] / "shared" / "docs" / "paper.md"
 SHARED = {
@@ -171,7 +171,7 @@ def test_load_google_weights_and_cache(pretrained: Path, isolated_dirs: Path, na
 
 def test_converted_cache_is_used(pretrained: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     load_weights(DEFAULT_WEIGHTS, download=False)
-    monkeypatch.setattr("mobilenet_v1.convert.load_tflite", lambda *a: pytest.fail("converted again"))
+    monkeypatch.setattr("mobilenet_v1.weights.tflite.convert.load_tflite", lambda *a: pytest.fail("converted again"))
     model, info = load_weights("ALPHA_0_25_128_QUANT", download=False)
     assert model.config.num_classes == 1001 and info.record is DEFAULT_WEIGHTS.value
 
@@ -256,8 +256,8 @@ def test_unverified_record_downloads_from_archive(pretrained: Path, isolated_dir
 
 def test_optional_packages_are_imported_lazily() -> None:
     code = (
-        "import sys, mobilenet_v1, mobilenet_v1.weights, mobilenet_v1.convert, mobilenet_v1.fidelity, "
-        "mobilenet_v1.plots, mobilenet_v1.cli.predict, mobilenet_v1.cli.evaluate; "
+        "import sys, mobilenet_v1, mobilenet_v1.weights, mobilenet_v1.weights.tflite.convert, mobilenet_v1.cli, "
+        "mobilenet_v1.measure.fidelity, mobilenet_v1.measure.plots, mobilenet_v1.cli.predict; "
         "print([m for m in ('tflite', 'ai_edge_litert', 'matplotlib', 'safetensors') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -1,7 +1,29 @@
-"""MobileNet V1 (Howard et al., 2017): the paper's model, its exact cost, Google's weights."""
+"""MobileNet V1 (Howard et al., 2017): the paper's model, its exact cost, Google's weights.
 
+The public API: the builder :func:`mobilenet_v1`, the model and its configuration, the
+cost (:func:`model_cost`), Google's weights (:class:`MobileNetV1Weights`,
+:func:`load_weights`) and :class:`Classifier` (model + preprocessing + class names).
+
+Layout, each package's ``__init__`` says what it owns and may import: ``model`` and
+``cost`` are leaves (torch only); ``data`` (images, presets, folders) and ``weights``
+build on them; ``classify`` and ``builders`` on those; ``train``, ``deploy`` and
+``measure`` on all of these; ``cli`` on everything.
+"""
+
+from .builders import mobilenet_v1
+from .classify import Classifier
 from .cost import ModelCost, model_cost
-from .model import MobileNetV1, MobileNetV1Config, mobilenet_v1
+from .model import MobileNetV1, MobileNetV1Config
+from .weights import MobileNetV1Weights, load_weights
 
-__all__ = ["MobileNetV1", "MobileNetV1Config", "ModelCost", "mobilenet_v1", "model_cost"]
+__all__ = [
+    "Classifier",
+    "MobileNetV1",
+    "MobileNetV1Config",
+    "MobileNetV1Weights",
+    "ModelCost",
+    "load_weights",
+    "mobilenet_v1",
+    "model_cost",
+]
 __version__ = "0.1.0"

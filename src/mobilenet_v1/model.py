@@ -20,16 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import BatchNorm2d, DepthwiseConv2d, batch_norm_act
-
 __all__ = [
     "SHALLOW_REMOVED",
     "TABLE1",
+    "ConvBNAct",
     "LayerSpec",
     "MobileNetV1",
     "MobileNetV1Config",
     "layer_plan",
-    "mobilenet_v1",
+    "same_padding",
 ]
 
 Variant = Literal["standard", "full-conv", "shallow"]
@@ -161,19 +160,26 @@ def layer_plan(config: MobileNetV1Config) -> list[LayerSpec]:
     return specs
 
 
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow "SAME" padding (before, after) of one side: the output has
+    ``ceil(size / stride)`` positions, and an odd total puts the extra pixel after."""
+    total = max((size + stride - 1) // stride * stride - stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+@torch.fx.wrap
+def pad_same(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
+    """Pad ``x`` (N, C, H, W) for a convolution with TensorFlow "SAME" padding."""
+    top, bottom = same_padding(x.shape[-2], kernel[0], stride[0])
+    left, right = same_padding(x.shape[-1], kernel[1], stride[1])
+    return F.pad(x, [left, right, top, bottom])
+
+
 class Conv2dSame(nn.Conv2d):
-    """Conv2d with TensorFlow "SAME" padding: any extra pad goes after (right/bottom)."""
+    """Conv2d with TensorFlow "SAME" padding (Google's models): any extra pad goes after."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pads: list[int] = []
-        for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride), strict=True):
-            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
-            pads += [total // 2, total - total // 2]
-        return super().forward(F.pad(x, pads))
-
-
-class DepthwiseConv2dSame(Conv2dSame, DepthwiseConv2d):
-    """A depthwise Conv2dSame with DepthwiseConv2d's training kernels."""
+        return self._conv_forward(pad_same(x, self.kernel_size, self.stride), self.weight, self.bias)
 
 
 class ConvBNAct(nn.Module):
@@ -181,28 +187,21 @@ class ConvBNAct(nn.Module):
 
     def __init__(self, spec: LayerSpec, config: MobileNetV1Config) -> None:
         super().__init__()
-        depthwise = spec.kind == "depthwise"
         same_pad = config.padding == "same" and spec.stride > 1
-        conv_cls = {
-            (False, False): nn.Conv2d,
-            (True, False): Conv2dSame,
-            (False, True): DepthwiseConv2d,
-            (True, True): DepthwiseConv2dSame,
-        }[same_pad, depthwise]
-        self.conv = conv_cls(
+        self.conv = (Conv2dSame if same_pad else nn.Conv2d)(
             spec.in_channels,
             spec.out_channels,
             spec.kernel,
             stride=spec.stride,
             padding=0 if same_pad else spec.kernel // 2,
-            groups=spec.in_channels if depthwise else 1,
+            groups=spec.in_channels if spec.kind == "depthwise" else 1,
             bias=config.folded_bn,
         )
-        self.bn = nn.Identity() if config.folded_bn else BatchNorm2d(spec.out_channels, eps=config.bn_eps)
+        self.bn = nn.Identity() if config.folded_bn else nn.BatchNorm2d(spec.out_channels, eps=config.bn_eps)
         self.act = nn.ReLU6(inplace=True) if config.activation == "relu6" else nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return batch_norm_act(self.bn, self.act, self.conv(x))
+        return self.act(self.bn(self.conv(x)))
 
 
 class DepthwiseSeparable(nn.Module):
@@ -295,11 +294,12 @@ class MobileNetV1(nn.Module):
         self.config = MobileNetV1Config(**{**self.config.to_dict(), "num_classes": num_classes})
 
 
+@torch.fx.wrap
 def _check_input(x: torch.Tensor) -> None:
     if x.dim() != 4 or x.shape[1] != 3:
-        raise ValueError(f"expected input of shape (N, 3, H, W), got {tuple(x.shape)}")
-    if min(x.shape[-2:]) < MIN_INPUT_SIZE:
-        raise ValueError(f"input must be at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} pixels, got {tuple(x.shape[-2:])}")
+        raise ValueError(f"expected input of shape (N, 3, H, W), got {x.shape}")
+    if min(x.shape[2], x.shape[3]) < MIN_INPUT_SIZE:
+        raise ValueError(f"input must be at least 32x32 pixels, got {x.shape[2]}x{x.shape[3]}")
 
 
 def _feature_info(features: nn.Sequential) -> list[dict[str, Any]]:
@@ -316,50 +316,3 @@ def _feature_info(features: nn.Sequential) -> list[dict[str, Any]]:
                 "num_chs": convs[-1].out_channels,
             }
     return [info[r] for r in sorted(info)]
-
-
-def mobilenet_v1(
-    *,
-    alpha: float = 1.0,
-    num_classes: int | None = None,
-    variant: Variant = "standard",
-    activation: Literal["relu", "relu6"] = "relu",
-    padding: Literal["symmetric", "same"] = "symmetric",
-    bn_eps: float = 1e-5,
-    folded_bn: bool = False,
-    channel_rule: Literal["tf-slim", "divisible-by-8"] = "tf-slim",
-    dropout: float = 0.001,
-    weights: Any = None,
-) -> MobileNetV1:
-    """Build MobileNet V1 (Table 1) for width multiplier ``alpha``.
-
-    The defaults follow the paper (ReLU, symmetric padding; 1000 classes). Google's released
-    models use ``activation="relu6", padding="same", bn_eps=1e-3, num_classes=1001``; with
-    ``folded_bn=True`` each conv has a bias and no BN layer follows it. ``variant`` picks
-    the paper's ablations: ``"full-conv"`` (Table 4) or ``"shallow"`` (Table 5).
-
-    ``weights`` (a ``MobileNetV1Weights`` member, its name, Google's model name or a
-    ``.tflite``/``.safetensors`` path) builds the weights' own architecture and loads them;
-    a ``num_classes`` that conflicts with the weights is a ``ValueError``.
-    """
-    if weights is not None:
-        from .weights import load_weights  # lazy: weights.py imports this module
-
-        model = load_weights(weights)[0]
-        if num_classes is not None and num_classes != model.config.num_classes:
-            raise ValueError(
-                f"num_classes={num_classes} conflicts with weights {weights} ({model.config.num_classes} classes)"
-            )
-        return model.train()  # like any freshly built model; call .eval() for inference
-    config = MobileNetV1Config(
-        alpha=validate_alpha(alpha),
-        num_classes=1000 if num_classes is None else num_classes,
-        variant=variant,
-        activation=activation,
-        padding=padding,
-        bn_eps=bn_eps,
-        folded_bn=folded_bn,
-        channel_rule=channel_rule,
-        dropout=dropout,
-    )
-    return MobileNetV1(config)

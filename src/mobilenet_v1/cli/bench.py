@@ -28,9 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench import prepare, run_config
-    from ..export import check_writable
-    from ..quantize import calibration_files
+    from ..deploy.quantize import calibration_files
+    from ..files import check_writable, write_text
+    from ..measure.bench import prepare, run_config
 
     if args.runs < 10:
         raise ValueError(f"--runs must be at least 10 (10 interleaved rounds), got {args.runs}")
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
             print(format_table([result]), flush=True)
             results.append(result)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        write_text(args.json, json.dumps(results, indent=2) + "\n")
     return 0
 
 

@@ -7,10 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from ..evaluate import EvalResult, ImageFolderDataset, evaluate, find_samples, make_loader
-from ..int8 import load_int8
-from ..transforms import eval_transform
-from ..weights import DEFAULT_WEIGHTS, load_weights, read_wnids
+from ..classify import Classifier
+from ..measure.evaluate import EvalResult, evaluate_folder
+from ..weights import DEFAULT_WEIGHTS, read_wnids
 from . import args as types
 from .predict import INT8_HELP, WEIGHTS_HELP
 
@@ -36,21 +35,21 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     if args.model:
-        from ..export import load_onnx
+        from ..deploy.onnx import load_onnx
 
         if args.int8_exact:
             raise ValueError("--int8-exact runs Google's interpreter arithmetic; it does not apply to --model")
         model, info = load_onnx(args.model)
+        classifier = Classifier(model, info.preprocessing, info.classes, info.ignore)
         args.weights = str(args.model)  # reported in place of the weights
     else:
-        model, info = load_int8(args.weights) if args.int8_exact else load_weights(args.weights)
+        classifier = Classifier.from_weights(args.weights, int8_exact=args.int8_exact)
     wnids = args.wnids.read_text().split() if args.wnids else read_wnids()
-    samples, folders = find_samples(args.dir, info.classes, wnids)
-    transform = eval_transform(info.preprocessing, to_float=not args.int8_exact)
-    loader = make_loader(ImageFolderDataset(samples, transform), args.batch_size, args.workers)
-    result = evaluate(model, loader, folders, ignore=info.ignore, progress=True, total=len(loader))
+    result = evaluate_folder(
+        classifier, args.dir, wnids=wnids, batch_size=args.batch_size, workers=args.workers, progress=True
+    )
     if args.confusion:
-        from ..plots import plot_confusion
+        from ..measure.plots import plot_confusion
 
         path = plot_confusion(result.confusion, result.classes, args.confusion)
         print(f"wrote {path}", file=sys.stderr)

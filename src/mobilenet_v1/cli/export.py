@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
 from . import args as types
@@ -42,9 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export import check_writable, export_onnx
-    from ..qat import qat_finetune
-    from ..quantize import DEFAULT_FLOAT_LAYERS, calibration_files, load_batch, quantize_onnx, tflite_overrides
+    from ..deploy.onnx import export_onnx
+    from ..deploy.quantize import DEFAULT_FLOAT_LAYERS, calibration_files, export_int8, int8_grids, load_batch
+    from ..files import check_writable
     from ..weights import load_weights
 
     if args.format == "onnx-int8" and args.calibration is None:
@@ -59,22 +58,20 @@ def run(args: argparse.Namespace) -> int:
     check_writable(args.output)
     files = calibration_files(args.calibration, args.calibration_images) if args.calibration else []
     model, loaded = load_weights(args.weights)
-    google_grids = _google_grids(args, loaded) if args.format == "onnx-int8" else []
     pre, labels = loaded.preprocessing, loaded.classes
     if args.format == "onnx":
         report = export_onnx(model, args.output, pre, labels=labels)
     else:
-        calibration = load_batch(files, pre)
-        with tempfile.TemporaryDirectory() as tmp:
-            fp32 = Path(tmp) / "fp32.onnx"
-            export_onnx(model, fp32, pre, labels=labels)
-            overrides = tflite_overrides(fp32, google_grids) if google_grids else None
-            if args.qat_steps:
-                tuned = qat_finetune(model, calibration, steps=args.qat_steps, float_layers=float_layers)
-                export_onnx(tuned, fp32, pre, labels=labels)  # what gets quantized; compared with `model`
-            report = quantize_onnx(
-                fp32, args.output, calibration, reference=model, float_layers=float_layers, overrides=overrides
-            )
+        report = export_int8(
+            model,
+            args.output,
+            pre,
+            load_batch(files, pre),
+            labels=labels,
+            grids=int8_grids(loaded, args.quantization),
+            float_layers=float_layers,
+            qat_steps=args.qat_steps,
+        )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -83,25 +80,3 @@ def run(args: argparse.Namespace) -> int:
             f"top-1 agreement {100 * report.top1_agreement:.1f}% on {report.checked_on}"
         )
     return 0
-
-
-def _tflite_files(weights: str, loaded: object) -> list[Path]:
-    """Google's .tflite file(s) behind the weights, if the weights came from one."""
-    record = getattr(loaded, "record", None)
-    if record is not None and record.quantized:
-        return record.files(download=False)
-    if weights.endswith(".tflite"):
-        return [Path(p) for p in loaded.metadata.get("source", weights).split(" + ")]
-    return []
-
-
-def _google_grids(args: argparse.Namespace, loaded: object) -> list[Path]:
-    """The .tflite file(s) whose int8 grids the export carries over ([]: calibrate instead)."""
-    files = _tflite_files(args.weights, loaded) if args.quantization != "calibrated" else []
-    if args.quantization == "tflite" and not files:
-        raise ValueError(f"--quantization tflite needs Google's quantized .tflite weights, got {args.weights!r}")
-    if args.qat_steps and files:
-        raise ValueError(
-            f"--qat-steps needs calibrated quantization: {args.weights!r} carries Google's own QAT int8 grids"
-        )
-    return files

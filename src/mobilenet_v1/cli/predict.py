@@ -7,10 +7,10 @@ import json
 
 import torch
 
-from ..evaluate import top_classes
-from ..int8 import load_int8
-from ..transforms import eval_transform, load_image
-from ..weights import DEFAULT_WEIGHTS, load_weights
+from ..classify import Classifier
+from ..data.images import load_image
+from ..data.transforms import eval_transform
+from ..weights import DEFAULT_WEIGHTS
 from . import args as types
 
 WEIGHTS_HELP = "Google's model name, an enum name, or a .tflite/.safetensors file (default: %(default)s)"
@@ -29,33 +29,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    model, info = load_int8(args.weights) if args.int8_exact else load_weights(args.weights)
-    transform = eval_transform(info.preprocessing, to_float=not args.int8_exact)
+    classifier = Classifier.from_weights(args.weights, int8_exact=args.int8_exact)
     images = [load_image(path) for path in args.images]  # every file is checked before any work
-    with torch.inference_mode():
-        out = model(torch.stack([transform(img) for img in images]))
-        probs = out / 256.0 if args.int8_exact else torch.softmax(out, dim=1)  # uint8 softmax: scale 1/256
-        probs[:, list(info.ignore)] = -1.0  # Google's "background" is never an answer (int8 scores can be 0)
-    indices = top_classes(probs, args.topk)
-    values = probs.gather(1, indices)
-    top = [
-        [(info.classes[i], float(p)) for p, i in zip(vals.tolist(), idx.tolist(), strict=True)]
-        for vals, idx in zip(values, indices, strict=True)
-    ]
+    top = classifier.top(torch.stack([classifier.transform(img) for img in images]), args.topk)
     if args.json:
-        print(
-            json.dumps(
-                {path: [{"label": c, "probability": p} for c, p in t] for path, t in zip(args.images, top, strict=True)}
-            )
-        )
+        by_path = {
+            path: [{"label": c, "probability": p} for c, p in t] for path, t in zip(args.images, top, strict=True)
+        }
+        print(json.dumps(by_path))
     else:
         for path, preds in zip(args.images, top, strict=True):
             print(path)
             for rank, (label, p) in enumerate(preds, 1):
                 print(f"  {rank}. {p:6.2%}  {label}")
     if args.plot:
-        from ..plots import plot_predictions
+        from ..measure.plots import plot_predictions
 
-        crops = [eval_transform(info.preprocessing, to_float=False)(img) for img in images]
+        crops = [eval_transform(classifier.preprocessing, to_float=False)(img) for img in images]
         print(f"wrote {plot_predictions(crops, args.images, top, args.plot)}")
     return 0

@@ -9,7 +9,7 @@ from . import args as types
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..tradeoff import RUNTIMES
+    from ..measure.tradeoff import RUNTIMES
 
     p = sub.add_parser("tradeoff", help="accuracy vs mult-adds vs latency here, alpha x rho (Figures 4-5)")
     p.add_argument("--runtime", choices=RUNTIMES, default="onnx-int8", help="what the latency is measured with")
@@ -31,8 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..tradeoff import best_under_budget, measure_grid
-    from ..tradeoff_report import markdown_table, write_report
+    from ..measure.report import markdown_table, write_report
+    from ..measure.tradeoff import best_under_budget, measure_grid
 
     for name in ("data", "calibration"):
         folder = getattr(args, name)

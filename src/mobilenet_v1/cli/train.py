@@ -7,14 +7,14 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import distributed as dist
-from ..checkpoint import LAST
-from ..optim import OPTIMIZERS
-from ..train_config import RECIPES, TrainConfig
+from ..train import distributed as dist
+from ..train.checkpoint import LAST
+from ..train.config import RECIPES, TrainConfig
+from ..train.optim import OPTIMIZERS
 from . import args as types
 
 if TYPE_CHECKING:
-    from ..train_setup import RunPlan
+    from ..train.setup import RunPlan
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -78,7 +78,7 @@ def _elastic_resume(args: argparse.Namespace, env: dist.DistEnv) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train import resolve_device, train
+    from ..train.trainer import resolve_device, train
 
     # Join the process group first, so a rank that cannot read its data stops every rank.
     env = dist.init_distributed(resolve_device(args.device or "auto"))
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> RunPlan:
-    from ..train_setup import prepare_run
+    from ..train.setup import prepare_run
 
     settings = _settings(args)
     if args.resume:

@@ -1,0 +1,88 @@
+"""Classification with a trained model: preprocessing, outputs, class names, top-k.
+
+:class:`Classifier` joins what a prediction needs: a ``batch -> outputs`` callable (our
+model, the integer-exact emulation of Google's uint8 model, or an exported file under
+its runtime), the preprocessing the weights expect, their class names, and the outputs
+never to predict (Google's output 0, "background"). ``mobilenet-v1 predict`` and
+``mobilenet-v1 eval`` both run through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torchvision.transforms import v2
+
+from .data.images import load_image
+from .data.transforms import Preprocessing, eval_transform
+from .weights import MobileNetV1Weights, load_weights
+from .weights.tflite.int8 import load_int8
+
+__all__ = ["Classifier", "top_classes"]
+
+Prediction = list[tuple[str, float]]  # (class name, probability), best first
+
+
+def top_classes(scores: torch.Tensor, k: int, *, seed: int = 0) -> torch.Tensor:
+    """The ``k`` best classes per row; tied scores are ordered by a fixed pseudo-random
+    class order (``seed``). Quantized outputs (LiteRT's uint8 scores) tie often: ``topk``
+    leaves their order unspecified, and breaking them by the lower index would hand every
+    tie to the same classes (Imagenette's tench is ImageNet class 0)."""
+    order = torch.randperm(scores.shape[1], generator=torch.Generator().manual_seed(seed))
+    ranked = scores[:, order].sort(dim=1, descending=True, stable=True).indices
+    return order[ranked[:, : min(k, scores.shape[1])]]
+
+
+@dataclass
+class Classifier:
+    """A model with its preprocessing and class names, giving top-k class probabilities.
+
+    ``uint8`` marks the integer-exact model: it takes uint8 crops and returns TFLite's
+    uint8 softmax (probability ``q / 256``); any other model takes the float input of
+    ``preprocessing`` and returns logits.
+    """
+
+    model: Callable[[torch.Tensor], torch.Tensor]
+    preprocessing: Preprocessing
+    classes: list[str]
+    ignore: tuple[int, ...] = ()
+    uint8: bool = False
+
+    @classmethod
+    def from_weights(cls, spec: str | Path | MobileNetV1Weights, *, int8_exact: bool = False) -> Classifier:
+        """Google's weights or a checkpoint (anything ``load_weights`` takes); with
+        ``int8_exact``, Google's quantized model under TFLite's integer arithmetic."""
+        model, info = load_int8(spec) if int8_exact else load_weights(spec)
+        return cls(model, info.preprocessing, info.classes, info.ignore, uint8=int8_exact)
+
+    @property
+    def transform(self) -> v2.Compose:
+        """Decoded image (uint8, 3 x H x W) -> the model's input."""
+        return eval_transform(self.preprocessing, to_float=not self.uint8)
+
+    @torch.inference_mode()
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """Class probabilities of a transformed batch; ignored outputs get -1 (a uint8
+        softmax can give 0, so they could otherwise still rank)."""
+        out = self.model(batch)
+        probs = out / 256.0 if self.uint8 else torch.softmax(out.float(), dim=1)
+        probs[:, list(self.ignore)] = -1.0
+        return probs
+
+    def top(self, batch: torch.Tensor, k: int = 5) -> list[Prediction]:
+        """The ``k`` most probable classes of each image of a transformed batch."""
+        probs = self.probabilities(batch)
+        indices = top_classes(probs, k)
+        return [
+            [(self.classes[i], float(p)) for p, i in zip(row_p.tolist(), row_i.tolist(), strict=True)]
+            for row_p, row_i in zip(probs.gather(1, indices), indices, strict=True)
+        ]
+
+    def predict(self, images: Sequence[str | Path], k: int = 5) -> list[Prediction]:
+        """The ``k`` most probable classes of each image file (every file is decoded first,
+        so a bad one fails before any work)."""
+        decoded = [load_image(path) for path in images]
+        return self.top(torch.stack([self.transform(image) for image in decoded]), k)

@@ -1,0 +1,266 @@
+"""Static post-training int8 quantization of an exported ONNX model (ONNX Runtime).
+
+Two ways to choose the quantization parameters, both giving ORT's U8S8 QDQ form (uint8
+activations, int8 weights) that it fuses into ``QLinearConv`` on VNNI kernels:
+
+* ``calibrated`` (any checkpoint): weights int8 per output channel (symmetric),
+  activations uint8 per tensor from min/max over calibration images;
+* ``tflite`` (Google's QAT models): the activation scales and zero points stored in
+  Google's ``.tflite`` file, i.e. the quantization the network was trained with, and its
+  weight grids as symmetric per-channel int8 (exact for 98.5% of the channels of
+  0.25/128, see :func:`_int8_weight`); calibration images then only check the result.
+
+The first ``float_layers`` convolutions (the 3x3 stem and the first depthwise layer,
+Table 1's widest maps with the fewest channels) stay in float: ORT's int8 kernels are
+slowest there (too few channels to fill a vector), see docs/deployment.md.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.images import IMAGE_EXTENSIONS, list_images, load_image
+from ..data.transforms import Preprocessing, eval_transform
+from ..files import atomic_write
+from ..model import MobileNetV1
+from ..weights import LoadedWeights
+from ..weights.tflite.reader import read_tflite_files
+from .onnx import ExportReport, OnnxModel, compare_with_torch, export_onnx, read_metadata, require, set_metadata
+from .qat import qat_finetune
+
+__all__ = [
+    "DEFAULT_FLOAT_LAYERS",
+    "calibration_files",
+    "export_int8",
+    "int8_grids",
+    "load_batch",
+    "quantize_onnx",
+    "tflite_overrides",
+]
+
+DEFAULT_FLOAT_LAYERS = 2
+CALIBRATION_BATCH = 16
+
+
+def calibration_files(folder: str | Path, count: int, seed: int = 0) -> list[Path]:
+    """``count`` images drawn (seeded) from ``folder`` and its sub-folders.
+
+    Raises ``FileNotFoundError``/``NotADirectoryError`` for a missing folder, ``ValueError``
+    for one without images and ``PermissionError`` for one that cannot be listed.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise FileNotFoundError(f"calibration folder not found: {folder}")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"calibration path is not a folder: {folder}")
+    try:
+        files = list_images(folder)
+    except PermissionError:
+        raise PermissionError(f"calibration folder is not readable: {folder}") from None
+    if not files:
+        raise ValueError(f"no images in calibration folder {folder} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    if count < 1:
+        raise ValueError(f"calibration image count must be >= 1, got {count}")
+    return sorted(random.Random(seed).sample(files, min(count, len(files))))
+
+
+def load_batch(files: Sequence[Path], preprocessing: Preprocessing) -> torch.Tensor:
+    """Decode and preprocess ``files`` into one float batch (N, 3, H, W)."""
+    transform = eval_transform(preprocessing)
+    return torch.stack([transform(load_image(f)) for f in files])
+
+
+class _Reader:
+    """ORT ``CalibrationDataReader``: yields the calibration images in batches."""
+
+    def __init__(self, images: torch.Tensor, input_name: str) -> None:
+        self._batches = iter(images.split(CALIBRATION_BATCH))
+        self._name = input_name
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {self._name: batch.numpy()}
+
+
+def _float_nodes(model: Any, float_layers: int) -> list[str]:
+    """Names of the first ``float_layers`` Conv nodes and the activations that follow them."""
+    convs = [n for n in model.graph.node if n.op_type == "Conv"][:float_layers]
+    keep = {n.output[0] for n in convs}
+    acts = [n for n in model.graph.node if n.op_type in ("Clip", "Relu") and n.input[0] in keep]
+    return [n.name for n in convs + acts]
+
+
+def params(tensor: Any) -> list[dict[str, Any]]:
+    """A uint8 TFLite activation's (scale, zero point) as an ORT override."""
+    return [{"scale": np.array(tensor.scale[0], np.float32), "zero_point": np.array(tensor.zero_point[0], np.uint8)}]
+
+
+def _int8_weight(tensor: Any, values: np.ndarray) -> list[dict[str, Any]]:
+    """Google's uint8 weight grid ``s * (q - z)`` as per-channel *symmetric* int8, the form
+    ORT's fastest U8S8 kernels take (zero point 0; a per-tensor zero point ``z - 128``
+    is as exact but 1.3-1.6x slower, docs/deployment.md). An output channel whose steps
+    ``q - z`` all lie in [-127, 127] keeps Google's grid exactly (scale ``s``); the rare
+    channel reaching further gets the step ``s * max|q - z| / 127``.
+    ``values`` is the ONNX weight (the dequantized grid), output channels first."""
+    if tensor.scale.size != 1:
+        raise ValueError(f"expected per-tensor TFLite weights, got {tensor.scale.size} scales for {tensor.name}")
+    step = float(tensor.scale[0])
+    reach = np.abs(np.rint(values / step)).reshape(len(values), -1).max(axis=1)
+    channels = [
+        {"scale": np.array(step if r <= 127 else step * r / 127, np.float32), "zero_point": np.array(0, np.int8)}
+        for r in reach
+    ]
+    channels[0]["axis"] = 0
+    return channels
+
+
+def tflite_overrides(fp32: str | Path, tflite: Sequence[str | Path]) -> dict[str, list[dict[str, Any]]]:
+    """Google's own quantization (weights and activations), as ORT ``TensorQuantOverrides``.
+
+    Google's models were trained with quantization in the loop (QAT): each layer's output
+    range and weight grid were learned with it. Re-quantizing the dequantized weights per
+    channel symmetrically doubles the step wherever a channel's range is lopsided and
+    costs about 1 pt of top-1 (docs/deployment.md); keeping Google's grid costs nothing. The k-th Conv (and
+    its Clip) of our graph is the k-th conv of the TFLite file; the pooled features and
+    the logits map to AVERAGE_POOL_2D and the classifier conv.
+    """
+    onnx = require("onnx")
+    ops = read_tflite_files(list(tflite))
+    convs = [op for op in ops if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+    pool = [op for op in ops if op.name == "AVERAGE_POOL_2D"]
+    graph = onnx.load(str(fp32)).graph
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    ours = [n for n in graph.node if n.op_type in ("Conv", "Gemm")]
+    if len(ours) != len(convs) or len(pool) != 1:
+        raise ValueError(f"TFLite model has {len(convs)} convs, the ONNX graph {len(ours)}: not the same network")
+
+    out = {graph.input[0].name: params(ops[0].inputs[0])}
+    after = {n.input[0]: n.output[0] for n in graph.node if n.op_type in ("Clip", "Relu")}
+    for node, op in zip(ours, convs, strict=True):
+        out[node.output[0]] = params(op.outputs[0])
+        out[node.input[1]] = _int8_weight(op.inputs[1], weights[node.input[1]])
+        if node.output[0] in after:
+            out[after[node.output[0]]] = params(op.outputs[0])
+    means = [n for n in graph.node if n.op_type in ("ReduceMean", "GlobalAveragePool", "Reshape", "Flatten")]
+    for node in means:
+        out[node.output[0]] = params(pool[0].outputs[0])
+    return out
+
+
+def _quantize(fp32: Path, out: Path, images: torch.Tensor, float_layers: int, overrides: dict[str, Any] | None) -> None:
+    onnx = require("onnx")
+    quant = require("onnxruntime.quantization")
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        model = onnx.load(str(pre))
+        quant.quantize_static(
+            str(pre),
+            str(out),
+            _Reader(images, model.graph.input[0].name),
+            quant_format=quant.QuantFormat.QDQ,
+            activation_type=quant.QuantType.QUInt8,
+            weight_type=quant.QuantType.QInt8,
+            per_channel=True,
+            calibrate_method=quant.CalibrationMethod.MinMax,
+            nodes_to_exclude=_float_nodes(model, float_layers),
+            extra_options={
+                "ActivationSymmetric": False,
+                "WeightSymmetric": True,
+                "TensorQuantOverrides": overrides or {},
+            },
+        )
+
+
+def quantize_onnx(
+    fp32_path: str | Path,
+    path: str | Path,
+    calibration: torch.Tensor,
+    *,
+    reference: torch.nn.Module | None = None,
+    float_layers: int = DEFAULT_FLOAT_LAYERS,
+    overrides: dict[str, Any] | None = None,
+) -> ExportReport:
+    """Quantize the float ONNX file ``fp32_path`` to int8 at ``path``.
+
+    ``calibration`` is a preprocessed batch (see :func:`load_batch`). The result is
+    compared with ``reference`` (the float PyTorch model) on the calibration images: the
+    max absolute logit difference and the top-1 agreement are reported (int8 logits
+    differ by design, so there is no hard tolerance). Metadata is carried over.
+    ``overrides`` fixes the quantization of named tensors (see :func:`tflite_overrides`).
+    """
+    onnx = require("onnx")
+    mode = "tflite" if overrides else "calibrated"
+    read_metadata(fp32_path)  # a file we exported: its metadata is carried over
+    with atomic_write(path) as tmp:
+        _quantize(Path(fp32_path), tmp, calibration, float_layers, overrides)
+        proto = onnx.load(str(tmp))
+        source = onnx.load(str(fp32_path))
+        props = {p.key: p.value for p in source.metadata_props}
+        props["mobilenet_v1.format"] = "int8"
+        props["mobilenet_v1.float_layers"] = str(float_layers)
+        props["mobilenet_v1.quantization"] = mode
+        set_metadata(proto, props)
+        onnx.save(proto, str(tmp))
+        if reference is not None:
+            diff, agree = compare_with_torch(OnnxModel(tmp), reference.eval(), calibration)
+        else:
+            diff, agree = float("nan"), float("nan")
+    checked = f"{len(calibration)} calibration images, {mode} quantization"
+    return ExportReport(Path(path), "onnx-int8", diff, agree, checked)
+
+
+def int8_grids(loaded: LoadedWeights, quantization: str = "auto") -> list[Path]:
+    """The ``.tflite`` file(s) whose int8 grids an export carries over: Google's quantized
+    files behind ``loaded`` (``auto``, ``tflite``), or none (``calibrated``, or weights
+    that came from no ``.tflite``: ``tflite`` then raises)."""
+    if quantization not in ("auto", "calibrated", "tflite"):
+        raise ValueError(f"unknown quantization {quantization!r}; choose from auto, calibrated, tflite")
+    if quantization == "calibrated":
+        return []
+    record = loaded.record
+    files = record.files(download=False) if record is not None and record.quantized else list(loaded.tflite_files)
+    if quantization == "tflite" and not files:
+        raise ValueError("--quantization tflite needs Google's quantized .tflite weights")
+    return files
+
+
+def export_int8(
+    model: MobileNetV1,
+    path: str | Path,
+    preprocessing: Preprocessing,
+    calibration: torch.Tensor,
+    *,
+    labels: Sequence[str] | None = None,
+    grids: Sequence[Path] = (),
+    float_layers: int = DEFAULT_FLOAT_LAYERS,
+    qat_steps: int = 0,
+) -> ExportReport:
+    """``model`` to a static int8 ONNX file at ``path``: the one int8 export path.
+
+    With ``grids`` (see :func:`int8_grids`) Google's own quantization is carried over;
+    otherwise it is calibrated on ``calibration`` (a preprocessed batch), after
+    ``qat_steps`` of quantization-aware fine-tuning on it when asked. The result is
+    compared with ``model`` on the calibration images.
+    """
+    if qat_steps and grids:
+        raise ValueError("--qat-steps needs calibrated quantization: these weights carry Google's own QAT int8 grids")
+    if float_layers < 0:
+        raise ValueError(f"--float-layers must be >= 0, got {float_layers}")
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        export_onnx(model, fp32, preprocessing, labels=labels)
+        overrides = tflite_overrides(fp32, grids) if grids else None
+        if qat_steps:
+            tuned = qat_finetune(model, calibration, steps=qat_steps, float_layers=float_layers)
+            export_onnx(tuned, fp32, preprocessing, labels=labels)  # what gets quantized; compared with `model`
+        return quantize_onnx(fp32, path, calibration, reference=model, float_layers=float_layers, overrides=overrides)

@@ -1,0 +1,283 @@
+"""CPU latency and throughput of every deployment path, measured side by side.
+
+Each runtime is a callable on a ready input; :func:`measure` warms every runtime up,
+then times them in interleaved rounds (A B C, A B C, ...) so that a load spike on a
+shared machine hits all runtimes alike rather than one of them. Batch-1 latency is the
+median and 90th percentile over all timed runs; batch-32 throughput is images per
+second at the median batch time. :func:`layer_profile` splits ONNX Runtime's own
+per-node profile into Table 2's layer kinds (stem conv, depthwise, pointwise, FC).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..deploy.onnx import OnnxModel, onnx_session
+from ..model import layer_plan
+
+__all__ = [
+    "SUBJECTS",
+    "BenchSetup",
+    "Timing",
+    "cpu_name",
+    "layer_profile",
+    "measure",
+    "onnx_runner",
+    "prepare",
+    "run_config",
+]
+
+Runner = Callable[[], Any]
+CONV_OPS = ("Conv", "QLinearConv", "FusedConv", "NchwcConv", "ConvInteger")
+FC_OPS = ("Gemm", "QGemm", "MatMul", "MatMulInteger", "QLinearMatMul")
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Times of one runtime at one batch size, in milliseconds per call.
+
+    ``steady_ms`` is the best of the per-round medians: the runtime's speed once the OS
+    has placed its threads on separate cores and no other runtime's idle threads are
+    spinning. On a 2-core VM both happen by chance (LiteRT's two threads sharing one
+    core run at its 1-thread speed for whole rounds), and they hit every runtime alike.
+    """
+
+    runs: int
+    batch: int
+    median_ms: float
+    p90_ms: float
+    min_ms: float
+    steady_ms: float
+
+    @property
+    def images_per_s(self) -> float:
+        return 1000.0 * self.batch / self.median_ms
+
+    def to_dict(self) -> dict[str, float]:
+        return {**self.__dict__, "images_per_s": self.images_per_s}
+
+
+def cpu_name() -> str:
+    """The CPU as the kernel reports it (``model name`` in /proc/cpuinfo)."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def measure(
+    runners: dict[str, Runner], *, runs: int = 200, warmup: int = 20, rounds: int = 10, batch: int = 1
+) -> dict[str, Timing]:
+    """Time each runner ``runs`` times after ``warmup`` calls, interleaved over ``rounds``."""
+    if runs < rounds:
+        raise ValueError(f"runs ({runs}) must be at least rounds ({rounds})")
+    for run in runners.values():
+        for _ in range(warmup):
+            run()
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    steady: dict[str, float] = dict.fromkeys(runners, float("inf"))
+    per_round = -(-runs // rounds)
+    for _ in range(rounds):
+        for name, run in runners.items():
+            block = []
+            for _ in range(per_round):
+                start = time.perf_counter()
+                run()
+                block.append((time.perf_counter() - start) * 1e3)
+            samples[name] += block
+            steady[name] = min(steady[name], statistics.median(block))
+    return {
+        name: Timing(len(t), batch, statistics.median(t), percentile(t, 90), min(t), steady[name])
+        for name, t in samples.items()
+    }
+
+
+def onnx_runner(path: str | Path, batch: np.ndarray, threads: int, spin: bool = True) -> Runner:
+    model = OnnxModel(path, threads, spin=spin, metadata=False)
+    return lambda: model.run(batch)
+
+
+def _node_medians(profile: Path) -> list[tuple[str, str, float]]:
+    """(node, op type, median kernel time in µs) in execution order."""
+    events = json.loads(profile.read_text())
+    times: dict[str, list[float]] = defaultdict(list)
+    ops: dict[str, str] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            times[e["name"]].append(e["dur"])
+            ops[e["name"]] = e["args"]["op_name"]
+    return [(name, ops[name], statistics.median(t)) for name, t in times.items()]
+
+
+def layer_profile(
+    path: str | Path, config: Any, resolution: int, *, threads: int = 2, runs: int = 100
+) -> dict[str, Any]:
+    """Where the time goes: ORT's per-node kernel times (median over ``runs``), summed by
+    layer kind. Convolutions appear in Table 1's order in the graph, so the i-th conv
+    node is the i-th layer of :func:`~mobilenet_v1.model.layer_plan`."""
+    plan = layer_plan(config)
+    x = np.random.default_rng(0).standard_normal((1, 3, resolution, resolution), dtype=np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        session = onnx_session(path, threads, profile=str(Path(tmp) / "ort"))
+        feed = {session.get_inputs()[0].name: x}
+        for _ in range(runs):
+            session.run(None, feed)
+        nodes = _node_medians(Path(session.end_profiling()))
+    kinds: dict[str, float] = defaultdict(float)
+    conv_index, layers = 0, []
+    for name, op, us in nodes:
+        if op in CONV_OPS and conv_index < len(plan):
+            kind, label = plan[conv_index].kind, plan[conv_index].name
+            conv_index += 1
+        else:
+            kind = label = "fc" if op in FC_OPS else "other"
+        kinds[kind] += us
+        layers.append({"node": name, "op": op, "layer": label, "kind": kind, "us": us})
+    total = sum(kinds.values())
+    shares = {k: {"us": v, "percent": 100.0 * v / total} for k, v in kinds.items()}
+    return {"total_us": total, "by_kind": shares, "layers": layers, "convs_matched": conv_index == len(plan)}
+
+
+SUBJECTS = (
+    "torch-eager",
+    "torch-compiled",
+    "torch-compiled-bf16",
+    "ort-fp32",
+    "ort-int8",
+    "litert-int8",
+    "timm-ort-fp32",
+)
+
+
+@dataclass
+class BenchSetup:
+    """The files and model of one configuration (e.g. Google's 0.25/128)."""
+
+    label: str
+    model: Any  # MobileNetV1, folded
+    resolution: int
+    fp32: Path
+    int8: Path
+    tflite: list[Path]
+    timm_fp32: Path | None = None
+    torch_backend: str = "inductor"
+    ort_spin: bool = True  # False on a shared machine, like OMP_WAIT_POLICY=PASSIVE for PyTorch
+
+
+def _torch_runners(setup: BenchSetup, x: Any) -> dict[str, Runner]:
+    import torch
+
+    from ..deploy.compiled import compile_for_inference
+
+    def timed(predict: Callable[[Any], Any]) -> Runner:
+        def run() -> Any:
+            with torch.inference_mode():
+                return predict(x)
+
+        return run
+
+    # Every call compiles the same forward() again; past dynamo's recompile limit (8 per
+    # function) it would silently run eager. The previous runners are no longer used.
+    torch._dynamo.reset()
+    model, res, backend = setup.model, setup.resolution, setup.torch_backend
+    return {
+        "torch-eager": timed(model),
+        "torch-compiled": timed(compile_for_inference(model, res, backend=backend)),
+        "torch-compiled-bf16": timed(compile_for_inference(model, res, backend=backend, dtype=torch.bfloat16)),
+    }
+
+
+def _litert_runner(paths: list[Path], batch: int, resolution: int, threads: int) -> Runner:
+    from ..weights.tflite.litert import LiteRTModel
+
+    model = LiteRTModel(paths, threads=threads)
+    images = np.random.default_rng(0).integers(0, 256, (batch, 1, resolution, resolution, 3), dtype=np.uint8)
+
+    def run() -> None:
+        for image in images:  # Google's files have a fixed batch of 1
+            model.run_uint8(image)
+
+    return run
+
+
+def make_runners(setup: BenchSetup, threads: int, batch: int) -> dict[str, Runner]:
+    """All subjects for one thread count and batch size, in :data:`SUBJECTS` order."""
+    import torch
+
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (batch, 3, setup.resolution, setup.resolution)).astype(np.float32)
+    runners = _torch_runners(setup, torch.from_numpy(x))
+    runners["ort-fp32"] = onnx_runner(setup.fp32, x, threads, setup.ort_spin)
+    runners["ort-int8"] = onnx_runner(setup.int8, x, threads, setup.ort_spin)
+    if setup.tflite:
+        runners["litert-int8"] = _litert_runner(setup.tflite, batch, setup.resolution, threads)
+    if setup.timm_fp32 is not None:
+        runners["timm-ort-fp32"] = onnx_runner(setup.timm_fp32, x, threads, setup.ort_spin)
+    return runners
+
+
+def run_config(
+    setup: BenchSetup, *, threads: tuple[int, ...] = (1, 2), runs: int = 200, batch: int = 32, batch_runs: int = 20
+) -> dict[str, Any]:
+    """Batch-1 latency and batch-``batch`` throughput of every subject at each thread count."""
+    out: dict[str, Any] = {"config": setup.label, "resolution": setup.resolution, "threads": {}}
+    for n in threads:
+        latency = measure(make_runners(setup, n, 1), runs=runs, warmup=20, rounds=10)
+        print(f"{setup.label}: {n} thread(s), batch 1 done", file=sys.stderr, flush=True)
+        rounds = min(5, batch_runs)
+        throughput = measure(make_runners(setup, n, batch), runs=batch_runs, warmup=3, rounds=rounds, batch=batch)
+        out["threads"][str(n)] = {
+            name: {"latency": latency[name].to_dict(), "throughput": throughput[name].to_dict()} for name in latency
+        }
+    return out
+
+
+def export_timm(alpha: float, resolution: int, path: Path) -> Path:
+    """timm's MobileNet V1 (``mobilenetv1_100`` at width ``alpha``, random weights: speed
+    does not depend on them) exported to float32 ONNX like ours."""
+    import torch
+
+    from ..deploy.onnx import save_onnx_graph
+
+    try:
+        from timm.models.efficientnet import _gen_mobilenet_v1
+    except ImportError:
+        raise ImportError("the timm comparison needs timm: pip install 'mobilenet-v1[dev]'") from None
+    model = _gen_mobilenet_v1("mobilenetv1_100", alpha, pretrained=False).eval()
+    with torch.no_grad():
+        save_onnx_graph(model, path, resolution)
+    return path
+
+
+def prepare(weights: str, workdir: Path, calibration: list[Path], *, timm: bool = True) -> BenchSetup:
+    """Load ``weights``, export fp32 and int8 ONNX (and timm's) into ``workdir``."""
+    from ..deploy.onnx import export_onnx
+    from ..deploy.quantize import export_int8, int8_grids, load_batch
+    from ..weights import load_weights
+
+    model, loaded = load_weights(weights)
+    pre = loaded.preprocessing
+    grids = int8_grids(loaded)
+    label = f"{model.config.alpha:g}/{pre.resolution}"
+    fp32, int8 = workdir / f"{label.replace('/', '_')}_fp32.onnx", workdir / f"{label.replace('/', '_')}_int8.onnx"
+    export_onnx(model, fp32, pre, labels=loaded.classes)
+    export_int8(model, int8, pre, load_batch(calibration, pre), labels=loaded.classes, grids=grids)
+    timm_path = export_timm(model.config.alpha, pre.resolution, workdir / f"timm_{fp32.name}") if timm else None
+    return BenchSetup(label, model, pre.resolution, fp32, int8, grids, timm_path)

@@ -1,0 +1,159 @@
+"""Top-1/top-5 evaluation on an image folder, for any ``batch -> logits`` callable.
+
+The folder's sub-folders name classes either by ImageNet WordNet id (``n01440764``: the
+shared Imagenette copy) or by the checkpoint's own class names. Google's models have 1001
+outputs, output 0 being "background": WordNet id k of ``imagenet_wnids.txt`` is output
+k+1, and ``ignore=(0,)`` makes the prediction 1000-way. The loop takes a plain callable so
+the same code evaluates our model, Google's interpreter or an exported ONNX model.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..classify import Classifier, top_classes
+from ..data.folders import ImageFolder, find_samples
+from ..data.transforms import Preprocessing, eval_transform, float_input
+
+__all__ = ["EvalResult", "evaluate", "evaluate_folder", "evaluate_samples", "make_loader"]
+
+Predictor = Callable[[torch.Tensor], torch.Tensor]
+
+
+def make_loader(dataset: Dataset, batch_size: int = 64, workers: int = 2) -> DataLoader:
+    """Batches of ``dataset`` in order (evaluation needs no shuffling)."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+
+
+@dataclass
+class EvalResult:
+    """Top-1/top-5 in percent, per-folder accuracy, and each image's top-5 output indices.
+
+    ``top1_ties_split`` counts an image whose best score is tied among k classes, the
+    right one included, as 1/k: the expected top-1 over random tie-breaks, the one figure
+    that does not depend on a tie rule (quantized outputs tie often)."""
+
+    top1: float
+    top5: float
+    count: int
+    per_class: dict[str, float]
+    confusion: np.ndarray  # rows: folders; columns: folders, then "other"
+    classes: list[str]
+    predictions: np.ndarray = field(repr=False)  # (count, 5) output indices, best first
+    targets: np.ndarray = field(repr=False)
+    top1_ties_split: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "top1": self.top1,
+            "top1_ties_split": self.top1_ties_split,
+            "top5": self.top5,
+            "count": self.count,
+            "per_class": self.per_class,
+        }
+
+
+@torch.inference_mode()
+def evaluate(
+    predict: Predictor,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    folders: dict[str, int],
+    *,
+    ignore: Sequence[int] = (),
+    progress: bool = False,
+    total: int | None = None,
+) -> EvalResult:
+    """Run ``predict`` over ``(images, targets)`` batches; ``ignore`` lists outputs never
+    predicted (Google's background class). The progress bar (stderr) shows on a terminal."""
+    from tqdm import tqdm
+
+    preds, targets, credit = [], [], []
+    try:
+        for images, target in tqdm(
+            batches, total=total, file=sys.stderr, disable=None if progress else True, unit="batch"
+        ):
+            logits = predict(images).float()
+            if ignore:
+                logits[:, list(ignore)] = float("-inf")
+            preds.append(top_classes(logits, 5))
+            targets.append(torch.as_tensor(target))
+            credit.append(_tie_credit(logits, targets[-1]))
+    except ValueError as exc:  # a DataLoader worker wraps the error with a traceback: keep its last line
+        raise ValueError(str(exc).strip().splitlines()[-1].removeprefix("ValueError: ")) from None
+    return _summarise(torch.cat(preds).numpy(), torch.cat(targets).numpy(), torch.cat(credit).numpy(), folders)
+
+
+def evaluate_samples(
+    predict: Predictor,
+    samples: Sequence[tuple[Path, int]],
+    folders: dict[str, int],
+    preprocessing: Preprocessing,
+    *,
+    ignore: Sequence[int] = (),
+    uint8: bool = False,
+    batch_size: int = 64,
+    workers: int = 0,
+) -> EvalResult:
+    """:func:`evaluate` on ``(path, target)`` samples, decoded and centre-cropped by the
+    preset: ``predict`` gets the float input (or, with ``uint8``, the uint8 crops that
+    Google's interpreter and the int8-exact model take)."""
+    dataset = ImageFolder(samples, eval_transform(preprocessing, to_float=False))
+    batches = make_loader(dataset, batch_size=batch_size, workers=workers)
+    run = predict if uint8 else (lambda batch: predict(float_input(batch, preprocessing)))
+    return evaluate(run, batches, folders, ignore=ignore)
+
+
+def evaluate_folder(
+    classifier: Classifier,
+    root: str | Path,
+    *,
+    wnids: Sequence[str] | None = None,
+    batch_size: int = 64,
+    workers: int = 2,
+    progress: bool = False,
+) -> EvalResult:
+    """Evaluate ``classifier`` on ``root``, one sub-folder per class named by the
+    classifier's classes or (for ImageNet's outputs) by WordNet ids from ``wnids``."""
+    samples, folders = find_samples(root, classifier.classes, wnids)
+    loader = make_loader(ImageFolder(samples, classifier.transform), batch_size, workers)
+    return evaluate(classifier.model, loader, folders, ignore=classifier.ignore, progress=progress, total=len(loader))
+
+
+def _tie_credit(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per row: 1/k if the target is among the k classes tied at the top, else 0."""
+    top = scores == scores.max(dim=1, keepdim=True).values
+    hit = top.gather(1, target.long().clamp(0, scores.shape[1] - 1)[:, None]).squeeze(1) & (target >= 0)
+    return hit.float() / top.sum(dim=1)
+
+
+def _summarise(preds: np.ndarray, targets: np.ndarray, credit: np.ndarray, folders: dict[str, int]) -> EvalResult:
+    hit1 = preds[:, 0] == targets
+    hit5 = (preds == targets[:, None]).any(axis=1)
+    names = list(folders)
+    column = {folders[n]: j for j, n in enumerate(names)}
+    confusion = np.zeros((len(names), len(names) + 1), dtype=np.int64)
+    per_class = {}
+    for i, name in enumerate(names):
+        rows = targets == folders[name]
+        for p in preds[rows, 0]:
+            confusion[i, column.get(int(p), len(names))] += 1
+        per_class[name] = 100.0 * float(hit1[rows].mean()) if rows.any() else float("nan")
+    return EvalResult(
+        top1=100.0 * float(hit1.mean()),
+        top5=100.0 * float(hit5.mean()),
+        count=len(targets),
+        per_class=per_class,
+        confusion=confusion,
+        classes=names,
+        predictions=preds,
+        targets=targets,
+        top1_ties_split=100.0 * float(credit.mean()),
+    )

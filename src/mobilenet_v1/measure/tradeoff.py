@@ -1,0 +1,256 @@
+"""The accuracy/cost trade-off of the width and resolution multipliers, measured here.
+
+The paper's Figures 4-5 and Tables 6-7 plot ImageNet accuracy against mult-adds for
+alpha in {1, 0.75, 0.5, 0.25} x rho in {224, 192, 160, 128}. :func:`measure_grid` adds
+what a user choosing a model for a device needs: the latency of each configuration on
+*this* machine under a chosen runtime, and (with a data folder) the accuracy of Google's
+weights where they are available. Results are cached per configuration, so a re-run is
+quick; :func:`best_under_budget` picks the most accurate configuration that fits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..cost import model_cost
+from ..data.transforms import Preprocessing
+from ..files import write_text
+from ..model import MobileNetV1
+from ..weights import get_weights, google_config, load_weights, read_wnids
+
+__all__ = ["GRID", "RUNTIMES", "Point", "best_under_budget", "measure_grid", "pareto_front"]
+
+ALPHAS = (1.0, 0.75, 0.5, 0.25)
+RESOLUTIONS = (224, 192, 160, 128)
+GRID = tuple((a, r) for a in ALPHAS for r in RESOLUTIONS)
+RUNTIMES = ("onnx-int8", "onnx", "torch")
+CACHE_VERSION = 1
+
+Predictor = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Point:
+    """One configuration: its cost, latency here, and accuracies (percent)."""
+
+    alpha: float
+    resolution: int
+    mult_adds: int
+    params: int
+    latency_ms: float  # batch-1 median
+    latency_p90_ms: float
+    google_top1_float: float  # Google's reported ImageNet top-1 (registry)
+    google_top1_quant: float
+    imagenette_top1: float | None = None  # measured here with Google's weights, if given data
+
+    @property
+    def label(self) -> str:
+        return f"{self.alpha:g}/{self.resolution}"
+
+    def google_top1(self, runtime: str) -> float:
+        """The reported accuracy that matches the runtime: quantized for int8, else float."""
+        return self.google_top1_quant if runtime == "onnx-int8" else self.google_top1_float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def pareto_front(points: list[Point], accuracy: Callable[[Point], float]) -> list[Point]:
+    """The points no other point beats on both latency and accuracy, fastest first."""
+    front: list[Point] = []
+    for p in sorted(points, key=lambda p: (p.latency_ms, -accuracy(p))):
+        if not front or accuracy(p) > accuracy(front[-1]):
+            front.append(p)
+    return front
+
+
+def best_under_budget(
+    points: list[Point],
+    accuracy: Callable[[Point], float],
+    *,
+    budget_ms: float | None = None,
+    budget_mult_adds: float | None = None,
+) -> Point:
+    """The most accurate point within the latency and/or mult-adds budget."""
+    fits = [
+        p
+        for p in points
+        if (budget_ms is None or p.latency_ms <= budget_ms)
+        and (budget_mult_adds is None or p.mult_adds <= budget_mult_adds)
+    ]
+    if not fits:
+        cheapest = min(points, key=lambda p: (p.latency_ms, p.mult_adds))
+        raise ValueError(
+            f"no configuration fits the budget; the cheapest is {cheapest.label} at "
+            f"{cheapest.latency_ms:.2f} ms and {cheapest.mult_adds / 1e6:.1f} M mult-adds"
+        )
+    return max(fits, key=lambda p: (accuracy(p), -p.latency_ms))
+
+
+def _local_weights(alpha: float, resolution: int, runtime: str, download: bool) -> tuple[MobileNetV1, Any] | None:
+    """Google's weights for this configuration, if they can be had (locally or by download)."""
+    name = f"mobilenet_v1_{alpha}_{resolution}" + ("_quant" if runtime == "onnx-int8" else "")
+    for candidate in (name, f"mobilenet_v1_{alpha}_{resolution}_quant"):
+        try:
+            return load_weights(get_weights(candidate), download=download)
+        except (FileNotFoundError, OSError):
+            continue
+    return None
+
+
+def _predictor(
+    model: MobileNetV1, preset: Preprocessing, runtime: str, threads: int, workdir: Path, calibration: torch.Tensor
+) -> Predictor:
+    """``float batch -> logits`` under the runtime (export and quantize as needed)."""
+    torch.set_num_threads(threads)
+    if runtime == "torch":
+        from ..deploy.compiled import compile_for_inference
+
+        return compile_for_inference(model, preset.resolution)
+    from ..deploy.onnx import OnnxModel, export_onnx
+    from ..deploy.quantize import export_int8
+
+    path = workdir / f"{runtime}.onnx"
+    if runtime == "onnx-int8":
+        export_int8(model, path, preset, calibration)
+    else:
+        export_onnx(model, path, preset)
+    return OnnxModel(path, threads)
+
+
+def _latency(predict: Predictor, resolution: int, runs: int) -> tuple[float, float]:
+    from .bench import measure
+
+    x = torch.randn(1, 3, resolution, resolution)
+    with torch.inference_mode():
+        timing = measure({"model": lambda: predict(x)}, runs=runs, warmup=10, rounds=1)["model"]
+    return timing.median_ms, timing.p90_ms
+
+
+def _cache_key(alpha: float, resolution: int, settings: dict[str, Any]) -> str:
+    raw = json.dumps({"alpha": alpha, "resolution": resolution, **settings}, sort_keys=True)
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def _load_cache(path: Path) -> dict[str, Any]:
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) and cache.get("version") == CACHE_VERSION else {}
+
+
+def measure_grid(
+    *,
+    runtime: str = "onnx-int8",
+    threads: int = 2,
+    data: Path | None = None,
+    calibration: Path | None = None,
+    limit_per_class: int | None = None,
+    runs: int = 100,
+    cache_file: Path | None = None,
+    download: bool = False,
+    progress: bool = True,
+    grid: tuple[tuple[float, int], ...] = GRID,
+) -> list[Point]:
+    """Measure the configurations of ``grid`` (default: the paper's 16); each finished one
+    is cached in ``cache_file`` at once, so an interrupted or repeated run is quick."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+    from tqdm import tqdm
+
+    settings = {
+        "runtime": runtime,
+        "threads": threads,
+        "runs": runs,
+        "data": str(data.resolve()) if data else None,
+        "limit": limit_per_class,
+    }
+    cache = _load_cache(cache_file) if cache_file else {}
+    entries = cache.setdefault("points", {})
+    cache["version"] = CACHE_VERSION
+    points = []
+    bar = tqdm(grid, desc=f"trade-off ({runtime}, {threads} threads)", unit="config", disable=not progress)
+    for alpha, resolution in bar:
+        bar.set_postfix_str(f"{alpha:g}/{resolution}")
+        key = _cache_key(alpha, resolution, settings)
+        if key not in entries:
+            entries[key] = _measure_one(
+                alpha, resolution, runtime, threads, data, calibration, limit_per_class, runs, download
+            ).to_dict()
+            if cache_file:
+                write_text(cache_file, json.dumps(cache, indent=2), make_parents=True)
+        points.append(Point(**entries[key]))
+    return points
+
+
+def _measure_one(
+    alpha: float,
+    resolution: int,
+    runtime: str,
+    threads: int,
+    data: Path | None,
+    calibration: Path | None,
+    limit: int | None,
+    runs: int,
+    download: bool,
+) -> Point:
+    loaded = _local_weights(alpha, resolution, runtime, download) if data else None
+    model, info = loaded if loaded else (MobileNetV1(google_config(alpha)).eval(), None)
+    preset = info.preprocessing if info else Preprocessing(resolution)
+    images = _calibration_batch(calibration, preset) if runtime == "onnx-int8" else torch.empty(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        predict = _predictor(model, preset, runtime, threads, Path(tmp), images)
+        median, p90 = _latency(predict, resolution, runs)
+        top1 = _imagenette_top1(predict, data, info, limit) if info and data else None
+    cost = model_cost(model.config, resolution)
+    quant, float_ = (get_weights(f"mobilenet_v1_{alpha}_{resolution}{s}").value for s in ("_quant", ""))
+    return Point(
+        alpha, resolution, cost.mult_adds, cost.params, median, p90, float_.google_top1, quant.google_top1, top1
+    )
+
+
+def _calibration_batch(folder: Path | None, preset: Preprocessing, count: int = 64) -> torch.Tensor:
+    """Calibration images from ``folder``, or random images when only latency matters."""
+    if folder is None:
+        return torch.rand(8, 3, preset.resolution, preset.resolution) * 2 - 1
+    from ..deploy.quantize import calibration_files, load_batch
+
+    return load_batch(calibration_files(folder, count), preset)
+
+
+def _imagenette_top1(predict: Predictor, data: Path, info: Any, limit: int | None) -> float:
+    from ..data.folders import find_samples
+    from .evaluate import evaluate_samples
+
+    samples, folders = find_samples(data, info.classes, read_wnids())
+    if limit:
+        samples = _first_per_class(samples, limit)
+    pre, ignore = info.preprocessing, info.ignore
+    return evaluate_samples(predict, samples, folders, pre, ignore=ignore, batch_size=32, workers=2).top1
+
+
+def _first_per_class(samples: list[tuple[Path, int]], limit: int) -> list[tuple[Path, int]]:
+    """The first ``limit`` samples of each class, in order."""
+    seen: Counter[int] = Counter()
+    kept = []
+    for path, target in samples:
+        seen[target] += 1
+        if seen[target] <= limit:
+            kept.append((path, target))
+    return kept
+
+
+def iter_rows(points: list[Point], runtime: str) -> Iterator[dict[str, Any]]:
+    front = {p.label for p in pareto_front(points, lambda p: p.google_top1(runtime))}
+    for p in points:
+        yield {**p.to_dict(), "pareto": p.label in front}

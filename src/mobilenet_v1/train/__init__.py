@@ -1,0 +1,12 @@
+"""Training and fine-tuning on image folders, on one process or many (torchrun).
+
+Owns the run settings and recipes (:mod:`.config`, the one place for defaults), the steps
+before the first batch (:mod:`.setup`, :mod:`.loaders`), the loop (:mod:`.trainer`), its
+validation (:mod:`.validate`), optimizers and schedules (:mod:`.optim`), checkpoints and
+exact resume (:mod:`.checkpoint`), run outputs (:mod:`.outputs`), process groups
+(:mod:`.distributed`, :mod:`.torchrun`) and the CPU kernels swapped in for training
+(:mod:`.accel`).
+
+May import: the model, ``builders``, ``data``, ``weights`` and ``files``; nothing of
+``deploy``, ``measure`` or ``cli``.
+"""

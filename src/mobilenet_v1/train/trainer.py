@@ -1,0 +1,311 @@
+"""Training and fine-tuning on image folders, with exact resume.
+
+The loop follows torchvision's classification reference: ``train_epoch``, ``evaluate``,
+a plain-dict checkpoint, ``model_without_ddp``, ``sampler.set_epoch`` and rank-0-only
+logging, so the same command runs under torchrun (see ``distributed.py``).
+
+Exact resume: the checkpoint holds every piece of state the remaining steps depend on
+(weights, optimizer, scheduler, EMA, scaler, RNG states, epoch, step in the epoch), and
+the data order and augmentation of a sample depend only on ``(seed, epoch, index)``; so
+a run killed at any point and resumed from its last checkpoint ends with the same
+weights as an uninterrupted run. Ctrl-C (SIGINT) saves a checkpoint after the current
+step and stops.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from ..data.transforms import float_input
+from ..files import write_text
+from ..weights import save_safetensors
+from . import distributed as dist
+from .accel import accelerate
+from .checkpoint import BEST, LAST, Progress, atomic_save, capture_rng, restore_rng, test_signal_from_env
+from .loaders import build_loaders
+from .optim import build_optimizer, exponential_decay, warmup_cosine
+from .outputs import TensorBoard, format_row, model_metadata, plot_curves, write_metrics
+from .setup import RunPlan, build_model
+from .validate import autocast_for, evaluate, resolve_device
+
+__all__ = ["Trainer", "train"]
+
+
+class Trainer:
+    """One run: model, optimizer, schedule, EMA and loaders, built from a checked ``RunPlan``."""
+
+    def __init__(self, plan: RunPlan, env: dist.DistEnv, device: torch.device) -> None:
+        self.config, self.classes, self.run_dir = plan.config, plan.split.classes, plan.run_dir
+        self.env, self.device = env, device
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        model, self.preprocessing = build_model(cfg, self.classes)
+        accelerate(model)  # faster CPU kernels, same parameters and state dict
+        if cfg.freeze_backbone:
+            model.features.requires_grad_(False)
+        memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.memory_format = memory_format
+        self.model_without_ddp = model.to(device, memory_format=memory_format)
+        self.model = dist.wrap_model(self.model_without_ddp, env, device, sync_bn=cfg.sync_bn)
+        self.train_loader, self.sampler, self.val_loader = build_loaders(cfg, plan.split, self.preprocessing, env)
+        self.steps_per_epoch = len(self.sampler) // cfg.batch_size
+        self.lr = cfg.resolved_lr(dist.global_batch_size(cfg.batch_size, env))
+        self.optimizer = build_optimizer(cfg.resolved_optimizer(), self.model_without_ddp, self.lr, cfg.weight_decay)
+        self.scheduler = self._build_scheduler()
+        self.ema = self._build_ema()
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "amp" and device.type == "cuda")
+        self.autocast = autocast_for(cfg.precision, device)
+        self.progress = Progress()
+        self.stop_requested = False
+        self.test_signal = test_signal_from_env(env.rank)
+        self.last_save = time.monotonic()
+        self.tensorboard: TensorBoard | None = None
+        if plan.checkpoint is not None:
+            self.load_state_dict(plan.checkpoint)
+
+    def _build_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
+        cfg = self.config
+        if cfg.recipe_defaults.schedule == "exponential":
+            return exponential_decay(self.optimizer, self.steps_per_epoch)
+        warmup = round(cfg.warmup_epochs * self.steps_per_epoch)
+        return warmup_cosine(self.optimizer, cfg.epochs * self.steps_per_epoch, warmup)
+
+    def _build_ema(self) -> AveragedModel | None:
+        if not self.config.ema:
+            return None
+        avg = get_ema_multi_avg_fn(self.config.ema_decay)
+        return AveragedModel(self.model_without_ddp, multi_avg_fn=avg, use_buffers=True)
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model_without_ddp.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "rng": capture_rng(),
+            "progress": asdict(self.progress),
+            "config": self.config.to_dict(),
+            "classes": self.classes,
+            "preprocessing": self.preprocessing.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        try:
+            self.model_without_ddp.load_state_dict(state["model"])
+            if self.ema is not None and state["ema"] is not None:
+                self.ema.load_state_dict(state["ema"])
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ValueError(f"checkpoint does not match the model of this run: {first}") from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        restore_rng(state["rng"])
+        self.progress = Progress(**state["progress"])
+
+    def save_checkpoint(self, *, best: bool = False) -> None:
+        if not self.env.is_main:
+            return
+        state = self.state_dict()
+        if best:
+            atomic_save(state, self.run_dir / BEST)
+        atomic_save(state, self.run_dir / LAST)
+        self.last_save = time.monotonic()
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        images = float_input(images, self.preprocessing)
+        labels = labels.to(self.device, non_blocking=True)
+        with self.autocast():
+            logits = self.model(images)
+            loss = F.cross_entropy(logits, labels, label_smoothing=self.config.resolved_label_smoothing())
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model_without_ddp)
+        p = self.progress
+        p.loss_sum += loss.item() * len(labels)
+        p.correct += int((logits.argmax(1) == labels).sum())
+        p.seen += len(labels)
+        return loss
+
+    def train_epoch(self) -> None:
+        p, cfg = self.progress, self.config
+        self.sampler.set_epoch(p.epoch, skip=p.step_in_epoch * cfg.batch_size)
+        self.model.train()
+        if cfg.freeze_backbone:
+            self.model_without_ddp.features.eval()  # frozen BN statistics too
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            initial=p.step_in_epoch,
+            desc=f"epoch {p.epoch + 1}/{cfg.epochs}",
+            disable=not self.env.is_main,
+            mininterval=1.0,
+            dynamic_ncols=True,
+        )
+        start = last = time.monotonic()
+        images_done = 0
+        for images, labels, skipped in self.train_loader:
+            p.skipped_images += skipped
+            if len(labels):
+                self.train_step(images, labels)
+            images_done += len(labels)
+            p.step_in_epoch += 1
+            p.global_step += 1
+            now = time.monotonic()
+            p.train_seconds += now - last
+            last = now
+            bar.set_postfix(self._postfix(images_done / max(now - start, 1e-9)), refresh=False)
+            bar.update()
+            self.after_step()
+            if self.stop_requested:
+                break
+        bar.close()
+
+    def _postfix(self, images_per_s: float) -> dict[str, str]:
+        p = self.progress
+        return {
+            "loss": f"{p.loss_sum / max(p.seen, 1):.4f}",
+            "acc": f"{100 * p.correct / max(p.seen, 1):.2f}%",
+            "lr": f"{self.scheduler.get_last_lr()[0]:.3g}",
+            "img/s": f"{images_per_s * self.env.world_size:.1f}",
+        }
+
+    def after_step(self) -> None:
+        """Periodic checkpoints, the test hook and Ctrl-C, all at a step boundary."""
+        cfg, step = self.config, self.progress.global_step
+        by_steps = cfg.checkpoint_steps and step % cfg.checkpoint_steps == 0
+        by_time = time.monotonic() - self.last_save >= 60 * cfg.checkpoint_minutes
+        if (by_steps or by_time) and self.progress.step_in_epoch < self.steps_per_epoch:
+            self.save_checkpoint()
+        if self.test_signal is not None and step == self.test_signal[1]:
+            os.kill(os.getpid(), self.test_signal[0])
+            time.sleep(1)  # let the signal arrive before the next step
+        if self.stop_requested:
+            self.save_checkpoint()
+
+    def evaluate(self) -> tuple[float, float]:
+        """Validation loss and top-1 (EMA weights when ``--ema``), summed over processes."""
+        model = self.ema.module if self.ema is not None else self.model_without_ddp
+        dist.broadcast_buffers(model, self.env)  # BN statistics: evaluate what rank 0 saves
+        loss, acc, skipped = evaluate(
+            model, self.val_loader, self.device, self.autocast, self.memory_format, self.env, self.preprocessing
+        )
+        self.progress.skipped_images += skipped
+        return loss, acc
+
+    def end_epoch(self) -> None:
+        """Validate, record the epoch, save the best model and the checkpoint."""
+        p = self.progress
+        val_loss, val_acc = self.evaluate()
+        # Sums over all ranks (after a mid-epoch resume, rank 0's sums stand in for the
+        # other ranks' part before the interruption: the checkpoint holds rank 0's).
+        sums = torch.tensor([p.loss_sum, p.correct, p.seen, p.skipped_images], dtype=torch.float64)
+        loss_sum, correct, seen, skipped = dist.all_reduce_sum(sums.to(self.device), self.env).tolist()
+        row = {
+            "epoch": p.epoch + 1,
+            "step": p.global_step,
+            "train_loss": loss_sum / max(seen, 1),
+            "train_acc": correct / max(seen, 1),
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "lr": self.scheduler.get_last_lr()[0],
+            "train_seconds": p.train_seconds,
+            "skipped_images": int(skipped),
+        }
+        p.history.append(row)
+        p.epoch, p.step_in_epoch, p.loss_sum, p.correct, p.seen = p.epoch + 1, 0, 0.0, 0, 0
+        is_best = val_acc > p.best_acc
+        p.best_acc = max(p.best_acc, val_acc)
+        if is_best and self.env.is_main:
+            self.save_model(self.run_dir / "model-best.safetensors")
+        self.save_checkpoint(best=is_best)
+        if self.env.is_main:
+            write_metrics(self.run_dir, p.history)
+            assert self.tensorboard is not None
+            self.tensorboard.log({f"epoch/{k}": v for k, v in row.items() if k != "epoch"}, row["epoch"])
+            print(format_row(row), file=sys.stderr)
+        dist.barrier(self.env)
+
+    def save_model(self, path: Path) -> None:
+        """The evaluated weights (EMA when enabled) as ``.safetensors`` with the metadata that
+        ``predict``, ``eval`` and ``export`` read (``weights_io`` format)."""
+        model = self.ema.module if self.ema is not None else self.model_without_ddp
+        save_safetensors(model, path, model_metadata(self.config, self.classes, self.preprocessing))
+
+    def fit(self) -> dict[str, Any]:
+        """Train the remaining epochs; returns the run summary."""
+        self.tensorboard = TensorBoard(self.run_dir) if self.env.is_main else None
+        if self.env.is_main:
+            reference = None if self.config.lr is not None else self.config.recipe_defaults.reference_batch
+            print(dist.scaling_summary(self.config.batch_size, self.lr, self.env, reference), file=sys.stderr)
+        previous = signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            while self.progress.epoch < self.config.epochs:
+                self.train_epoch()
+                if self.stop_requested:
+                    print(f"interrupted: checkpoint saved; continue with --resume {self.run_dir}", file=sys.stderr)
+                    raise KeyboardInterrupt
+                self.end_epoch()
+            return self.finish()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+
+    def _on_sigint(self, signum: int, frame: object) -> None:
+        self.stop_requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
+
+    def finish(self) -> dict[str, Any]:
+        p = self.progress
+        summary = {
+            "classes": self.classes,
+            "epochs": p.epoch,
+            "steps": p.global_step,
+            "best_val_acc": p.best_acc,
+            "final_val_acc": p.history[-1]["val_acc"] if p.history else None,
+            "skipped_images": p.history[-1]["skipped_images"] if p.history else p.skipped_images,
+            "train_seconds": p.train_seconds,
+        }
+        if self.env.is_main:
+            self.save_model(self.run_dir / "model-final.safetensors")
+            plot_curves(p.history, self.run_dir / "curves.png")
+            write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+def train(plan: RunPlan) -> dict[str, Any]:
+    """Run a checked plan (see ``train_setup.prepare_run``) to the end; returns its summary."""
+    device = resolve_device(plan.config.device)
+    env = dist.init_distributed(device)
+    try:
+        device = dist.local_device(device, env)
+        trainer = Trainer(plan, env, device)
+        if env.is_main:
+            plan.run_dir.mkdir(parents=True, exist_ok=True)
+            plan.config.save(plan.run_dir / "config.json")
+            write_text(plan.run_dir / "classes.json", json.dumps(plan.split.classes, indent=2) + "\n")
+        return trainer.fit()
+    finally:
+        dist.cleanup(env)

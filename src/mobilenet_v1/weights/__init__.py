@@ -1,0 +1,39 @@
+"""Google's released weights and the project's weight files.
+
+Owns the registry of Google's checkpoints (:mod:`.registry`), finding and downloading
+files (:mod:`.download`), the ``.safetensors`` format every checkpoint uses (:mod:`.io`),
+reading and importing Google's ``.tflite`` files, with the integer-exact emulation of
+their uint8 arithmetic and Google's interpreter as reference (:mod:`.tflite`), and
+:func:`load_weights`, which puts them together.
+
+May import: the model, ``data.transforms`` (preprocessing presets) and ``files``; never
+training, deployment, measurement or the CLI.
+"""
+
+from .io import LoadedWeights, load_safetensors, save_safetensors
+from .load import load_weights
+from .registry import (
+    DEFAULT_WEIGHTS,
+    WEIGHTS_LICENSE,
+    MobileNetV1Weights,
+    WeightsRecord,
+    get_weights,
+    google_config,
+    read_labels,
+    read_wnids,
+)
+
+__all__ = [
+    "DEFAULT_WEIGHTS",
+    "WEIGHTS_LICENSE",
+    "LoadedWeights",
+    "MobileNetV1Weights",
+    "WeightsRecord",
+    "get_weights",
+    "google_config",
+    "load_safetensors",
+    "load_weights",
+    "read_labels",
+    "read_wnids",
+    "save_safetensors",
+]

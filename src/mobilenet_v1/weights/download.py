@@ -1,0 +1,114 @@
+"""Find or fetch a weight file: explicit path -> cache -> local data directory -> download.
+
+The cache is ``~/.cache/mobilenet_v1`` (``MOBILENET_V1_CACHE`` overrides); the local data
+directory is ``MOBILENET_V1_DATA`` (its ``pretrained/`` folder, or the folder itself),
+when set. Downloads are checked against the recorded sha256 (when one
+was recorded) and written atomically, so an interrupted download never leaves a file
+that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..files import atomic_write
+
+__all__ = ["Source", "cache_dir", "data_dir", "fetch", "sha256sum", "verify"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """One published file: where it is downloaded from and its name on disk.
+
+    ``member`` names the file inside a ``.tgz`` archive (Google's release archives);
+    ``sha256`` is the digest of ``filename`` and is ``None`` where it was never computed.
+    """
+
+    url: str
+    filename: str
+    sha256: str | None = None
+    member: str | None = None
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MOBILENET_V1_CACHE") or Path.home() / ".cache" / "mobilenet_v1")
+
+
+def data_dir() -> Path | None:
+    """``$MOBILENET_V1_DATA``: a folder holding Google's files, or their ``pretrained/``."""
+    env = os.environ.get("MOBILENET_V1_DATA")
+    return Path(env) if env else None
+
+
+def _local_folders() -> list[Path]:
+    data = data_dir()
+    return [cache_dir()] + ([data / "pretrained", data] if data is not None else [])
+
+
+def sha256sum(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify(path: Path, expected: str | None) -> Path:
+    """Raise ``ValueError`` showing both digests when ``path`` does not hash to ``expected``."""
+    if expected is not None:
+        actual = sha256sum(path)
+        if actual != expected:
+            raise ValueError(f"sha256 mismatch for {path}: expected {expected}, got {actual}")
+    return path
+
+
+def fetch(source: Source, *, download: bool = True) -> Path:
+    """The local copy of ``source``: cache, then data directory, then a verified download."""
+    for folder in _local_folders():
+        if (folder / source.filename).is_file():
+            return verify(folder / source.filename, source.sha256)
+    if not download:
+        raise FileNotFoundError(
+            f"{source.filename} not found in {cache_dir()} or {data_dir() or '$MOBILENET_V1_DATA'} (download disabled)"
+        )
+    return _download(source)
+
+
+def _download(source: Source) -> Path:
+    target = cache_dir() / source.filename
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
+        raw = Path(tmp) / "raw"
+        try:
+            with urllib.request.urlopen(source.url, timeout=60) as response, open(raw, "wb") as f:
+                shutil.copyfileobj(response, f)
+        except OSError as exc:
+            raise OSError(f"cannot download {source.url}: {exc}") from None
+        if source.member is not None:
+            raw = _extract(raw, source.member, Path(tmp), source.url)
+        verify(raw, source.sha256)
+        with atomic_write(target) as out:  # the cache never holds a partial file
+            os.replace(raw, out)
+    return target
+
+
+def _extract(archive: Path, member: str, folder: Path, url: str) -> Path:
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            names = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+            if member not in names:
+                raise ValueError(f"{url}: archive has no {member} (it holds {', '.join(sorted(names)) or 'nothing'})")
+            src = tar.extractfile(names[member])
+            out = folder / "member"
+            with src, open(out, "wb") as f:
+                shutil.copyfileobj(src, f)
+    except tarfile.TarError as exc:
+        raise ValueError(f"{url}: not a readable .tgz archive ({exc})") from None
+    return out
