@@ -3,6 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The shared data (Google's weights, test photos, Imagenette) for the demo, tests and benchmarks.
+export MOBILENET_V1_DATA ?= $(abspath ../shared/data)
 
 .PHONY: install demo test lint bench clean
 

@@ -26,11 +26,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import ROOT
 
 from mobilenet_v1 import mobilenet_v1
 from mobilenet_v1.train.distributed import barrier, cleanup, init_distributed, local_device, wrap_model
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse_args() -> argparse.Namespace:

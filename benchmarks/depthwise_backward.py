@@ -22,13 +22,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import ROOT
 from torch import nn
 
 from mobilenet_v1 import mobilenet_v1
 from mobilenet_v1.measure.bench import cpu_name
 from mobilenet_v1.train.accel.layers import BatchNorm2d, batch_norm_act, depthwise_conv2d
 
-ROOT = Path(__file__).resolve().parents[1]
 BATCH = 32
 RESOLUTION = {1.0: 224, 0.75: 192, 0.5: 160, 0.25: 128}
 

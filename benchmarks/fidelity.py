@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from common import DATA, ROOT
 
 from mobilenet_v1.data.folders import find_samples
 from mobilenet_v1.measure.bench import cpu_name
@@ -30,9 +31,6 @@ from mobilenet_v1.model import ConvBNAct
 from mobilenet_v1.weights import WNIDS_FILE, MobileNetV1Weights
 from mobilenet_v1.weights.tflite.convert import load_tflite
 from mobilenet_v1.weights.tflite.reader import read_tflite_files
-
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 
 
 def shared_models(pretrained: Path) -> dict[str, list[Path]]:

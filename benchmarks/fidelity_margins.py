@@ -17,7 +17,8 @@ import os
 from pathlib import Path
 
 import torch
-from fidelity import DATA, ROOT, shared_models, val_samples
+from common import DATA, ROOT
+from fidelity import shared_models, val_samples
 
 from mobilenet_v1.measure.bench import cpu_name
 from mobilenet_v1.measure.fidelity import EVALUATORS, compare

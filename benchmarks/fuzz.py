@@ -25,10 +25,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT
+
 sys.path.insert(0, str(ROOT / "tests"))
 
-from test_fuzz import (  # noqa: E402
+from test_fuzz import (
     CLEAR_ERRORS,
     IMAGE_FORMATS,
     TFLITE,

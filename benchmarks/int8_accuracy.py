@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from common import DATA
 
 from mobilenet_v1.data.folders import find_samples
 from mobilenet_v1.deploy.compiled import compile_for_inference
@@ -27,7 +28,6 @@ from mobilenet_v1.measure.evaluate import evaluate_samples
 from mobilenet_v1.weights import load_weights, read_wnids
 from mobilenet_v1.weights.tflite.litert import LiteRTModel
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MODELS = (
     "mobilenet_v1_0.25_128_quant",
     "mobilenet_v1_0.5_160_quant",

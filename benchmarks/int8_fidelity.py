@@ -1,4 +1,4 @@
-"""int8-exact level (issue 4, item 2) on Imagenette val: our integer emulation vs LiteRT.
+"""int8-exact level on Imagenette val: our integer emulation vs LiteRT.
 
 For each of Google's four shared uint8 models, every val image's uint8 centre crop goes
 through LiteRT and through :class:`mobilenet_v1.weights.tflite.int8.Int8MobileNetV1`, and the 1001 output
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import DATA, ROOT
 
 from mobilenet_v1.data.folders import ImageFolder, find_samples
 from mobilenet_v1.data.transforms import Preprocessing, eval_transform
@@ -31,8 +32,6 @@ from mobilenet_v1.measure.evaluate import make_loader
 from mobilenet_v1.weights.tflite.int8 import Int8MobileNetV1, compare_outputs
 from mobilenet_v1.weights.tflite.litert import LiteRTModel
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 MODELS = {  # Google's model name: (files, resolution)
     "mobilenet_v1_0.25_128_quant": (["mobilenet_v1_0.25_128_quant.tflite"], 128),
     "mobilenet_v1_0.5_160_quant": (["mobilenet_v1_0.5_160_quant.tflite"], 160),

@@ -21,11 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT
+
 sys.path.insert(0, str(ROOT / "tests"))
 
-from test_kill import COMMON, assert_same_weights, run_killed_after, run_killed_in_save  # noqa: E402
-from test_train import make_folder, run_cli  # noqa: E402
+from test_kill import COMMON, assert_same_weights, run_killed_after, run_killed_in_save
+from test_train import make_folder, run_cli
 
 
 def kill_once(args: list, rng: random.Random) -> str:

@@ -31,11 +31,12 @@ from pathlib import Path
 if "--no-spin" in sys.argv:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from common import DATA
+
 from mobilenet_v1.cli.bench import format_table
 from mobilenet_v1.deploy.quantize import calibration_files
 from mobilenet_v1.measure.bench import cpu_name, layer_profile, prepare, run_config
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CONFIGS = {
     "0.25/128": "mobilenet_v1_0.25_128_quant",
     "0.5/160": "mobilenet_v1_0.5_160_quant",

@@ -1,6 +1,6 @@
 """PyTorch's PT2E int8 flow against our ONNX Runtime int8 export: speed and accuracy.
 
-Issue 7 asks to choose between ONNX Runtime's quantization tools and PyTorch's PT2E flow
+The int8 tool was chosen between ONNX Runtime's quantization and PyTorch's PT2E flow
 by measurement. PT2E here: ``torch.export`` of the BN-folded model, torchao's
 ``X86InductorQuantizer`` (per-channel weights, uint8 activations), calibration on
 ``--calibration-images`` Imagenette train images, ``convert_pt2e``, then
@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import DATA
 
 from mobilenet_v1.data.folders import ImageFolder, find_samples
 from mobilenet_v1.data.transforms import eval_transform
@@ -31,8 +32,6 @@ from mobilenet_v1.deploy.quantize import calibration_files, load_batch, quantize
 from mobilenet_v1.measure.bench import measure, onnx_runner
 from mobilenet_v1.measure.evaluate import evaluate, make_loader
 from mobilenet_v1.weights import load_weights, read_wnids
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def pt2e_int8(model: torch.nn.Module, calibration: torch.Tensor) -> torch.nn.Module:

@@ -16,10 +16,9 @@ import time
 from pathlib import Path
 
 import torch
+from common import DATA, ROOT
 
 from mobilenet_v1.cli import main as cli
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(name: str, data: Path, train_args: list[str], work: Path) -> dict:
@@ -53,7 +52,7 @@ def main() -> None:
     split = argv.index("--") if "--" in argv else len(argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", required=True)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "imagenette")
+    parser.add_argument("--data", type=Path, default=DATA / "imagenette")
     parser.add_argument("--work", type=Path, default=Path("/tmp/mobilenet_v1_runs"))
     args = parser.parse_args(argv[:split])
     result = run(args.name, args.data, argv[split + 1 :], args.work)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import DATA, ROOT
 
 from mobilenet_v1 import mobilenet_v1
 from mobilenet_v1.data.transforms import Preprocessing, float_input
@@ -36,7 +37,6 @@ from mobilenet_v1.train.loaders import PREFETCH_FACTOR
 from mobilenet_v1.train.optim import build_optimizer
 
 BATCH = 32
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def build(impl: str, alpha: float) -> torch.nn.Module:
@@ -148,7 +148,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--imagenette", default=str(ROOT.parent / "shared" / "data" / "imagenette"))
+    parser.add_argument("--imagenette", default=str(DATA / "imagenette"))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--worker-nice", type=int, default=10, help="as `train --worker-nice` (its default, 10)")
     parser.add_argument("--worker-idle", action=argparse.BooleanOptionalAction, default=True, help="as `train`")

@@ -1,19 +1,20 @@
 """`make demo`: the cost of the paper's four headline configurations and a forward pass of each,
-then Google's released 1.0/224 model classifying the shared photos (offline, ../shared/data)."""
+then Google's released 1.0/224 model classifying the shared photos (offline, from
+``$MOBILENET_V1_DATA``, which the Makefile sets to ../shared/data)."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import torch
 
-from mobilenet_v1 import mobilenet_v1, model_cost
-from mobilenet_v1.data.images import load_image
-from mobilenet_v1.data.transforms import eval_transform
-from mobilenet_v1.weights import load_weights
+from mobilenet_v1 import Classifier, mobilenet_v1, model_cost
 
-PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "images"
+DATA = Path(os.environ.get("MOBILENET_V1_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+os.environ["MOBILENET_V1_DATA"] = str(DATA)  # where the library finds Google's files
+PHOTOS = DATA / "images"
 GOOGLE_MODEL = "mobilenet_v1_1.0_224_quant"
 
 PAPER_CONFIGS = ((1.0, 224), (0.75, 192), (0.5, 160), (0.25, 128))
@@ -39,19 +40,15 @@ def classify_photos() -> None:
     if not PHOTOS.is_dir():
         print(f"\n(skipping Google's weights: {PHOTOS} not found)")
         return
-    model, info = load_weights(GOOGLE_MODEL, download=False)
-    cost = model_cost(model.config, info.preprocessing.resolution)
+    classifier = Classifier.from_weights(GOOGLE_MODEL)
+    cost = model_cost(classifier.model.config, classifier.preprocessing.resolution)
     size = f"{cost.mult_adds / 1e6:.1f} M mult-adds, {cost.params / 1e6:.2f} M params"
     print(f"\n{GOOGLE_MODEL} (Google's weights, float import): {size}")
-    transform = eval_transform(info.preprocessing)
-    for photo in sorted(PHOTOS.iterdir()):
-        with torch.inference_mode():
-            probs = torch.softmax(model(transform(load_image(photo))[None]), dim=1)[0]
-            probs[list(info.ignore)] = 0.0  # "background" is never an answer
-        top = probs.topk(5)
+    photos = sorted(PHOTOS.iterdir())
+    for photo, top in zip(photos, classifier.predict(photos, k=5), strict=True):
         print(photo.name)
-        for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True):
-            print(f"  {p:6.1%}  {info.classes[i]}")
+        for label, p in top:
+            print(f"  {p:6.1%}  {label}")
 
 
 if __name__ == "__main__":

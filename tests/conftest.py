@@ -1,14 +1,16 @@
-"""Shared fixtures: the read-only ../shared/data beside the checkout (skip if absent) and
-an isolated weights cache."""
+"""Shared fixtures: the read-only shared data (``$MOBILENET_V1_DATA``, which the Makefile
+sets to ../shared/data beside the checkout; skip if absent) and an isolated weights cache."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("MOBILENET_V1_DATA") or ROOT.parent / "shared" / "data")
+os.environ["MOBILENET_V1_DATA"] = str(SHARED_DATA)  # where the library finds Google's files
 
 
 @pytest.fixture(scope="session")

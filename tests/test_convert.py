@@ -1,4 +1,4 @@
-"""TFLite reader and float import of Google's MobileNet V1 models (issue 4, item 1)."""
+"""TFLite reader and float import of Google's MobileNet V1 models."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ONNX export, int8 quantization, eval --model and the fast PyTorch path (issue 7)."""
+"""ONNX export, int8 quantization, eval --model and the fast PyTorch path."""
 
 import json
 import subprocess

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -28,7 +29,7 @@ from mobilenet_v1.data.images import load_image
 from mobilenet_v1.data.transforms import Preprocessing
 from mobilenet_v1.weights import load_safetensors, save_safetensors
 
-TFLITE = Path(__file__).resolve().parents[2] / "shared/data/pretrained/mobilenet_v1_0.25_128_quant.tflite"
+TFLITE = SHARED_DATA / "pretrained" / "mobilenet_v1_0.25_128_quant.tflite"
 CLEAR_ERRORS = (ValueError, FileNotFoundError)
 TIMEOUT_S = 20  # far above any single read; a hang fails instead of stalling CI
 IMAGE_FORMATS = {".jpg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".gif": "GIF", ".webp": "WEBP"}

@@ -1,4 +1,4 @@
-"""int8-exact level (issue 4, item 2): TFLite's integer arithmetic, checked against LiteRT.
+"""int8-exact level: TFLite's integer arithmetic, checked against LiteRT.
 
 The fixed-point primitives are checked against a literal scalar transcription of
 gemmlowp's C++; the models against Google's interpreter on a fixed small subset (the

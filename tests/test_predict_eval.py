@@ -1,4 +1,4 @@
-"""``predict`` and ``eval`` subcommands and the evaluation library (issue 4, items 4-5)."""
+"""``predict`` and ``eval`` subcommands and the evaluation library."""
 
 from __future__ import annotations
 

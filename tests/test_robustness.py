@@ -23,6 +23,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -34,7 +35,7 @@ from mobilenet_v1.data.transforms import Preprocessing
 from mobilenet_v1.train import checkpoint
 from mobilenet_v1.weights import save_safetensors
 
-SHARED_TFLITE = Path(__file__).resolve().parents[2] / "shared/data/pretrained/mobilenet_v1_0.25_128_quant.tflite"
+SHARED_TFLITE = SHARED_DATA / "pretrained" / "mobilenet_v1_0.25_128_quant.tflite"
 TINY_TRAIN = ["--alpha", "0.25", "--resolution", "32", "--batch-size", "4", "--workers", "0", "--epochs", "1"]
 
 

@@ -1,4 +1,4 @@
-"""Weights registry, lookup order, download and .safetensors files (issue 4, item 3)."""
+"""Weights registry, lookup order, download and .safetensors files."""
 
 from __future__ import annotations
 

@@ -75,7 +75,7 @@ class Classifier:
     def top(self, batch: torch.Tensor, k: int = 5) -> list[Prediction]:
         """The ``k`` most probable classes of each image of a transformed batch."""
         probs = self.probabilities(batch)
-        indices = top_classes(probs, k)
+        indices = top_classes(probs, min(k, probs.shape[1] - len(set(self.ignore))))  # never an ignored one
         return [
             [(self.classes[i], float(p)) for p, i in zip(row_p.tolist(), row_i.tolist(), strict=True)]
             for row_p, row_i in zip(probs.gather(1, indices), indices, strict=True)

@@ -2,9 +2,9 @@
 
 A crash, a kill or a full disk at any moment leaves either the old file or the complete
 new one under the real name, never a partial one: the data goes to a temporary file
-beside the target, is flushed to disk (fsync), gets the permissions a new file gets from
-the umask, and is renamed over the target; the folder is then synced so the rename
-itself survives a power cut.
+beside the target, is flushed to disk (fsync), gets the permissions of the file it
+replaces (or, for a new file, those the umask gives), and is renamed over the target;
+the folder is then synced so the rename itself survives a power cut.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def atomic_write(path: str | Path, *, make_parents: bool = False) -> Iterator[Pa
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.is_file() else 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

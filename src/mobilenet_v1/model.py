@@ -295,11 +295,11 @@ class MobileNetV1(nn.Module):
 
 
 @torch.fx.wrap
-def _check_input(x: torch.Tensor) -> None:
+def _check_input(x: torch.Tensor, min_size: int = MIN_INPUT_SIZE) -> None:
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"expected input of shape (N, 3, H, W), got {x.shape}")
-    if min(x.shape[2], x.shape[3]) < MIN_INPUT_SIZE:
-        raise ValueError(f"input must be at least 32x32 pixels, got {x.shape[2]}x{x.shape[3]}")
+    if min(x.shape[2], x.shape[3]) < min_size:
+        raise ValueError(f"input must be at least {min_size}x{min_size} pixels, got {x.shape[2]}x{x.shape[3]}")
 
 
 def _feature_info(features: nn.Sequential) -> list[dict[str, Any]]:

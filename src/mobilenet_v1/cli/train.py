@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from ..train import distributed as dist
 from ..train.checkpoint import LAST
-from ..train.config import RECIPES, TrainConfig
+from ..train.config import RECIPES, SCRATCH_ALPHA, SCRATCH_RESOLUTION, TrainConfig, default
 from ..train.optim import OPTIMIZERS
 from . import args as types
 
@@ -26,38 +26,60 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", help="new run folder (must not exist or be empty)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     p.add_argument("--weights", help="start from these weights (Google's name, .tflite or .safetensors)")
-    p.add_argument("--alpha", type=types.alpha, help="width multiplier for training from scratch (default 1.0)")
-    p.add_argument("--resolution", type=types.resolution, help="input size (default: the weights' or 224)")
-    p.add_argument("--recipe", choices=tuple(RECIPES), help="paper: RMSprop (TF) + exp. decay; modern: SGD + cosine")
+    p.add_argument("--alpha", type=types.alpha, help=f"width multiplier from scratch (default {SCRATCH_ALPHA})")
+    p.add_argument(
+        "--resolution", type=types.resolution, help=f"input size (default: the weights', else {SCRATCH_RESOLUTION})"
+    )
+    p.add_argument(
+        "--recipe",
+        choices=tuple(RECIPES),
+        help=f"paper: RMSprop (TF) + exp. decay; modern: SGD + cosine (default {default('recipe')})",
+    )
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="override the recipe's optimizer")
-    p.add_argument("--epochs", type=types.positive_int)
-    p.add_argument("--batch-size", type=types.positive_int, help="per process (default 32)")
+    p.add_argument("--epochs", type=types.positive_int, help=f"default {default('epochs')}")
+    p.add_argument("--batch-size", type=types.positive_int, help=f"per process (default {default('batch_size')})")
     p.add_argument("--lr", type=types.positive_float, help="default: the recipe's, scaled to the batch size")
-    p.add_argument("--weight-decay", type=float, help="L2 on conv/FC weights, not on depthwise/BN/bias (4e-5)")
+    p.add_argument(
+        "--weight-decay",
+        type=float,
+        help=f"L2 on conv/FC weights, not depthwise/BN/bias ({default('weight_decay')})",
+    )
     p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--warmup-epochs", type=float, help="modern recipe: linear warm-up length (1)")
+    p.add_argument(
+        "--warmup-epochs", type=float, help=f"modern recipe: linear warm-up length ({default('warmup_epochs')})"
+    )
     p.add_argument("--freeze-backbone", action="store_true", default=None, help="train the classifier only")
-    p.add_argument("--val-fraction", type=float, help="share of each class held out when there is no DIR/val")
-    p.add_argument("--seed", type=int, help="seed of init, data order, augmentation and split (0)")
-    p.add_argument("--workers", type=types.non_negative_int, help="data loading processes (2)")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        help=f"share of each class held out when there is no DIR/val ({default('val_fraction')})",
+    )
+    p.add_argument("--seed", type=int, help=f"seed of init, data order, augmentation and split ({default('seed')})")
+    p.add_argument("--workers", type=types.non_negative_int, help=f"data loading processes ({default('workers')})")
     p.add_argument(
         "--worker-idle",
         action=argparse.BooleanOptionalAction,
         help="run the workers only on cores the step leaves idle (Linux SCHED_IDLE; default on)",
     )
     p.add_argument(
-        "--worker-nice", type=types.non_negative_int, help="with --no-worker-idle: lower their priority (10)"
+        "--worker-nice",
+        type=types.non_negative_int,
+        help=f"with --no-worker-idle: lower their priority ({default('worker_nice')})",
     )
     p.add_argument("--ema", action="store_true", default=None, help="keep an EMA of the weights; evaluate/save it")
-    p.add_argument("--ema-decay", type=float)
+    p.add_argument("--ema-decay", type=float, help=f"default {default('ema_decay')}")
     precision = p.add_mutually_exclusive_group()
     precision.add_argument("--amp", action="store_const", const="amp", dest="precision", help="fp16 AMP (CUDA)")
     precision.add_argument("--bf16", action="store_const", const="bf16", dest="precision", help="bf16 autocast")
     p.add_argument("--channels-last", action="store_true", default=None)
-    p.add_argument("--checkpoint-minutes", type=types.positive_float, help="also checkpoint this often (10)")
+    p.add_argument(
+        "--checkpoint-minutes",
+        type=types.positive_float,
+        help=f"also checkpoint this often ({default('checkpoint_minutes')})",
+    )
     p.add_argument("--checkpoint-steps", type=types.non_negative_int, help="also checkpoint every N steps (0: off)")
     p.add_argument("--sync-bn", action="store_true", default=None, help="batch norm over the global batch (DDP)")
-    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
+    p.add_argument("--device", help=f"auto, cpu, cuda, cuda:1 ... (default {default('device')})")
     p.set_defaults(func=run)
 
 

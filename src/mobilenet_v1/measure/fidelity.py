@@ -1,4 +1,4 @@
-"""How closely our import reproduces Google's interpreter (issue 4, item 2).
+"""How closely our import reproduces Google's interpreter.
 
 Every evaluator turns a model's ``.tflite`` file(s) into a ``uint8 batch -> scores``
 callable; all see the same uint8 centre crops, and each is scored on 1000-way top-1

@@ -16,7 +16,7 @@ from ..files import write_text
 from ..model import validate_alpha, validate_input_size
 from .optim import OPTIMIZERS
 
-__all__ = ["PRECISIONS", "RECIPES", "Recipe", "TrainConfig"]
+__all__ = ["PRECISIONS", "RECIPES", "SCRATCH_ALPHA", "SCRATCH_RESOLUTION", "Recipe", "TrainConfig", "default"]
 
 PRECISIONS = ("fp32", "bf16", "amp")
 
@@ -43,6 +43,9 @@ RECIPES: dict[str, Recipe] = {
 }
 # Fine-tuning pretrained weights starts ten times lower than training from scratch.
 FINETUNE_LR_FACTOR = 0.1
+# From scratch, without --alpha/--resolution: the paper's base model (Table 1).
+SCRATCH_ALPHA = 1.0
+SCRATCH_RESOLUTION = 224
 
 
 @dataclass(frozen=True)
@@ -52,8 +55,8 @@ class TrainConfig:
     data: str
     output: str
     weights: str | None = None
-    alpha: float | None = None  # None: the weights' alpha, else 1.0
-    resolution: int | None = None  # None: the weights' resolution, else 224
+    alpha: float | None = None  # None: the weights' alpha, else SCRATCH_ALPHA
+    resolution: int | None = None  # None: the weights' resolution, else SCRATCH_RESOLUTION
     epochs: int = 10
     batch_size: int = 32
     lr: float | None = None  # None: the recipe's, scaled by batch size (and fine-tuning)
@@ -144,6 +147,11 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         config = cls(**{k: v for k, v in data.items() if k in known})
         return replace(config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def default(name: str) -> Any:
+    """The default of the setting ``name`` (what ``--help`` shows)."""
+    return next(f.default for f in fields(TrainConfig) if f.name == name)
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:

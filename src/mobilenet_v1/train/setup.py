@@ -21,7 +21,7 @@ from ..data.transforms import Preprocessing
 from ..model import MobileNetV1
 from ..weights import load_weights, read_wnids
 from .checkpoint import LAST, find_checkpoint, load_checkpoint
-from .config import TrainConfig
+from .config import SCRATCH_ALPHA, SCRATCH_RESOLUTION, TrainConfig
 
 __all__ = ["RunPlan", "adapt_head", "build_model", "prepare_run"]
 
@@ -79,8 +79,9 @@ def _load_data(config: TrainConfig) -> DataSplit:
 def build_model(config: TrainConfig, classes: list[str]) -> tuple[MobileNetV1, Preprocessing]:
     """A model for ``classes`` and its input preprocessing, from scratch or from ``config.weights``."""
     if config.weights is None:
-        model = mobilenet_v1(alpha=config.alpha or 1.0, num_classes=len(classes), dropout=config.dropout)
-        return model, Preprocessing(resolution=config.resolution or 224)
+        alpha = SCRATCH_ALPHA if config.alpha is None else config.alpha
+        model = mobilenet_v1(alpha=alpha, num_classes=len(classes), dropout=config.dropout)
+        return model, Preprocessing(SCRATCH_RESOLUTION if config.resolution is None else config.resolution)
     model, loaded = load_weights(config.weights)
     if config.alpha is not None and config.alpha != model.config.alpha:
         raise ValueError(f"weights {config.weights} have alpha {model.config.alpha:g}, not {config.alpha:g}")

@@ -83,32 +83,28 @@ def fetch(source: Source, *, download: bool = True) -> Path:
 
 def _download(source: Source) -> Path:
     target = cache_dir() / source.filename
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
-        raw = Path(tmp) / "raw"
-        try:
-            with urllib.request.urlopen(source.url, timeout=60) as response, open(raw, "wb") as f:
-                shutil.copyfileobj(response, f)
-        except OSError as exc:
-            raise OSError(f"cannot download {source.url}: {exc}") from None
-        if source.member is not None:
-            raw = _extract(raw, source.member, Path(tmp), source.url)
-        verify(raw, source.sha256)
-        with atomic_write(target) as out:  # the cache never holds a partial file
-            os.replace(raw, out)
+    with atomic_write(target, make_parents=True) as out:  # the cache never holds a partial file
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
+            raw = Path(tmp) / "raw" if source.member is not None else out
+            try:
+                with urllib.request.urlopen(source.url, timeout=60) as response, open(raw, "wb") as f:
+                    shutil.copyfileobj(response, f)
+            except OSError as exc:
+                raise OSError(f"cannot download {source.url}: {exc}") from None
+            if source.member is not None:
+                _extract(raw, source.member, out, source.url)
+        verify(out, source.sha256)
     return target
 
 
-def _extract(archive: Path, member: str, folder: Path, url: str) -> Path:
+def _extract(archive: Path, member: str, out: Path, url: str) -> None:
     try:
         with tarfile.open(archive, "r:*") as tar:
             names = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
             if member not in names:
                 raise ValueError(f"{url}: archive has no {member} (it holds {', '.join(sorted(names)) or 'nothing'})")
             src = tar.extractfile(names[member])
-            out = folder / "member"
             with src, open(out, "wb") as f:
                 shutil.copyfileobj(src, f)
     except tarfile.TarError as exc:
         raise ValueError(f"{url}: not a readable .tgz archive ({exc})") from None
-    return out
