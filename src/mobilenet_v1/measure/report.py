@@ -32,19 +32,34 @@ def latency_fit(points: list[Point]) -> dict[str, float]:
 
 
 def markdown_table(points: list[Point], runtime: str) -> str:
-    head = (
-        "| α | ρ | mult-adds (M) | params (M) | latency median (ms) | p90 (ms) | Google top-1 float | "
-        "Google top-1 quant | Imagenette top-1 (here) | Pareto |\n|---|---|---|---|---|---|---|---|---|---|"
+    columns = (
+        "α",
+        "ρ",
+        "mult-adds (M)",
+        "params (M)",
+        "latency median (ms)",
+        "p90 (ms)",
+        "Google top-1 float",
+        "Google top-1 quant",
+        "Imagenette top-1 (here)",
+        "Pareto",
     )
-    rows = [head]
+    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for r in iter_rows(points, runtime):
-        ours = "-" if r["imagenette_top1"] is None else f"{r['imagenette_top1']:.2f}"
-        rows.append(
-            f"| {r['alpha']:g} | {r['resolution']} | {r['mult_adds'] / 1e6:.1f} | {r['params'] / 1e6:.2f} | "
-            f"{r['latency_ms']:.2f} | {r['latency_p90_ms']:.2f} | {r['google_top1_float']:.1f} | "
-            f"{r['google_top1_quant']:.1f} | {ours} | {'yes' if r['pareto'] else ''} |"
+        cells = (
+            f"{r['alpha']:g}",
+            str(r["resolution"]),
+            f"{r['mult_adds'] / 1e6:.1f}",
+            f"{r['params'] / 1e6:.2f}",
+            f"{r['latency_ms']:.2f}",
+            f"{r['latency_p90_ms']:.2f}",
+            f"{r['google_top1_float']:.1f}",
+            f"{r['google_top1_quant']:.1f}",
+            "-" if r["imagenette_top1"] is None else f"{r['imagenette_top1']:.2f}",
+            "yes" if r["pareto"] else "",
         )
-    return "\n".join(rows)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _scatter(ax: Any, points: list[Point], x: Any, y: Any) -> None:
