@@ -117,4 +117,4 @@ def test_bad_cost_inputs():
     with pytest.raises(ValueError, match="convention"):
         model_cost(MobileNetV1Config(), 224, "approx")
     with pytest.raises(ValueError, match="num_classes"):
-        MobileNetV1Config(num_classes=0)
+        MobileNetV1Config(num_classes=-1)

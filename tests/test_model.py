@@ -51,12 +51,12 @@ def test_tf_slim_channel_rule():
 def test_feature_map_strides(size):
     model = mobilenet_v1(alpha=0.5).eval()
     with torch.inference_mode():
-        feats = model.forward_intermediates(torch.randn(1, 3, size, size))
-    assert [i["reduction"] for i in model.feature_info] == [4, 8, 16, 32]
+        feats = model.forward_intermediates(torch.randn(1, 3, size, size), intermediates_only=True)
+    assert [i["reduction"] for i in model.feature_info] == [2, 4, 8, 16, 32]
     for f, info in zip(feats, model.feature_info, strict=True):
         assert f.shape[1] == info["num_chs"]
         assert f.shape[-1] == math.ceil(size / info["reduction"])
-    assert [i["num_chs"] for i in model.feature_info] == [64, 128, 256, 512]
+    assert [i["num_chs"] for i in model.feature_info] == [32, 64, 128, 256, 512]
 
 
 def test_same_padding_is_asymmetric_on_stride2():
@@ -116,7 +116,7 @@ def test_timm_surface():
         ({"alpha": -0.5}, "alpha"),
         ({"alpha": float("nan")}, "alpha"),
         ({"alpha": "1.0"}, "alpha"),
-        ({"num_classes": 0}, "num_classes"),
+        ({"num_classes": -1}, "num_classes"),
         ({"variant": "deep"}, "variant"),
         ({"activation": "gelu"}, "activation"),
         ({"padding": "valid"}, "padding"),
@@ -133,4 +133,4 @@ def test_too_small_input():
     with pytest.raises(ValueError, match="N, 3, H, W"):
         mobilenet_v1(alpha=0.25)(torch.randn(1, 1, 64, 64))
     with pytest.raises(ValueError):
-        mobilenet_v1().reset_classifier(0)
+        mobilenet_v1().reset_classifier(-1)

@@ -255,7 +255,7 @@ API_CASES = [
     ("alpha 0", lambda f: mobilenet_v1(alpha=0), ValueError, "alpha must be"),
     ("alpha nan", lambda f: mobilenet_v1(alpha=float("nan")), ValueError, "alpha must be"),
     ("alpha as text", lambda f: mobilenet_v1(alpha="wide"), ValueError, "alpha must be"),
-    ("0 classes", lambda f: mobilenet_v1(num_classes=0), ValueError, "num_classes"),
+    ("-1 classes", lambda f: mobilenet_v1(num_classes=-1), ValueError, "num_classes"),
     ("unknown variant", lambda f: mobilenet_v1(variant="deep"), ValueError, "variant"),
     ("input 16x16 (rho too small)", _model_input((1, 3, 16, 16)), ValueError, "at least 32"),
     ("input with 4 channels", _model_input((1, 4, 64, 64)), ValueError, "(N, 3, H, W)"),

@@ -6,8 +6,8 @@ cost (:func:`model_cost`), Google's weights (:class:`MobileNetV1Weights`,
 
 Layout, each package's ``__init__`` says what it owns and may import: ``model`` and
 ``cost`` are leaves (torch only); ``data`` (images, presets, folders) and ``weights``
-build on them; ``classify`` and ``builders`` on those; ``train``, ``deploy`` and
-``measure`` on all of these; ``cli`` on everything.
+build on them; ``classify``, ``builders`` and ``detection`` on those; ``train``,
+``deploy`` and ``measure`` on all of these; ``cli`` on everything.
 """
 
 from .builders import mobilenet_v1

@@ -4,20 +4,28 @@ As in torchvision, the builder either builds the architecture it is asked for or
 weights into the architecture they were trained with; an architecture argument that
 conflicts with the weights is a ``ValueError`` naming both values, and a different number
 of classes comes only from an explicit head replacement (``model.reset_classifier(n)``).
+The builder is registered with torchvision (``torchvision.models.get_model("mobilenet_v1",
+weights=...)``, ``get_model_weights("mobilenet_v1")``); ``features_only`` gives timm's
+feature extractor. Annotations stay evaluated (no ``from __future__ import annotations``):
+torchvision finds the weights enum from the ``weights`` annotation.
 """
 
-from __future__ import annotations
-
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
-from .model import MobileNetV1, MobileNetV1Config, validate_alpha
-from .weights import MobileNetV1Weights, WeightsRecord, load_weights
+from torch import nn
+from torchvision.models._api import register_model
+
+from .data.transforms import Preprocessing
+from .model import MobileNetV1, MobileNetV1Config, MobileNetV1Features, validate_alpha
+from .weights import LoadedWeights, MobileNetV1Weights, WeightsRecord, load_weights
 
 __all__ = ["mobilenet_v1"]
 
 
+@register_model(name="mobilenet_v1")
 def mobilenet_v1(
     *,
     weights: MobileNetV1Weights | WeightsRecord | str | Path | None = None,
@@ -30,11 +38,14 @@ def mobilenet_v1(
     folded_bn: bool | None = None,
     channel_rule: Literal["tf-slim", "divisible-by-8"] | None = None,
     dropout: float | None = None,
-) -> MobileNetV1:
+    features_only: bool = False,
+    out_indices: int | tuple[int, ...] | list[int] = (0, 1, 2, 3, 4),
+) -> nn.Module:
     """Build MobileNet V1 (Table 1) for width multiplier ``alpha`` (Section 3.3).
 
     Without ``weights`` the defaults are the paper's: ``alpha=1.0``, 1000 classes, ReLU,
-    symmetric padding, BN epsilon 1e-5, dropout 0.001 (see :class:`MobileNetV1Config`).
+    symmetric padding, BN epsilon 1e-5, dropout 0.001 (see :class:`MobileNetV1Config`);
+    ``num_classes=0`` leaves out the classifier (the pooled features are the output).
     Google's released models use ``activation="relu6", padding="same", bn_eps=1e-3,
     num_classes=1001`` (``weights.google_config``); with ``folded_bn=True`` each conv has a
     bias and no BN layer follows it. ``variant`` picks the paper's ablations:
@@ -44,6 +55,10 @@ def mobilenet_v1(
     ``.tflite``/``.safetensors`` path) builds the weights' own architecture and loads them,
     in training mode like any freshly built model. Any other argument given must agree
     with the weights (``dropout`` may be changed: it has no weights).
+
+    ``features_only=True`` returns :class:`MobileNetV1Features`: the feature maps at the
+    ``feature_info`` levels ``out_indices`` (strides 2, 4, 8, 16, 32), as timm's
+    ``features_only`` (Section 4.6: MobileNet as a detection backbone).
     """
     arch: dict[str, Any] = {
         "alpha": None if alpha is None else validate_alpha(alpha),
@@ -57,8 +72,14 @@ def mobilenet_v1(
     }
     given = {k: v for k, v in arch.items() if v is not None}
     if weights is None:
-        return MobileNetV1(MobileNetV1Config(**given, **({} if dropout is None else {"dropout": dropout})))
-    model = load_weights(weights)[0]
+        model = MobileNetV1(MobileNetV1Config(**given, **({} if dropout is None else {"dropout": dropout})))
+    else:
+        model = _with_weights(weights, given, dropout)
+    return MobileNetV1Features(model, out_indices) if features_only else model
+
+
+def _with_weights(weights: Any, given: dict[str, Any], dropout: float | None) -> MobileNetV1:
+    model, info = load_weights(weights)
     for name, value in given.items():
         have = getattr(model.config, name)
         if value != have:
@@ -66,4 +87,27 @@ def mobilenet_v1(
     if dropout is not None:
         model.config = replace(model.config, dropout=dropout)
         model.dropout.p = dropout
+    model.pretrained_cfg = pretrained_cfg(model.config, info)
     return model.train()  # like any freshly built model; call .eval() for inference
+
+
+def pretrained_cfg(config: MobileNetV1Config, info: LoadedWeights) -> dict[str, Any]:
+    """timm's ``pretrained_cfg`` of loaded weights: their input size and preprocessing,
+    and for Google's checkpoints the download URL and licence."""
+    pre: Preprocessing = info.preprocessing
+    side = math.ceil(pre.resolution / 32)
+    cfg = {
+        "architecture": "mobilenet_v1",
+        "input_size": (3, pre.resolution, pre.resolution),
+        "pool_size": (side, side),
+        "crop_pct": pre.crop_fraction,
+        "interpolation": pre.interpolation,
+        "mean": pre.mean,
+        "std": pre.std,
+        "num_classes": config.num_classes,
+        "first_conv": "features.0.conv",
+        "classifier": "classifier",
+    }
+    if info.record is not None:
+        cfg |= {"tag": info.record.name, "url": info.record.sources[0].url, "license": info.record.license}
+    return cfg

@@ -13,12 +13,13 @@ folded into the convolutions (``folded_bn=True``: each conv gets a bias, no BN l
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint_sequential
 
 __all__ = [
     "SHALLOW_REMOVED",
@@ -27,6 +28,7 @@ __all__ = [
     "LayerSpec",
     "MobileNetV1",
     "MobileNetV1Config",
+    "MobileNetV1Features",
     "layer_plan",
     "same_padding",
 ]
@@ -119,8 +121,9 @@ def validate_alpha(alpha: object) -> float:
 
 
 def validate_num_classes(num_classes: object) -> int:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    """Classes of the classifier; 0 means no classifier (the pooled features are the output)."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}")
     return num_classes
 
 
@@ -162,8 +165,16 @@ def layer_plan(config: MobileNetV1Config) -> list[LayerSpec]:
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     """TensorFlow "SAME" padding (before, after) of one side: the output has
-    ``ceil(size / stride)`` positions, and an odd total puts the extra pixel after."""
-    total = max((size + stride - 1) // stride * stride - stride + kernel - size, 0)
+    ``ceil(size / stride)`` positions, and an odd total puts the extra pixel after.
+
+    Plain integer arithmetic on ``size``, so the padding follows the input when ``size``
+    is symbolic (``torch.export`` with a dynamic height/width) or traced
+    (``torch.jit.trace`` records it); the total can only be negative when ``kernel <
+    stride``, which Table 1 never has (3x3 at stride 2).
+    """
+    total = (size + stride - 1) // stride * stride - stride + kernel - size
+    if kernel < stride:
+        total = max(total, 0)
     return total // 2, total - total // 2
 
 
@@ -230,11 +241,13 @@ def _build_features(plan: list[LayerSpec], config: MobileNetV1Config) -> nn.Sequ
 
 
 class MobileNetV1(nn.Module):
-    """MobileNet V1 with a timm-style surface.
+    """MobileNet V1 (Table 1) with timm's model contract.
 
     ``features`` holds the stem and the 13 blocks; ``feature_info`` names, for each
-    output stride 4, 8, 16 and 32, the last block at that stride, for use as a
-    detection or segmentation backbone (Section 4.6).
+    output stride 2, 4, 8, 16 and 32, the last block at that stride (its ``module``,
+    ``reduction`` and ``num_chs``), for use as a detection or segmentation backbone
+    (Section 4.6). ``num_classes=0`` (or ``reset_classifier(0)``) leaves the pooled
+    features as the output, as in timm.
     """
 
     def __init__(self, config: MobileNetV1Config) -> None:
@@ -242,11 +255,14 @@ class MobileNetV1(nn.Module):
         self.config = config
         self.plan = layer_plan(config)
         self.features = _build_features(self.plan, config)
-        self.num_features = self.plan[-1].out_channels
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.num_features = self.head_hidden_size = self.plan[-1].out_channels
+        self.num_classes = config.num_classes
+        self.global_pool = "avg"
         self.dropout = nn.Dropout(config.dropout)
-        self.classifier = nn.Linear(self.num_features, config.num_classes)
+        self.classifier = _classifier(self.num_features, config.num_classes)
         self.feature_info = _feature_info(self.features)
+        self.grad_checkpointing = False
+        self.pretrained_cfg = _default_cfg(config)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -265,33 +281,141 @@ class MobileNetV1(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_sequential(self.features, len(self.features), x, use_reentrant=False)
         return self.features(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.dropout(torch.flatten(self.pool(x), 1))
+        if self.global_pool == "avg":
+            x = x.mean((2, 3))  # global average pooling; a mean exports with a symbolic size
+        x = self.dropout(x)
         return x if pre_logits else self.classifier(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Feature maps at output strides 4, 8, 16 and 32 (see ``feature_info``)."""
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | tuple[int, ...] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's contract: the feature maps of the ``feature_info`` levels ``indices``
+        (``None``: all, an int ``n``: the last ``n``, a sequence: those, negative ones
+        from the end), with the final feature map first unless ``intermediates_only``.
+        ``stop_early`` stops after the last level asked for; MobileNet V1 has no final
+        norm layer, so ``norm`` changes nothing."""
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take, _ = take_indices(len(self.feature_info), indices)
+        taps = [self.feature_info[i]["index"] for i in take]
+        last = max(taps) if stop_early or intermediates_only else len(self.features) - 1
         _check_input(x)
-        taps = {info["index"] for info in self.feature_info}
+        intermediates = []
+        for i, layer in enumerate(self.features[: last + 1]):
+            x = layer(x)
+            if i in taps:
+                intermediates.append(x.permute(0, 2, 3, 1) if output_fmt == "NHWC" else x)
+        return intermediates if intermediates_only else (x, intermediates)
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] | tuple[int, ...] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """timm's contract: drop the blocks after the last level in ``indices`` (and the
+        head, unless ``prune_head=False``); returns the absolute level indices."""
+        take, max_index = take_indices(len(self.feature_info), indices)
+        self.features = self.features[: self.feature_info[max_index]["index"] + 1]
+        self.feature_info = self.feature_info[: max_index + 1]
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the classifier with a freshly initialised one (e.g. for fine-tuning);
+        ``0`` removes it, so that the model returns its pooled features (timm's rule), and
+        ``global_pool=""`` removes the pooling too."""
+        validate_num_classes(num_classes)
+        if global_pool is not None:
+            _check_choice("global_pool", global_pool, ("avg", ""))
+            self.global_pool = global_pool
+        if num_classes and not self.global_pool:
+            raise ValueError("a classifier needs pooled features: give global_pool='avg' with num_classes > 0")
+        self.classifier = _classifier(self.num_features, num_classes)
+        if isinstance(self.classifier, nn.Linear):
+            nn.init.normal_(self.classifier.weight, std=0.01)
+            nn.init.zeros_(self.classifier.bias)
+        self.num_classes = num_classes
+        self.config = replace(self.config, num_classes=num_classes)
+        self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in the backward pass instead of storing its activations."""
+        self.grad_checkpointing = enable
+
+
+class MobileNetV1Features(nn.Module):
+    """The feature maps of a :class:`MobileNetV1` at the ``feature_info`` levels
+    ``out_indices`` (timm's ``features_only``); the blocks after the last one are dropped."""
+
+    def __init__(self, model: MobileNetV1, out_indices: int | list[int] | tuple[int, ...] = (0, 1, 2, 3, 4)) -> None:
+        super().__init__()
+        take, max_index = take_indices(len(model.feature_info), out_indices)
+        self.feature_info = [model.feature_info[i] for i in take]
+        self.taps = [info["index"] for info in self.feature_info]
+        self.features = model.features[: model.feature_info[max_index]["index"] + 1]
+        self.config = model.config
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        _check_input(x)
         outs = []
         for i, layer in enumerate(self.features):
             x = layer(x)
-            if i in taps:
+            if i in self.taps:
                 outs.append(x)
         return outs
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier with a freshly initialised one (e.g. for fine-tuning)."""
-        validate_num_classes(num_classes)
-        self.classifier = nn.Linear(self.num_features, num_classes)
-        nn.init.normal_(self.classifier.weight, std=0.01)
-        nn.init.zeros_(self.classifier.bias)
-        self.config = MobileNetV1Config(**{**self.config.to_dict(), "num_classes": num_classes})
+
+def take_indices(count: int, indices: int | list[int] | tuple[int, ...] | None) -> tuple[list[int], int]:
+    """timm's ``feature_take_indices``: the absolute indices among ``count`` levels and the
+    largest; ``None`` is all, an int ``n`` the last ``n``, negative entries count from the end."""
+    if indices is None:
+        indices = count
+    if isinstance(indices, int):
+        if not 0 < indices <= count:
+            raise ValueError(f"last-n indices must be 1 to {count}, got {indices}")
+        take = list(range(count - indices, count))
+    else:
+        take = [count + i if i < 0 else i for i in indices]
+        if not take or not all(0 <= i < count for i in take):
+            raise ValueError(f"feature indices must be in [-{count}, {count - 1}], got {list(indices)}")
+    return take, max(take)
+
+
+def _classifier(num_features: int, num_classes: int) -> nn.Module:
+    return nn.Linear(num_features, num_classes) if num_classes else nn.Identity()
+
+
+def _default_cfg(config: MobileNetV1Config) -> dict[str, Any]:
+    """timm's ``pretrained_cfg`` for a model without weights: Table 1's 224 x 224 input,
+    TF-slim's evaluation preset (87.5% centre crop, [-1, 1])."""
+    return {
+        "architecture": "mobilenet_v1",
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.875,
+        "interpolation": "bilinear",
+        "mean": (0.5, 0.5, 0.5),
+        "std": (0.5, 0.5, 0.5),
+        "num_classes": config.num_classes,
+        "first_conv": "features.0.conv",
+        "classifier": "classifier",
+    }
 
 
 @torch.fx.wrap
@@ -308,7 +432,7 @@ def _feature_info(features: nn.Sequential) -> list[dict[str, Any]]:
     for i, layer in enumerate(features):
         convs = [m for m in layer.modules() if isinstance(m, nn.Conv2d)]
         reduction *= math.prod(c.stride[0] for c in convs)
-        if reduction >= 4:
+        if reduction >= 2:
             info[reduction] = {
                 "index": i,
                 "module": f"features.{i}",

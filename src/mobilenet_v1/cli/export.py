@@ -35,6 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=0,
         help="onnx-int8, calibrated: quantization-aware fine-tuning steps on the calibration images first (default 0)",
     )
+    p.add_argument(
+        "--dynamic-size",
+        action="store_true",
+        help="onnx: any input height/width >= 32, not only the weights' resolution (SAME pads computed in the graph)",
+    )
     p.add_argument("-o", "--output", type=Path, required=True, help="the .onnx file to write")
     p.add_argument("--json", action="store_true", help="print the export report as JSON")
     p.set_defaults(func=run)
@@ -46,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
     from ..files import check_writable
     from ..weights import load_weights
 
+    if args.dynamic_size and args.format != "onnx":
+        raise ValueError(
+            f"--dynamic-size only applies to --format onnx (int8 files have a static size), got --format {args.format}"
+        )
     if args.format == "onnx-int8" and args.calibration is None:
         raise ValueError("--format onnx-int8 needs --calibration DIR (a folder of images)")
     if args.format == "onnx" and (args.calibration is not None or args.float_layers is not None):
@@ -60,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     model, loaded = load_weights(args.weights)
     pre, labels = loaded.preprocessing, loaded.classes
     if args.format == "onnx":
-        report = export_onnx(model, args.output, pre, labels=labels)
+        report = export_onnx(model, args.output, pre, labels=labels, dynamic_size=args.dynamic_size)
     else:
         report = export_int8(
             model,

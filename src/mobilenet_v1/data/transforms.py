@@ -54,15 +54,19 @@ class Preprocessing:
 def eval_transform(preset: Preprocessing, *, to_float: bool = True) -> v2.Compose:
     """Resize the shorter side, centre-crop to the model's resolution, scale to [-1, 1].
 
-    With ``to_float=False`` the result stays uint8 (what Google's uint8 TFLite models take).
+    Takes a PIL image, a NumPy HWC array or a uint8 (3, H, W) tensor, and returns a plain
+    tensor (torchvision's ``ImageClassification`` preset contract); a PIL image is read into
+    a uint8 tensor first, so it gives exactly what its tensor gives. With
+    ``to_float=False`` the result stays uint8 (what Google's uint8 TFLite models take).
     """
     steps: list[Any] = [
+        v2.ToImage(),
         v2.Resize(preset.resize, interpolation=_INTERPOLATION[preset.interpolation], antialias=True),
         v2.CenterCrop(preset.resolution),
     ]
     if to_float:
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(preset.mean, preset.std)]
-    return v2.Compose(steps)
+    return v2.Compose([*steps, v2.ToPureTensor()])
 
 
 def float_input(batch: torch.Tensor, preset: Preprocessing) -> torch.Tensor:

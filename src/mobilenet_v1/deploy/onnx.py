@@ -3,8 +3,11 @@
 The exported graph is the deployment form of Table 1: each convolution carries its
 folded batch norm as a bias (Section 3.1's conv-BN-ReLU becomes conv+bias then Clip for
 ReLU6), TensorFlow "SAME" padding becomes the convolution's own asymmetric pads, and
-the batch dimension is dynamic. The labels and the preprocessing recipe travel in the
-file's ``metadata_props`` so that ``mobilenet-v1 eval --model`` needs nothing else.
+the batch dimension is dynamic. ``dynamic_size=True`` makes the height and width dynamic
+too (the resolution multiplier rho of Section 3.4 chosen at run time): the SAME pads are
+then computed in the graph from the input's shape instead of folded into each Conv. The
+labels and the preprocessing recipe travel in the file's ``metadata_props`` so that
+``mobilenet-v1 eval --model`` needs nothing else.
 
 Every file is written through ``files.atomic_write`` and renamed into place only once
 it is complete and checked, so a failure never leaves a partial file behind.
@@ -12,9 +15,10 @@ it is complete and checked, so a failure never leaves a partial file behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,7 @@ from torch import nn
 
 from ..data.transforms import Preprocessing
 from ..files import atomic_write
-from ..model import MobileNetV1, MobileNetV1Config
+from ..model import MIN_INPUT_SIZE, MobileNetV1, MobileNetV1Config
 from ..weights import LoadedWeights
 from .fold import fuse_bn
 
@@ -33,7 +37,9 @@ __all__ = [
     "FP32_TOLERANCE",
     "ExportReport",
     "OnnxModel",
+    "dynamic_shapes",
     "export_onnx",
+    "export_program",
     "load_onnx",
     "onnx_session",
     "read_metadata",
@@ -42,6 +48,8 @@ __all__ = [
 
 FP32_TOLERANCE = 1e-4  # max |logit difference| allowed between PyTorch and ORT in float32
 META_PREFIX = "mobilenet_v1."
+MAX_BATCH = 4096  # upper bounds of the dynamic dimensions (torch.export needs finite ranges)
+MAX_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -66,7 +74,12 @@ def require(module: str, extra: str = "export") -> Any:
 
 
 def metadata_props(
-    preprocessing: Preprocessing, labels: Sequence[str] | None, config: MobileNetV1Config, fmt: str
+    preprocessing: Preprocessing,
+    labels: Sequence[str] | None,
+    config: MobileNetV1Config,
+    fmt: str,
+    *,
+    dynamic_size: bool = False,
 ) -> dict[str, str]:
     """The string metadata stored in every exported file (read back by :func:`read_metadata`)."""
     props = {
@@ -74,6 +87,7 @@ def metadata_props(
         "config": json.dumps(config.to_dict()),
         "format": fmt,
         "input_layout": "NCHW float32, RGB, normalized as in preprocessing",
+        "dynamic_size": json.dumps(dynamic_size),  # "true": any height/width >= 32, not only the resolution
     }
     if labels is not None:
         props["labels"] = json.dumps(list(labels))
@@ -124,28 +138,76 @@ def read_metadata(source: str | Path | Any) -> dict[str, Any]:
     out["preprocessing"] = Preprocessing.from_dict(json.loads(meta["preprocessing"]))
     out["config"] = json.loads(meta.get("config", "{}"))
     out["labels"] = json.loads(meta["labels"]) if "labels" in meta else None
+    out["dynamic_size"] = json.loads(meta.get("dynamic_size", "false"))  # files from before the option: static
     return out
 
 
-def save_onnx_graph(model: nn.Module, path: Path, resolution: int) -> None:
+def dynamic_shapes(dynamic_size: bool = True) -> tuple[dict[int, Any]]:
+    """``dynamic_shapes`` for ``torch.export`` of a model's one (N, 3, H, W) input: the
+    batch always, the height and width (any size >= 32, Section 3.4) with ``dynamic_size``."""
+    dims = {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}
+    if dynamic_size:
+        dims[2] = torch.export.Dim("height", min=MIN_INPUT_SIZE, max=MAX_SIZE)
+        dims[3] = torch.export.Dim("width", min=MIN_INPUT_SIZE, max=MAX_SIZE)
+    return (dims,)
+
+
+@contextlib.contextmanager
+def _size_oblivious(enabled: bool = True) -> Iterator[None]:
+    """Trace a dynamic height/width without specializing on the last feature map's size.
+
+    A 32-pixel input leaves a 1x1 map at stride 32, so PyTorch's contiguity check of that
+    convolution's output (``_prims_common.check_contiguous_sizes_strides``, run while
+    recording tensor metadata) asks whether the size is 1 and guards on the answer, which
+    ``torch.export`` then rejects for the range [32, ...]. Size-oblivious reasoning answers
+    "not 1" without a guard; the check only affects metadata, never the computation."""
+    if not enabled:
+        yield
+        return
+    from torch.fx.experimental import _config as fx_config
+
+    with fx_config.patch(backed_size_oblivious=True):
+        yield
+
+
+def export_program(
+    model: nn.Module, resolution: int = 224, *, dynamic_size: bool = True
+) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``model`` (put it in eval mode first) with a dynamic batch and,
+    with ``dynamic_size``, a dynamic height and width in [32, 4096]: the program follows
+    the input's size (SAME pads included) as eager PyTorch does. ``resolution`` is only
+    the example input's size (and the fixed one without ``dynamic_size``)."""
+    example = torch.randn(2, 3, resolution, resolution)
+    with _size_oblivious(dynamic_size):
+        return torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes(dynamic_size))
+
+
+def save_onnx_graph(model: nn.Module, path: Path, resolution: int, *, dynamic_size: bool = False) -> None:
     """torch.export-based ONNX export; with a static height and width the SAME pads are
-    constants, which the exporter's optimizer folds into each Conv's ``pads``."""
+    constants, which the exporter's optimizer folds into each Conv's ``pads``; with
+    ``dynamic_size`` they are computed from the input's shape (Shape, Div, Pad)."""
     require("onnxscript")
     example = torch.randn(2, 3, resolution, resolution)
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _size_oblivious(dynamic_size):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             model,
             (example,),
             input_names=["input"],
             output_names=["logits"],
-            dynamic_shapes=({0: batch},),
+            dynamic_shapes=dynamic_shapes(dynamic_size),
             dynamo=True,
             optimize=True,
             verbose=False,
         )
     program.save(str(path))
+
+
+def check_sizes(resolution: int) -> list[tuple[int, int]]:
+    """The two other (height, width) a dynamic-size export is checked at besides the
+    resolution: odd, non-square, one above and one below it (never under 32)."""
+    low = max(MIN_INPUT_SIZE, resolution * 3 // 4 + 1)
+    return [(resolution + 33, low), (low + 2, resolution + 1)]
 
 
 @torch.no_grad()
@@ -164,12 +226,17 @@ def export_onnx(
     labels: Sequence[str] | None = None,
     check_inputs: torch.Tensor | None = None,
     tolerance: float = FP32_TOLERANCE,
+    dynamic_size: bool = False,
 ) -> ExportReport:
     """Export ``model`` to a float32 ONNX file with BN folded and a dynamic batch.
 
-    The file is checked against PyTorch on ``check_inputs`` (default: 4 random images at
-    the preprocessing's resolution); a max absolute logit difference above ``tolerance``
-    raises ``ValueError`` and nothing is written.
+    ``dynamic_size=True`` also makes the height and width dynamic (any size >= 32); the
+    default keeps them at the preprocessing's resolution, which lets the exporter fold
+    the SAME pads into each Conv. The file is checked against PyTorch on ``check_inputs``
+    (default: 4 random images at the preprocessing's resolution), and when dynamic also
+    at two other sizes (:func:`check_sizes`); a max absolute logit difference above
+    ``tolerance`` raises ``ValueError`` and nothing is written. The file's metadata
+    records ``dynamic_size``.
     """
     onnx = require("onnx")
     folded = fuse_bn(model)
@@ -179,16 +246,25 @@ def export_onnx(
         if check_inputs is not None
         else torch.randn(4, 3, res, res, generator=torch.Generator().manual_seed(0))
     )
+    batches = [inputs]
+    if dynamic_size:
+        generator = torch.Generator().manual_seed(1)
+        batches += [torch.randn(2, 3, h, w, generator=generator) for h, w in check_sizes(res)]
     with atomic_write(path) as tmp:
-        save_onnx_graph(folded, tmp, res)
+        save_onnx_graph(folded, tmp, res, dynamic_size=dynamic_size)
         proto = onnx.load(str(tmp))
-        set_metadata(proto, metadata_props(preprocessing, labels, folded.config, "fp32"))
+        set_metadata(proto, metadata_props(preprocessing, labels, folded.config, "fp32", dynamic_size=dynamic_size))
         onnx.save(proto, str(tmp))
-        diff, agree = compare_with_torch(OnnxModel(tmp, metadata=False), folded, inputs)
+        exported = OnnxModel(tmp, metadata=False)
+        results = [compare_with_torch(exported, folded, batch) for batch in batches]
+        diff = max(d for d, _ in results)
+        agree = sum(a * len(b) for (_, a), b in zip(results, batches, strict=True)) / sum(len(b) for b in batches)
         if not diff <= tolerance:
             raise ValueError(f"exported model differs from PyTorch: max |logit diff| {diff:.3g} > {tolerance:g}")
-    checked = "given inputs" if check_inputs is not None else "random inputs"
-    return ExportReport(Path(path), "onnx", diff, agree, f"{len(inputs)} {checked}")
+    checked = f"{len(inputs)} {'given' if check_inputs is not None else 'random'} inputs"
+    if dynamic_size:
+        checked += " and 2 random at each of " + ", ".join(f"{h}x{w}" for h, w in check_sizes(res))
+    return ExportReport(Path(path), "onnx", diff, agree, checked)
 
 
 class OnnxModel:

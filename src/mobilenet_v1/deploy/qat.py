@@ -65,18 +65,25 @@ class _FakeQuantActivation:
 def _instrument(model: MobileNetV1, float_layers: int) -> list[_FakeQuantActivation]:
     """Put fake quantization where ORT puts Q/DQ nodes; returns the activation hooks."""
     layers = [m for m in model.features.modules() if isinstance(m, ConvBNAct)]
-    taps: list[nn.Module] = [m.act for m in layers[max(float_layers - 1, 0) :]] + [model.pool, model.classifier]
+    taps: list[nn.Module] = [m.act for m in layers[max(float_layers - 1, 0) :]] + [model.classifier]
     for layer in layers[float_layers:]:
         parametrize.register_parametrization(layer.conv, "weight", _FakeQuantWeight())
     parametrize.register_parametrization(model.classifier, "weight", _FakeQuantWeight())
     hooks = [_FakeQuantActivation() for _ in taps]
     for tap, hook in zip(taps, hooks, strict=True):
         hook.handle = tap.register_forward_hook(hook)
+    inputs = [model.classifier]  # the pooled features
     if float_layers == 0:  # the network input itself is quantized then
-        hook = _FakeQuantActivation()
-        hook.handle = model.features.register_forward_pre_hook(lambda m, args: (hook(m, (), args[0]),))
-        hooks.append(hook)
+        inputs.append(model.features)
+    for module in inputs:
+        hooks.append(_quantize_input(module))
     return hooks
+
+
+def _quantize_input(module: nn.Module) -> _FakeQuantActivation:
+    hook = _FakeQuantActivation()
+    hook.handle = module.register_forward_pre_hook(lambda m, args: (hook(m, (), args[0]),))
+    return hook
 
 
 def _distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

@@ -1,12 +1,15 @@
 """Google's released weights and the project's weight files.
 
-Owns the registry of Google's checkpoints (:mod:`.registry`), finding and downloading
-files (:mod:`.download`), the ``.safetensors`` format every checkpoint uses (:mod:`.io`),
-reading and importing Google's ``.tflite`` files, with the integer-exact emulation of
-their uint8 arithmetic and Google's interpreter as reference (:mod:`.tflite`), and
-:func:`load_weights`, which puts them together.
+Owns the registry of Google's checkpoints (:mod:`.registry`, a torchvision ``WeightsEnum``
+whose values are the records of :mod:`.records`), finding and downloading files
+(:mod:`.download`), converting and caching a record's checkpoint (:mod:`.google`), the
+``.safetensors`` format every checkpoint uses (:mod:`.io`), reading and importing Google's
+``.tflite`` files, with the integer-exact emulation of their uint8 arithmetic and Google's
+interpreter as reference (:mod:`.tflite`), and :func:`load_weights`, which puts them
+together.
 
-May import: the model, ``data.transforms`` (preprocessing presets) and ``files``; never
+May import: the model, ``data.transforms`` (preprocessing presets), ``files`` and
+torchvision's weights API (``torchvision.models._api``, ``_meta``); never
 training, deployment, measurement or the CLI.
 """
 
@@ -15,6 +18,7 @@ from .load import load_weights
 from .registry import (
     DEFAULT_WEIGHTS,
     WEIGHTS_LICENSE,
+    WNIDS_FILE,
     MobileNetV1Weights,
     WeightsRecord,
     get_weights,
@@ -26,6 +30,7 @@ from .registry import (
 __all__ = [
     "DEFAULT_WEIGHTS",
     "WEIGHTS_LICENSE",
+    "WNIDS_FILE",
     "LoadedWeights",
     "MobileNetV1Weights",
     "WeightsRecord",

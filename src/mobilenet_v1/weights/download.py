@@ -4,7 +4,8 @@ The cache is ``~/.cache/mobilenet_v1`` (``MOBILENET_V1_CACHE`` overrides); the l
 directory is ``MOBILENET_V1_DATA`` (its ``pretrained/`` folder, or the folder itself),
 when set. Downloads are checked against the recorded sha256 (when one
 was recorded) and written atomically, so an interrupted download never leaves a file
-that looks complete.
+that looks complete; with ``progress=True`` a tqdm bar on stderr shows a running download
+(the ``progress`` flag of torchvision's ``load_state_dict_from_url``).
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sys
 import tarfile
 import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from ..files import atomic_write
 
@@ -69,8 +72,9 @@ def verify(path: Path, expected: str | None) -> Path:
     return path
 
 
-def fetch(source: Source, *, download: bool = True) -> Path:
-    """The local copy of ``source``: cache, then data directory, then a verified download."""
+def fetch(source: Source, *, download: bool = True, progress: bool = False) -> Path:
+    """The local copy of ``source``: cache, then data directory, then a verified download
+    (with a progress bar on stderr when ``progress``)."""
     for folder in _local_folders():
         if (folder / source.filename).is_file():
             return verify(folder / source.filename, source.sha256)
@@ -78,23 +82,38 @@ def fetch(source: Source, *, download: bool = True) -> Path:
         raise FileNotFoundError(
             f"{source.filename} not found in {cache_dir()} or {data_dir() or '$MOBILENET_V1_DATA'} (download disabled)"
         )
-    return _download(source)
+    return _download(source, progress=progress)
 
 
-def _download(source: Source) -> Path:
+def _download(source: Source, *, progress: bool = False) -> Path:
     target = cache_dir() / source.filename
     with atomic_write(target, make_parents=True) as out:  # the cache never holds a partial file
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
             raw = Path(tmp) / "raw" if source.member is not None else out
             try:
                 with urllib.request.urlopen(source.url, timeout=60) as response, open(raw, "wb") as f:
-                    shutil.copyfileobj(response, f)
+                    _copy(response, f, source.filename, progress)
             except OSError as exc:
                 raise OSError(f"cannot download {source.url}: {exc}") from None
             if source.member is not None:
                 _extract(raw, source.member, out, source.url)
         verify(out, source.sha256)
     return target
+
+
+def _copy(response: Any, out: BinaryIO, name: str, progress: bool) -> None:
+    """Copy the response body to ``out``, with a tqdm bar on stderr when ``progress``."""
+    if not progress:
+        shutil.copyfileobj(response, out)
+        return
+    from tqdm import tqdm
+
+    length = response.headers.get("Content-Length") if getattr(response, "headers", None) else None
+    total = int(length) if length and length.isdigit() else None
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name, file=sys.stderr) as bar:
+        for chunk in iter(lambda: response.read(1 << 16), b""):
+            out.write(chunk)
+            bar.update(len(chunk))
 
 
 def _extract(archive: Path, member: str, out: Path, url: str) -> None:

@@ -18,7 +18,7 @@ import torch
 from ..data.transforms import Preprocessing
 from ..files import atomic_write
 from ..model import MobileNetV1, MobileNetV1Config
-from .registry import WeightsRecord
+from .records import WeightsRecord
 
 __all__ = ["LoadedWeights", "load_safetensors", "metadata_strings", "save_safetensors"]
 

@@ -1,32 +1,47 @@
-"""Google's released MobileNet V1 checkpoints, as a torchvision-style registry.
+"""Google's released MobileNet V1 checkpoints, as a torchvision weights enum.
 
 :class:`MobileNetV1Weights` lists all 32 checkpoints of the TF-slim ``mobilenet_v1.md``
 release (16 float, 16 quantized; width alpha in {1, 0.75, 0.5, 0.25} x resolution in
-{224, 192, 160, 128}, Sections 3.3-3.4, Tables 6-7). Each record holds Google's download
-URL, licence, preprocessing, Google's reported ImageNet top-1, our measured Imagenette
-top-1 and the cost (1001 classes). A sha256 is recorded only where it was computed here:
-the four quantized models whose ``google-coral/test_data`` copies this project checked
-(``verifiable``); the others download unverified.
+{224, 192, 160, 128}, Sections 3.3-3.4, Tables 6-7). It is a torchvision ``WeightsEnum``:
+each member has ``url``, ``transforms`` and ``meta``, ``DEFAULT`` is an alias of the best
+one (torchvision's convention), ``verify`` resolves names and ``get_state_dict(progress)``
+gives the state dict of our model for those weights. Each member's value is a
+:class:`~.records.WeightsRecord`: Google's download URL, licence, preprocessing, Google's
+reported ImageNet top-1, our measured Imagenette top-1 and the cost (1001 classes). A
+sha256 is recorded only where it was computed here: the four quantized models whose
+``google-coral/test_data`` copies this project checked (``verifiable``); the others
+download unverified.
 
-All of them share one architecture, :func:`google_config`: TF-slim's MobileNet V1 with
-ReLU6, TensorFlow "SAME" padding, BN epsilon 1e-3 folded into the convolutions, and 1001
-outputs (index 0 = "background").
+All of them share one architecture, :func:`~.records.google_config`: TF-slim's MobileNet V1
+with ReLU6, TensorFlow "SAME" padding, BN epsilon 1e-3 folded into the convolutions, and
+1001 outputs (index 0 = "background").
 """
 
 from __future__ import annotations
 
 import difflib
-import enum
-from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
-from ..data.transforms import Preprocessing
-from ..model import MobileNetV1Config
-from .download import Source, fetch
+import torch
+from torchvision.models._api import WeightsEnum
+
+from .download import Source
+from .google import load_record
+from .records import (
+    LABELS,
+    WEIGHTS_LICENSE,
+    WNIDS_FILE,
+    WeightsRecord,
+    google_config,
+    read_labels,
+    read_wnids,
+)
 
 __all__ = [
     "DEFAULT_WEIGHTS",
+    "LABELS",
     "WEIGHTS_LICENSE",
+    "WNIDS_FILE",
     "MobileNetV1Weights",
     "WeightsRecord",
     "get_weights",
@@ -35,64 +50,9 @@ __all__ = [
     "read_wnids",
 ]
 
-WEIGHTS_LICENSE = "Apache-2.0"
 _TF = "https://storage.googleapis.com/download.tensorflow.org/models"
 _CORAL = "https://github.com/google-coral/test_data/raw/master"
-LABELS = Source(
-    f"{_CORAL}/imagenet_labels.txt",
-    "imagenet_labels.txt",
-    "b8aaeb5630c62626a7d124a05c0e14230a7ffdd2136a31d0190a4fb71c1d82f1",
-)
-WNIDS_FILE = "imagenet_wnids.txt"
 _PARAMS = {1.0: 4_210_112, 0.75: 2_568_912, 0.5: 1_320_160, 0.25: 463_856}  # weights only, 1001 classes
-
-
-def google_config(alpha: float, num_classes: int = 1001) -> MobileNetV1Config:
-    """The architecture of Google's released models (TF-slim): Table 1 with ReLU6,
-    TensorFlow "SAME" padding and batch norm (epsilon 1e-3) folded into each conv."""
-    return MobileNetV1Config(
-        alpha=alpha, num_classes=num_classes, activation="relu6", padding="same", bn_eps=1e-3, folded_bn=True
-    )
-
-
-@dataclass(frozen=True)
-class WeightsRecord:
-    """One released checkpoint (a torchvision ``Weights`` entry)."""
-
-    name: str  # Google's model name
-    alpha: float
-    resolution: int
-    quantized: bool
-    sources: tuple[Source, ...]  # one .tflite, or an embedding extractor and its head
-    google_top1: float  # ImageNet val, as reported by Google
-    mult_adds: int
-    params: int
-    imagenette_top1: float | None = None  # measured here
-    num_classes: int = 1001  # index 0 = background
-    labels: Source = LABELS
-    license: str = WEIGHTS_LICENSE
-
-    @property
-    def verifiable(self) -> bool:
-        """True when every file has a sha256 computed here."""
-        return all(s.sha256 is not None for s in self.sources)
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        return Preprocessing(self.resolution)
-
-    @property
-    def source_sha256(self) -> str:
-        """The sha256 of each file, joined by "+" ("unverified" where none was computed)."""
-        return "+".join(s.sha256 or "unverified" for s in self.sources)
-
-    @property
-    def config(self) -> MobileNetV1Config:
-        return google_config(self.alpha, self.num_classes)
-
-    def files(self, *, download: bool = True) -> list[Path]:
-        """The local ``.tflite`` file(s), found or downloaded (see :mod:`.download`)."""
-        return [fetch(s, download=download) for s in self.sources]
 
 
 # sha256 of the google-coral/test_data copies, computed here with `sha256sum`; 1.0/224 is
@@ -143,8 +103,9 @@ def _google(
     return WeightsRecord(name, alpha, resolution, quantized, sources, top1, mult_adds, _PARAMS[alpha], imagenette_top1)
 
 
-class MobileNetV1Weights(enum.Enum):
-    """All 32 of Google's released MobileNet V1 checkpoints (TF-slim 2018 release).
+class MobileNetV1Weights(WeightsEnum):
+    """All 32 of Google's released MobileNet V1 checkpoints (TF-slim 2018 release), as a
+    torchvision ``WeightsEnum``; ``DEFAULT`` (an alias, not counted) is the best quantized one.
 
     ``top1``: Google's ImageNet val top-1 (TF-slim ``mobilenet_v1.md``); ``imagenette_top1``:
     ours, 1000-way, on Imagenette val (docs/weights.md); ``mult_adds``: with 1001 outputs.
@@ -214,13 +175,34 @@ class MobileNetV1Weights(enum.Enum):
         imagenette_top1=41.25,
         sources=_coral("mobilenet_v1_0.25_128_quant"),
     )
+    DEFAULT = ALPHA_1_0_224_QUANT  # torchvision's alias for the recommended weights
+
+    @classmethod
+    def verify(cls, obj: Any) -> Any:
+        """torchvision's weights check: ``None`` or a member as it is, a name (member name,
+        ``"MobileNetV1Weights.NAME"``, ``"DEFAULT"`` or Google's model name) as its member;
+        an unknown name is a ``ValueError`` naming the closest one, anything else a ``TypeError``."""
+        if obj is None or isinstance(obj, cls):
+            return obj
+        if isinstance(obj, str):
+            return get_weights(obj)
+        raise TypeError(f"Invalid Weight class provided; expected {cls.__name__} but received {type(obj).__name__}.")
+
+    def get_state_dict(self, progress: bool = True, check_hash: bool = True) -> dict[str, torch.Tensor]:
+        """The state dict of ``MobileNetV1(self.value.config)`` for these weights, through
+        :func:`~.checkpoint.load_record` (the converted cache, else the ``.tflite`` found
+        locally or downloaded, with a tqdm bar on stderr while it downloads when
+        ``progress``). Files are checked against their sha256 wherever one is recorded, so
+        ``check_hash`` (torchvision's builders pass ``True``) changes nothing."""
+        model, _ = load_record(self.value, download=True, progress=progress)
+        return model.state_dict()
 
 
 DEFAULT_WEIGHTS = MobileNetV1Weights.ALPHA_0_25_128_QUANT  # the smallest verifiable one
 
 
 def get_weights(name: str | MobileNetV1Weights) -> MobileNetV1Weights:
-    """The enum member for an enum member, enum name or Google model name.
+    """The enum member for an enum member, enum name (``DEFAULT`` included) or Google model name.
 
     An unknown name raises ``ValueError`` suggesting the closest known one.
     """
@@ -239,18 +221,3 @@ def get_weights(name: str | MobileNetV1Weights) -> MobileNetV1Weights:
     names = ", ".join(m.value.name for m in MobileNetV1Weights)
     hint = f"; did you mean {close[0]!r}?" if close else f"; known: {names}"
     raise ValueError(f"unknown weights {name!r}{hint}")
-
-
-def read_labels(*, download: bool = True) -> list[str]:
-    """The 1001 class names of Google's models (``background`` first)."""
-    return fetch(LABELS, download=download).read_text().splitlines()
-
-
-def read_wnids() -> list[str] | None:
-    """The 1000 ImageNet WordNet ids in class order, from the cache or data directory
-    (Google publishes no copy to download); ``None`` when neither has one."""
-    try:
-        wnids = fetch(Source("", WNIDS_FILE), download=False).read_text().split()
-    except FileNotFoundError:
-        return None
-    return wnids if len(wnids) == 1000 else None

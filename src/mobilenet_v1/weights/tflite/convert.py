@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ...model import MobileNetV1, MobileNetV1Config, layer_plan
-from ..registry import google_config
+from ..records import google_config
 from .reader import TFLiteOp, dequantize, read_tflite_files
 
 __all__ = ["ImportRow", "check_ops", "import_table", "infer_architecture", "load_tflite", "tflite_state_dict"]
