@@ -2,12 +2,17 @@
 
 Each target runs in worker processes so that a crash (a signal such as SIGSEGV) is
 counted, with the case that caused it, instead of ending the run; a case that takes
-longer than the time limit counts as a hang. Outcomes: ``ok`` (read), ``clear error``
-(ValueError/FileNotFoundError, one line naming the file), ``other exception``, ``hang``,
-``crash``. The mutations and seeds are those of tests/test_fuzz.py.
+longer than the time limit counts as a hang (SIGALRM in the worker; a worker stuck in C
+code past twice the limit is killed by the parent and the case counted as a hang). Each
+worker's address space is limited (``--memory-limit-gb``), and the peak resident memory of
+the workers (after the imports and seeds, ~0.4 GB) is recorded with the case that reached
+it. Outcomes: ``ok`` (read), ``clear error`` (ValueError/FileNotFoundError, one line naming
+the file), ``other exception``, ``hang``, ``crash``. The mutations and seeds are those of
+tests/test_fuzz.py.
 
-    .venv/bin/python benchmarks/fuzz.py            # ~12,500 cases
+    .venv/bin/python benchmarks/fuzz.py            # ~52,500 cases
     .venv/bin/python benchmarks/fuzz.py --scale 0.1
+    .venv/bin/python benchmarks/fuzz.py --targets image.exif --merge   # keep the other targets' results
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import json
 import os
 import platform
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -33,8 +39,12 @@ from test_fuzz import (
     CLEAR_ERRORS,
     IMAGE_FORMATS,
     TFLITE,
+    animation_case,
+    exif_case,
     fix_png_crcs,
+    header_case,
     image_seeds,
+    metadata_case,
     mutate,
     random_edits,
     safetensors_seed,
@@ -51,6 +61,10 @@ TARGETS: dict[str, tuple[int, str]] = {
     **{f"image{ext}": (1000, f"transforms.load_image: mutated {fmt}") for ext, fmt in IMAGE_FORMATS.items()},
     "image.png-crc": (1000, "transforms.load_image: mutated PNG, chunk CRCs recomputed"),
     "torchvision_png": (40, "torchvision decode_image on mutated PNGs (why PNGs go to PIL)"),
+    "image.exif": (10_000, "data.images.load_image: JPEG/PNG/WebP/TIFF, any orientation, EXIF block edited or cut"),
+    "image.animation": (10_000, "data.images.load_image: GIF/WebP/APNG/TIFF of 1-64 frames, later frames broken"),
+    "image.header": (10_000, "data.images.load_image: JPEG/PNG/GIF/BMP/WebP/TIFF claiming other sizes"),
+    "metadata_json": (10_000, "untrusted.parse_json: a checkpoint's JSON header, edits, deep/long/escaped splices"),
 }
 TIME_LIMIT_S = 20.0
 
@@ -61,6 +75,14 @@ def make_case(target: str, index: int, seeds: dict[str, Any]) -> tuple[str, byte
     from mobilenet_v1.weights import load_weights
 
     rng = random.Random(f"{target}-{index}")
+    generated = {"image.exif": exif_case, "image.animation": animation_case, "image.header": header_case}
+    if target in generated:
+        ext, data = generated[target](rng)
+        return ext, data, load_image
+    if target == "metadata_json":
+        from mobilenet_v1.untrusted import parse_json
+
+        return ".json", metadata_case(rng, seeds["safetensors"]), lambda p: parse_json(p.read_bytes(), what=p.name)
     if target == "tflite_reader":
         from mobilenet_v1.weights.tflite.reader import read_tflite
 
@@ -94,16 +116,25 @@ def decode_with_torchvision(path: Path) -> None:
         raise ValueError(f"{path.name}: {str(exc).splitlines()[0]}") from None
 
 
-def run_worker(target: str, start: int, stop: int, progress: Path) -> None:
-    """Run cases [start, stop); ``progress`` holds the current case and the counts so far (JSON)."""
+def run_worker(target: str, start: int, stop: int, progress: Path, memory_limit_gb: float) -> None:
+    """Run cases [start, stop); ``progress`` holds the current case, the counts so far and
+    the peak resident memory with the case that reached it (JSON)."""
+    import warnings
+
+    warnings.simplefilter("ignore")  # "... has N frames; using the first", PIL's warnings
     folder = Path(tempfile.mkdtemp())
     seeds = {"images": image_seeds(), "safetensors": safetensors_seed(folder)}
     if TFLITE.is_file():
         data = TFLITE.read_bytes()
         seeds["tflite"] = (data, tflite_structure(data))
+    if memory_limit_gb > 0:  # a case that allocates more fails (MemoryError: an "other exception")
+        limit = int(memory_limit_gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
     counts: Counter[str] = Counter()
+    peak_kb, peak_case = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, None
     for index in range(start, stop):
-        progress.write_text(json.dumps({"index": index, "counts": counts}))
+        state = {"index": index, "counts": counts, "peak_rss_kb": peak_kb, "peak_case": peak_case}
+        progress.write_text(json.dumps(state))
         ext, data, read = make_case(target, index, seeds)
         path = folder / f"case{ext}"
         path.write_bytes(data)
@@ -118,32 +149,68 @@ def run_worker(target: str, start: int, stop: int, progress: Path) -> None:
             counts["hang"] += 1
         except Exception as exc:  # the bug this benchmark looks for
             counts[f"other exception: {type(exc).__name__}: {str(exc)[:80]}"] += 1
-    progress.write_text(json.dumps({"index": stop, "counts": counts}))
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        if rss > peak_kb:
+            peak_kb, peak_case = rss, index
+    progress.write_text(json.dumps({"index": stop, "counts": counts, "peak_rss_kb": peak_kb, "peak_case": peak_case}))
 
 
-def run_target(target: str, count: int) -> dict[str, Any]:
-    """All cases of ``target`` in workers; a worker killed by a signal is a crash, then go on."""
+def run_target(target: str, count: int, memory_limit_gb: float) -> dict[str, Any]:
+    """All cases of ``target`` in workers; a worker killed by a signal is a crash, one that
+    makes no progress for twice the time limit is killed (a hang); then go on after the case."""
     counts: Counter[str] = Counter()
     crashes: list[int] = []
+    hangs: list[int] = []
+    peak_kb, peak_case = 0, None
     start, began = 0, time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         progress = Path(tmp) / "progress"
         while start < count:
+            progress.unlink(missing_ok=True)
             cmd = [sys.executable, __file__, "--worker", target, str(start), str(count), str(progress)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            state = json.loads(progress.read_text())
+            proc = subprocess.Popen([*cmd, "--memory-limit-gb", str(memory_limit_gb)], stdout=subprocess.DEVNULL)
+            hung, last = False, (None, time.monotonic())
+            while proc.poll() is None:
+                time.sleep(0.5)
+                index = read_progress(progress)["index"]
+                if index != last[0]:
+                    last = (index, time.monotonic())
+                elif index is not None and time.monotonic() - last[1] > 2 * TIME_LIMIT_S:
+                    proc.kill()
+                    proc.wait()
+                    hung = True
+            state = read_progress(progress)
+            if state["index"] is None:
+                raise RuntimeError(f"the {target} worker stopped before its first case (exit code {proc.returncode})")
             counts.update(state["counts"])
+            if state["peak_rss_kb"] > peak_kb:
+                peak_kb, peak_case = state["peak_rss_kb"], state["peak_case"]
             if proc.returncode == 0:
                 break
-            crashes.append(state["index"])
-            counts[f"crash (signal {-proc.returncode})" if proc.returncode < 0 else "worker error"] += 1
+            if hung:
+                hangs.append(state["index"])
+                counts["hang (killed)"] += 1
+            else:
+                crashes.append(state["index"])
+                counts[f"crash (signal {-proc.returncode})" if proc.returncode < 0 else "worker error"] += 1
             start = state["index"] + 1
     return {
         "cases": count,
         "seconds": round(time.perf_counter() - began, 1),
         "outcomes": dict(counts),
         "crash_cases": crashes[:20],
+        "hang_cases": hangs[:20],
+        "peak_rss_mb": round(peak_kb / 1024),
+        "peak_rss_case": peak_case,
     }
+
+
+def read_progress(progress: Path) -> dict[str, Any]:
+    """The worker's last progress; ``index`` None before its first case (or mid-write)."""
+    try:
+        return json.loads(progress.read_text())
+    except (OSError, ValueError):
+        return {"index": None}
 
 
 def main() -> None:
@@ -151,24 +218,32 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every target's case count")
     parser.add_argument("--targets", nargs="+", choices=tuple(TARGETS), default=list(TARGETS))
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/fuzz.json")
+    parser.add_argument("--merge", action="store_true", help="keep the results of other targets in --output")
+    parser.add_argument("--memory-limit-gb", type=float, default=8.0, help="address space of a worker (0: none)")
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         target, start, stop, progress = args.worker
-        run_worker(target, int(start), int(stop), Path(progress))
+        run_worker(target, int(start), int(stop), Path(progress), args.memory_limit_gb)
         return
     results = {}
-    print("| target | cases | ok | clear error | other | hang | crash | s |\n|---|---|---|---|---|---|---|---|")
+    if args.merge and args.output.is_file():
+        results = json.loads(args.output.read_text())["results"]
+    print("| target | cases | ok | clear error | other | hang | crash | peak MB | s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for target in args.targets:
         if target.startswith("tflite") and not TFLITE.is_file():
             print(f"| {target} | skipped: {TFLITE} not found |")
             continue
-        result = run_target(target, max(1, round(TARGETS[target][0] * args.scale)))
+        result = run_target(target, max(1, round(TARGETS[target][0] * args.scale)), args.memory_limit_gb)
         result["what"] = TARGETS[target][1]
         results[target] = result
         print(table_row(target, result), flush=True)
+    command = f"benchmarks/fuzz.py --scale {args.scale}"
+    if args.merge:
+        command += f" (--merge: {' '.join(args.targets)} rerun)"
     report = {
-        "command": f"benchmarks/fuzz.py --scale {args.scale}",
+        "command": command,
         "machine": f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "results": results,
     }
@@ -188,9 +263,10 @@ def table_row(target: str, result: dict[str, Any]) -> str:
     out = result["outcomes"]
     other = sum(v for k, v in out.items() if k.startswith(("other", "unclear", "worker")))
     crash = sum(v for k, v in out.items() if k.startswith("crash"))
+    hang = sum(v for k, v in out.items() if k.startswith("hang"))
     return (
         f"| {target} | {result['cases']} | {out.get('ok', 0)} | {out.get('clear error', 0)} | {other} "
-        f"| {out.get('hang', 0)} | {crash} | {result['seconds']} |"
+        f"| {hang} | {crash} | {result.get('peak_rss_mb', '')} | {result['seconds']} |"
     )
 
 

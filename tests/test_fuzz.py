@@ -13,6 +13,7 @@ import contextlib
 import io
 import random
 import signal
+import warnings
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -152,6 +153,168 @@ def image_seeds() -> dict[str, bytes]:
     return seeds
 
 
+# Image decoder: EXIF, animation and header mutations. Each case is drawn from an ``rng``
+# (benchmarks/fuzz.py: case ``i`` of a target seeds it with "target-i"; here hypothesis draws the seed).
+ORIENTATIONS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 255, 65535)
+EXIF_FORMATS = {".jpg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".tiff": "TIFF"}
+ANIMATED_FORMATS = {".gif": "GIF", ".webp": "WEBP", ".png": "PNG", ".tiff": "TIFF"}
+# claimed widths/heights: the edges of the bounds (50:1, 13377^2 pixels), field limits, zero
+HEADER_VALUES = (0, 1, 2, 49, 50, 51, 255, 256, 13377, 32767, 65535, 65536, 2**24 - 1, 2**31 - 1, 2**32 - 1)
+
+
+def _encode(pixels: np.ndarray, fmt: str, **options) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, fmt, **options)
+    return buf.getvalue()
+
+
+def _pixels(rng: random.Random, height: int, width: int) -> np.ndarray:
+    return np.random.default_rng(rng.randrange(2**32)).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def exif_case(rng: random.Random) -> tuple[str, bytes]:
+    """A JPEG/PNG/WebP/TIFF with an EXIF block: any orientation value (valid, invalid, random),
+    then edits inside the block, a truncated block (JPEG: its segment length kept consistent)
+    or edits anywhere."""
+    ext = rng.choice(sorted(EXIF_FORMATS))
+    exif = Image.Exif()
+    exif[0x0112] = rng.choice([*ORIENTATIONS, rng.randrange(65536)])
+    exif[0x010F] = "Phone"  # Make
+    exif[0x0132] = "2024:01:01 12:00:00"  # DateTime
+    block = exif.tobytes()
+    data = _encode(_pixels(rng, rng.randint(1, 40), rng.randint(1, 40)), EXIF_FORMATS[ext], exif=block)
+    start = data.find(block[6:])  # the TIFF structure inside (a TIFF file: its own first IFD)
+    span = range(start, start + len(block) - 6) if start >= 0 else range(len(data))
+    choice = rng.random()
+    if choice < 0.5:
+        data = mutate(data, [e for e in random_edits(rng) if e[0] != "truncate"], span)
+    elif choice < 0.7 and ext == ".jpg":
+        app1 = data.index(b"\xff\xe1")
+        length = int.from_bytes(data[app1 + 2 : app1 + 4], "big")
+        payload = data[app1 + 4 : app1 + 2 + length][: rng.randrange(length - 1)]
+        segment = b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
+        data = data[:app1] + segment + data[app1 + 2 + length :]
+    elif choice < 0.85:
+        data = mutate(data, random_edits(rng))
+    if ext == ".png" and rng.random() < 0.7:
+        data = fix_png_crcs(data)
+    return ext, data
+
+
+def animation_case(rng: random.Random) -> tuple[str, bytes]:
+    """An animated GIF/WebP/PNG or multi-page TIFF of 1-64 frames, then broken later frames
+    (edits in the second half), edits anywhere or a cut."""
+    ext = rng.choice(sorted(ANIMATED_FORMATS))
+    height, width = rng.randint(1, 32), rng.randint(1, 32)
+    frames = [Image.fromarray(_pixels(rng, height, width)) for _ in range(rng.choice([1, 2, 3, 5, 17, 64]))]
+    options = {"save_all": True, "append_images": frames[1:], "duration": rng.choice([0, 10, 100]), "loop": 0}
+    if ext == ".gif":
+        options["disposal"] = rng.randrange(4)
+    buf = io.BytesIO()
+    frames[0].save(buf, ANIMATED_FORMATS[ext], **options)
+    data = buf.getvalue()
+    choice = rng.random()
+    if choice < 0.4:
+        data = mutate(data, random_edits(rng), range(len(data) // 2, len(data)))
+    elif choice < 0.7:
+        data = mutate(data, random_edits(rng))
+    elif choice < 0.85:
+        data = data[: rng.randrange(len(data) // 2, len(data))]
+    if ext == ".png" and rng.random() < 0.7:
+        data = fix_png_crcs(data)
+    return ext, data
+
+
+def _claim(rng: random.Random) -> int:
+    return rng.choice(HEADER_VALUES) if rng.random() < 0.8 else rng.randrange(2 ** rng.choice([8, 16, 32]))
+
+
+def _field(value: int, size: int, order: str) -> bytes:
+    return (value % 2 ** (8 * size)).to_bytes(size, order)  # type: ignore[arg-type]
+
+
+def header_case(rng: random.Random) -> tuple[str, bytes]:
+    """A small JPEG/PNG/GIF/BMP/WebP (lossy, lossless, extended)/TIFF whose header claims
+    another width and height (zero, the bounds' edges, the fields' limits, random), now
+    and then with edits anywhere."""
+    kind = rng.choice(["jpg", "png", "gif", "bmp", "webp-vp8", "webp-vp8l", "webp-vp8x", "tiff"])
+    pixels = _pixels(rng, rng.randint(1, 24), rng.randint(1, 24))
+    width, height = _claim(rng), _claim(rng)
+    if kind == "jpg":
+        data = bytearray(_encode(pixels, "JPEG"))
+        sof = data.index(b"\xff\xc0")
+        data[sof + 5 : sof + 9] = (height & 0xFFFF).to_bytes(2, "big") + (width & 0xFFFF).to_bytes(2, "big")
+    elif kind == "png":
+        data = bytearray(_encode(pixels, "PNG"))
+        data[16:24] = (width & 0xFFFFFFFF).to_bytes(4, "big") + (height & 0xFFFFFFFF).to_bytes(4, "big")
+        if rng.random() < 0.8:
+            data = bytearray(fix_png_crcs(bytes(data)))
+    elif kind == "gif":
+        data = bytearray(_encode(pixels, "GIF"))
+        data[6:10] = (width & 0xFFFF).to_bytes(2, "little") + (height & 0xFFFF).to_bytes(2, "little")
+        frame = data.find(b"\x2c\x00\x00\x00\x00", 13)  # the first image descriptor at (0, 0)
+        if frame > 0 and rng.random() < 0.5:
+            size = (_claim(rng) & 0xFFFF).to_bytes(2, "little") + (_claim(rng) & 0xFFFF).to_bytes(2, "little")
+            data[frame + 5 : frame + 9] = size
+    elif kind == "bmp":
+        data = bytearray(_encode(pixels, "BMP"))
+        signed_width = -(width & 0x7FFFFFFF) if rng.random() < 0.1 else width & 0x7FFFFFFF
+        signed_height = -(height & 0x7FFFFFFF) if rng.random() < 0.3 else height & 0x7FFFFFFF  # < 0: top-down
+        data[18:26] = signed_width.to_bytes(4, "little", signed=True) + signed_height.to_bytes(4, "little", signed=True)
+    elif kind == "tiff":
+        data = bytearray(_encode(pixels, "TIFF"))
+        ifd = int.from_bytes(data[4:8], "little")
+        for entry in range(ifd + 2, ifd + 2 + 12 * int.from_bytes(data[ifd : ifd + 2], "little"), 12):
+            tag = int.from_bytes(data[entry : entry + 2], "little")
+            size = 4 if int.from_bytes(data[entry + 2 : entry + 4], "little") == 4 else 2  # LONG or SHORT
+            if tag in (256, 257):
+                data[entry + 8 : entry + 8 + size] = _field(width if tag == 256 else height, size, "little")
+    else:
+        options = {"lossless": kind == "webp-vp8l"}
+        if kind == "webp-vp8x":
+            options["exif"] = b"Exif\x00\x00"  # an EXIF chunk makes the file extended (VP8X)
+        data = bytearray(_encode(pixels, "WEBP", **options))
+        chunk = bytes(data[12:16])
+        if chunk == b"VP8X":
+            data[24:30] = _field(width - 1, 3, "little") + _field(height - 1, 3, "little")
+        elif chunk == b"VP8 ":
+            data[26:30] = _field(width, 2, "little") + _field(height, 2, "little")
+        elif chunk == b"VP8L":
+            bits = int.from_bytes(data[21:25], "little") & ~0xFFFFFFF
+            bits |= ((width - 1) & 0x3FFF) | (((height - 1) & 0x3FFF) << 14)
+            data[21:25] = bits.to_bytes(4, "little")
+    data = bytes(data)
+    if rng.random() < 0.3:
+        data = mutate(data, random_edits(rng))
+    return "." + kind.split("-")[0], data
+
+
+def metadata_case(rng: random.Random, seed: bytes) -> bytes:
+    """The JSON header of a ``.safetensors`` checkpoint (its metadata: config, classes,
+    preprocessing), with byte edits and hostile structures spliced in: deep nesting, long
+    numbers and strings, escapes of control characters and lone surrogates."""
+    text = seed[8 : 8 + int.from_bytes(seed[:8], "little")]
+    if rng.random() < 0.6:
+        text = mutate(text, random_edits(rng))
+    if rng.random() < 0.5:
+        depth = rng.choice([1, 15, 16, 17, 100, 1000, 100_000])
+        hostile = rng.choice(
+            [
+                b"[" * depth + b"]" * depth,
+                b'{"a":' * depth + b"1" + b"}" * depth,
+                b"[" * depth,
+                b"1" * rng.choice([10, 4300, 4301, 100_000]),
+                b"1e" + b"9" * rng.choice([3, 400]),
+                b'"' + b"\\u" + rng.choice([b"d800", b"0000", b"001b", b"202e"]) + b'"',
+                b'"' + b"x" * rng.choice([10, 2**20]) + b'"',
+                b'"\xff\xfe"',
+            ]
+        )
+        pos = rng.randrange(len(text) + 1)
+        text = text[:pos] + hostile + text[pos:]
+    return text
+
+
 def fuzz(examples: int) -> settings:
     """Reproducible (derandomized), no deadline (CI machines vary), no example database."""
     return settings(
@@ -233,6 +396,41 @@ def test_cli_predict_exit_0_or_2(st_seed, tmp_path, capsys, ext, edits, weights_
     assert code in (0, 2), err
     event(f"exit {code}")
     assert code == 0 or (len(err.strip().splitlines()) == 1 and "Traceback" not in err), err
+
+
+@fuzz(60)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_image_exif(tmp_path, seed):
+    ext, data = exif_case(random.Random(seed))
+    outcome(load_image, tmp_path / f"x{ext}", data)
+
+
+@fuzz(40)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_image_animation(tmp_path, seed):
+    ext, data = animation_case(random.Random(seed))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "... has N frames; using the first"
+        result = outcome(load_image, tmp_path / f"x{ext}", data)
+        if result == "ok":
+            assert load_image(tmp_path / f"x{ext}").dim() == 3  # never the 4-D stack of all frames
+
+
+@fuzz(60)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_image_header(tmp_path, seed):
+    ext, data = header_case(random.Random(seed))
+    outcome(load_image, tmp_path / f"x{ext}", data)
+
+
+@fuzz(60)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_metadata_parser(st_seed, tmp_path, seed):
+    untrusted = pytest.importorskip("mobilenet_v1.untrusted")
+    path = tmp_path / "metadata.json"
+    outcome(
+        lambda p: untrusted.parse_json(p.read_bytes(), what=p.name), path, metadata_case(random.Random(seed), st_seed)
+    )
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ torchvision finds the weights enum from the ``weights`` annotation.
 """
 
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +20,7 @@ from torch import nn
 from torchvision.models._api import register_model
 
 from .data.transforms import Preprocessing
-from .model import MobileNetV1, MobileNetV1Config, MobileNetV1Features, validate_alpha
+from .model import MobileNetV1, MobileNetV1Config, MobileNetV1Features
 from .weights import LoadedWeights, MobileNetV1Weights, WeightsRecord, load_weights
 
 __all__ = ["mobilenet_v1"]
@@ -60,8 +61,12 @@ def mobilenet_v1(
     ``feature_info`` levels ``out_indices`` (strides 2, 4, 8, 16, 32), as timm's
     ``features_only`` (Section 4.6: MobileNet as a detection backbone).
     """
+    weights = _check_weights_argument(weights)
+    if not isinstance(features_only, bool):
+        raise ValueError(f"features_only must be True or False, got {features_only!r}")
+    _check_out_indices(out_indices)
     arch: dict[str, Any] = {
-        "alpha": None if alpha is None else validate_alpha(alpha),
+        "alpha": alpha,
         "num_classes": num_classes,
         "variant": variant,
         "activation": activation,
@@ -71,11 +76,35 @@ def mobilenet_v1(
         "channel_rule": channel_rule,
     }
     given = {k: v for k, v in arch.items() if v is not None}
+    # Every argument is checked (and numpy scalars made plain numbers) before any weights
+    # are read or downloaded and before any tensor is allocated.
+    config = MobileNetV1Config(**given, **({} if dropout is None else {"dropout": dropout}))
+    given = {k: getattr(config, k) for k in given}
     if weights is None:
-        model = MobileNetV1(MobileNetV1Config(**given, **({} if dropout is None else {"dropout": dropout})))
+        model = MobileNetV1(config)
     else:
-        model = _with_weights(weights, given, dropout)
+        model = _with_weights(weights, given, None if dropout is None else config.dropout)
     return MobileNetV1Features(model, out_indices) if features_only else model
+
+
+def _check_weights_argument(weights: Any) -> Any:
+    """``weights`` as the loader takes it (a path-like object becomes a ``Path``), or a
+    ``ValueError`` naming a value of any other type."""
+    if weights is None or isinstance(weights, MobileNetV1Weights | WeightsRecord | str | Path):
+        return weights
+    if isinstance(weights, os.PathLike):
+        return Path(os.fspath(weights))
+    raise ValueError(
+        "weights must be None, a MobileNetV1Weights member, its name, Google's model name or a "
+        f"path to a .tflite/.safetensors file, got {type(weights).__name__} {weights!r}"
+    )
+
+
+def _check_out_indices(out_indices: Any) -> None:
+    """An int or a list/tuple of ints (bools refused); their range is checked by the model."""
+    items = [out_indices] if not isinstance(out_indices, list | tuple) else list(out_indices)
+    if not items or any(isinstance(i, bool) or not isinstance(i, int) for i in items):
+        raise ValueError(f"out_indices must be an int or a list/tuple of ints, got {out_indices!r}")
 
 
 def _with_weights(weights: Any, given: dict[str, Any], dropout: float | None) -> MobileNetV1:

@@ -5,18 +5,25 @@ new one under the real name, never a partial one: the data goes to a temporary f
 beside the target, is flushed to disk (fsync), gets the permissions of the file it
 replaces (or, for a new file, those the umask gives), and is renamed over the target;
 the folder is then synced so the rename itself survives a power cut.
+
+An ``OSError`` while writing (a full disk, a quota, a file size limit, an I/O error)
+comes out as one ``OSError`` line naming the target, e.g. ``no space left on device while
+writing run/summary.json``, with the original ``errno``; the previous file is left intact.
+:func:`create_exclusive` writes a file that must not exist yet (a lock file): it appears
+whole, or not at all if another process created it first.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "check_writable", "save_figure", "write_text"]
+__all__ = ["atomic_write", "check_writable", "create_exclusive", "save_figure", "write_error", "write_text"]
 
 
 def check_writable(path: str | Path) -> Path:
@@ -49,26 +56,115 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def write_error(exc: OSError, path: str | Path) -> OSError:
+    """``exc`` (raised while writing ``path``) as one line naming ``path``, of the same
+    ``OSError`` subclass and ``errno``: ``no space left on device while writing PATH``."""
+    if getattr(exc, "written_path", None) is not None:
+        return exc  # already names the file being written
+    code = exc.errno
+    reason = os.strerror(code) if code else (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    message = f"{reason[:1].lower()}{reason[1:]} while writing {path}"
+    try:
+        error = type(exc)(message)
+    except Exception:  # an OSError subclass with another signature
+        error = OSError(message)
+    error.errno = code  # (setting strerror too would make str() "[Errno N] ..." again)
+    error.written_path = str(path)  # type: ignore[attr-defined]
+    return error
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, *, make_parents: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix) to write to; on success it
-    replaces ``path`` whole, on any error it is removed and ``path`` is left as it was."""
+    replaces ``path`` whole, on any error it is removed and ``path`` is left as it was.
+
+    An ``OSError`` while writing (also inside the ``with`` block, and also when a writer
+    such as ``torch.save`` wraps it in another exception) is re-raised by :func:`write_error`
+    as one line naming ``path``; other exceptions pass unchanged."""
     path = Path(path)
     if make_parents:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise write_error(exc, path) from exc
     check_writable(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp: Path | None = None
     try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, path.stat().st_mode & 0o7777 if path.is_file() else 0o666 & ~_umask())
         os.replace(tmp, path)
+    except Exception as exc:
+        cause = _os_error_in(exc)
+        if cause is None:
+            raise
+        raise write_error(cause, path) from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
+
+
+def _os_error_in(exc: BaseException) -> OSError | None:
+    """``exc`` if it is an ``OSError``, else the ``OSError`` it was raised from or while
+    handling: ``torch.save`` turns a full disk into ``RuntimeError("unexpected pos ...")``
+    raised while handling the ``OSError``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def create_exclusive(path: str | Path, text: str) -> Path:
+    """Create ``path`` holding ``text`` (UTF-8) only if it does not exist yet, atomically.
+
+    As exclusive as ``open(O_CREAT | O_EXCL)`` (``FileExistsError`` if the file exists,
+    also when another process wins a race) and whole when it appears: the text is written
+    and synced to a temporary file that is then hard-linked to ``path``. Where the file
+    system has no hard links, ``O_CREAT | O_EXCL`` itself is used.
+    """
+    path = Path(path)
+    data = text.encode("utf-8")
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    except OSError as exc:
+        raise write_error(exc, path) from exc
+    try:
+        try:
+            os.write(fd, data)
+            os.fchmod(fd, 0o666 & ~_umask())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(name, path)
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                raise
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise write_error(exc, path) from exc
+    finally:
+        Path(name).unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    return path
 
 
 def write_text(path: str | Path, text: str, *, make_parents: bool = False) -> Path:

@@ -13,6 +13,7 @@ folded into the convolutions (``folded_bn=True``: each conv gets a bias, no BN l
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
@@ -39,6 +40,16 @@ ACTIVATIONS: tuple[str, ...] = ("relu", "relu6")
 PADDINGS: tuple[str, ...] = ("symmetric", "same")
 CHANNEL_RULES: tuple[str, ...] = ("tf-slim", "divisible-by-8")
 MIN_INPUT_SIZE = 32
+# Bounds that keep a configuration buildable before anything is allocated. The paper
+# studies alpha <= 1 (Section 3.3) and published variants go up to 1.4; alpha 4 gives the
+# widest layer 4096 channels and the network ~67 M parameters (270 MB in float32), and a
+# larger one is a typo (or an overflow: alpha 1e308 would make the widths infinite).
+MAX_ALPHA = 4.0
+MAX_CHANNELS = 4096  # the widest layer at MAX_ALPHA; min_depth may not exceed it either
+# 100,000 classes: 4.6x ImageNet-21k's 21,841; the classifier is then 102 M weights at alpha 1.
+MAX_CLASSES = 100_000
+# 8192 x 8192 input: the stem's float32 output alone is 2 GB per image at alpha 1.
+MAX_INPUT_SIZE = 8192
 
 # Paper Table 1, one row per layer group: (depthwise stride, pointwise out channels at
 # alpha=1). Row 0 is the stem, a full 3x3 conv. Table 1 prints "s2" on the last depthwise
@@ -91,16 +102,25 @@ class MobileNetV1Config:
     min_depth: int = 8
 
     def __post_init__(self) -> None:
-        validate_alpha(self.alpha)
-        validate_num_classes(self.num_classes)
+        # Numbers are stored as plain Python numbers (numpy scalars are accepted), so that
+        # the config compares, hashes and serialises (config.json, weights metadata) alike.
+        object.__setattr__(self, "alpha", validate_alpha(self.alpha))
+        object.__setattr__(self, "num_classes", validate_num_classes(self.num_classes))
         _check_choice("variant", self.variant, VARIANTS)
         _check_choice("activation", self.activation, ACTIVATIONS)
         _check_choice("padding", self.padding, PADDINGS)
         _check_choice("channel_rule", self.channel_rule, CHANNEL_RULES)
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if not self.bn_eps > 0:
-            raise ValueError(f"bn_eps must be > 0, got {self.bn_eps!r}")
+        if not _is_real(self.dropout) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        if not _is_real(self.bn_eps) or not 0.0 < self.bn_eps < math.inf:
+            raise ValueError(f"bn_eps must be a finite number > 0, got {self.bn_eps!r}")
+        if not isinstance(self.folded_bn, bool):
+            raise ValueError(f"folded_bn must be True or False, got {self.folded_bn!r}")
+        if not _is_integer(self.min_depth) or not 1 <= self.min_depth <= MAX_CHANNELS:
+            raise ValueError(f"min_depth must be an integer from 1 to {MAX_CHANNELS}, got {self.min_depth!r}")
+        object.__setattr__(self, "dropout", float(self.dropout))
+        object.__setattr__(self, "bn_eps", float(self.bn_eps))
+        object.__setattr__(self, "min_depth", int(self.min_depth))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,29 +131,55 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"unknown {name} {value!r}; choose from {', '.join(choices)}")
 
 
+def _is_real(value: object) -> bool:
+    """A real number: Python's or numpy's (registered as ``numbers.Real``), not a bool
+    (numpy's ``bool_`` is not registered as a number)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_integer(value: object) -> bool:
+    """An integer: Python's or numpy's (``numbers.Integral``), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def validate_alpha(alpha: object) -> float:
-    """Return alpha as a float, or raise ValueError naming the bad value."""
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+    """Return alpha as a float, or raise ValueError naming the bad value.
+
+    Any real number (``0.25``, ``1``, ``numpy.float32(0.25)``) in ``(0, MAX_ALPHA]``; a
+    larger width would only allocate (alpha 4 is already 4096 channels), and a huge one
+    overflows the channel count."""
+    if not _is_real(alpha):
         raise ValueError(f"alpha must be a number > 0, got {alpha!r}")
-    if not math.isfinite(alpha) or alpha <= 0:
+    value = float(alpha)  # type: ignore[arg-type]
+    if not math.isfinite(value) or value <= 0:
         raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
-    return float(alpha)
+    if value > MAX_ALPHA:
+        raise ValueError(
+            f"alpha must be at most {MAX_ALPHA:g} (the widest layer then has {MAX_CHANNELS} channels), got {alpha!r}"
+        )
+    return value
 
 
 def validate_num_classes(num_classes: object) -> int:
-    """Classes of the classifier; 0 means no classifier (the pooled features are the output)."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-        raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}")
-    return num_classes
+    """Classes of the classifier; 0 means no classifier (the pooled features are the output).
+
+    An integer (Python's or numpy's) from 0 to ``MAX_CLASSES``, checked before the
+    classifier's weights are allocated."""
+    if not _is_integer(num_classes) or not 0 <= num_classes <= MAX_CLASSES:  # type: ignore[operator]
+        raise ValueError(f"num_classes must be an integer from 0 to {MAX_CLASSES}, got {num_classes!r}")
+    return int(num_classes)  # type: ignore[call-overload]
 
 
 def validate_input_size(size: object) -> tuple[int, int]:
-    """Accept ``224`` or ``(h, w)``; both sides must be integers >= 32 (Section 3.4)."""
+    """Accept ``224`` or ``(h, w)``; both sides must be integers (Python's or numpy's)
+    from 32 (Section 3.4) to ``MAX_INPUT_SIZE``."""
     sides = size if isinstance(size, (tuple, list)) else (size, size)
-    if len(sides) != 2 or any(isinstance(s, bool) or not isinstance(s, int) for s in sides):
+    if len(sides) != 2 or not all(_is_integer(s) for s in sides):
         raise ValueError(f"input size must be an integer or (height, width), got {size!r}")
     if min(sides) < MIN_INPUT_SIZE:
         raise ValueError(f"input size must be at least {MIN_INPUT_SIZE} pixels, got {size!r}")
+    if max(sides) > MAX_INPUT_SIZE:
+        raise ValueError(f"input size must be at most {MAX_INPUT_SIZE} pixels, got {size!r}")
     return int(sides[0]), int(sides[1])
 
 
@@ -280,7 +326,10 @@ class MobileNetV1(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x)
+        if torch.jit.is_scripting():
+            _check_input(x, self.features[0].conv.weight)
+        else:
+            _check_input(x, _parameter_like(self.features))
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_sequential(self.features, len(self.features), x, use_reentrant=False)
         return self.features(x)
@@ -313,7 +362,10 @@ class MobileNetV1(nn.Module):
         take, _ = take_indices(len(self.feature_info), indices)
         taps = [self.feature_info[i]["index"] for i in take]
         last = max(taps) if stop_early or intermediates_only else len(self.features) - 1
-        _check_input(x)
+        if torch.jit.is_scripting():
+            _check_input(x, self.features[0].conv.weight)
+        else:
+            _check_input(x, _parameter_like(self.features))
         intermediates = []
         for i, layer in enumerate(self.features[: last + 1]):
             x = layer(x)
@@ -372,7 +424,10 @@ class MobileNetV1Features(nn.Module):
         self.config = model.config
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        _check_input(x)
+        if torch.jit.is_scripting():
+            _check_input(x, self.features[0].conv.weight)
+        else:
+            _check_input(x, _parameter_like(self.features))
         outs = []
         for i, layer in enumerate(self.features):
             x = layer(x)
@@ -418,12 +473,66 @@ def _default_cfg(config: MobileNetV1Config) -> dict[str, Any]:
     }
 
 
+def _parameter_like(module: nn.Module) -> torch.Tensor | None:
+    """The first parameter of ``module`` (else its first buffer): the device and dtype
+    the input must have. ``None`` for a module without tensors."""
+    for tensor in module.parameters():
+        return tensor
+    for tensor in module.buffers():
+        return tensor
+    return None
+
+
 @torch.fx.wrap
-def _check_input(x: torch.Tensor, min_size: int = MIN_INPUT_SIZE) -> None:
+def _check_input(x: torch.Tensor, like: torch.Tensor | None = None, min_size: int = MIN_INPUT_SIZE) -> None:
+    """Refuse, with a ``ValueError`` naming what is wrong, an input the network cannot take:
+    anything but a dense floating-point tensor of shape (N, 3, H, W) with H, W >= 32, on
+    the device of ``like`` (the model's first parameter) and of its dtype. Under
+    ``torch.autocast`` float16, bfloat16 and float32 inputs all fit a float16, bfloat16
+    or float32 model (autocast casts them for each layer; it never casts float64).
+
+    Only metadata is read (type, layout, dtype, device, shape): no data, no host sync.
+    ``torch.fx.wrap``: a traced model keeps the check as one call (and the parameter as
+    a ``get_attr``); under ``torch.jit.script`` the type is the annotation's and autocast
+    is not consulted.
+    """
+    if not torch.jit.is_scripting():
+        if not isinstance(x, torch.Tensor):
+            kind = "None" if x is None else f"{type(x).__module__}.{type(x).__qualname__}".removeprefix("builtins.")
+            raise ValueError(f"expected a torch.Tensor of shape (N, 3, H, W), got {kind}")
+    if x.is_sparse or x.is_nested or x.layout != torch.strided:
+        raise ValueError(f"expected a dense (strided) tensor, got layout {x.layout}")
+    if not x.is_floating_point():
+        raise ValueError(
+            f"expected a floating-point input (normalized images), got dtype {x.dtype}; convert it, e.g. x.float()"
+        )
+    if like is not None:
+        if x.device != like.device:
+            what = "the meta device (shapes only, no data)" if x.device.type == "meta" else str(x.device)
+            raise ValueError(f"input is on {what} but the model's parameters are on {like.device}")
+        if x.dtype != like.dtype and like.is_floating_point():
+            # autocast casts float16/bfloat16/float32 tensors for each layer, never float64
+            castable = x.dtype != torch.float64 and like.dtype != torch.float64
+            if torch.jit.is_scripting() or not castable or not _autocasting(x.device.type):
+                raise ValueError(
+                    f"input dtype {x.dtype} differs from the model's parameters ({like.dtype}): convert the "
+                    f"input or the model, or run under torch.autocast"
+                )
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"expected input of shape (N, 3, H, W), got {x.shape}")
     if min(x.shape[2], x.shape[3]) < min_size:
         raise ValueError(f"input must be at least {min_size}x{min_size} pixels, got {x.shape[2]}x{x.shape[3]}")
+
+
+@torch.jit.unused
+def _autocasting(device_type):
+    # type: (str) -> bool
+    # (a type comment: torch.jit.unused reads real annotations, and this module's are strings)
+    """Whether ``torch.autocast`` is on for this device type (not consulted under ``torch.jit.script``)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # a device type autocast does not know
+        return False
 
 
 def _feature_info(features: nn.Sequential) -> list[dict[str, Any]]:

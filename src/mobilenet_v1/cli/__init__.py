@@ -3,6 +3,14 @@
 Every known user error (``ValueError``, ``OSError``) becomes one line on stderr and exit
 code 2; an unexpected error prints a short message and the path of a file holding the
 full traceback (exit code 1).
+
+Running out of memory (``MemoryError``, ``torch.OutOfMemoryError``) is the user's to fix
+(a smaller batch, resolution or number of workers), so it is one line and exit code 2 as
+well. ``OverflowError`` and ``RecursionError`` are not: every value from the command line
+or a file is bounded before use, so either one means a missing check, a bug (exit code 1,
+with the traceback file). Every line printed is one line, whatever the message holds:
+line breaks are joined, a worker's wrapped traceback is reduced to its last line, and
+control characters (a file name or class name with an escape sequence) are escaped.
 """
 
 from __future__ import annotations
@@ -13,6 +21,9 @@ import tempfile
 import traceback
 from collections.abc import Sequence
 
+import torch
+
+from ..untrusted import printable
 from . import bench, cost, evaluate, export, predict, tradeoff, train
 
 PROG = "mobilenet-v1"
@@ -23,7 +34,7 @@ class Parser(argparse.ArgumentParser):
     """ArgumentParser whose errors are one line (no usage block), exit code 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.stderr.write(f"{self.prog}: error: {one_line(message)}\n")
         sys.exit(2)
 
 
@@ -48,12 +59,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, torch.OutOfMemoryError) as exc:
+        detail = one_line(exc)
+        print(f"{PROG}: error: out of memory{f' ({detail})' if detail else ''}", file=sys.stderr)
+        return 2
     except Exception as exc:
         return _unexpected(exc)
 
 
+def one_line(message: object) -> str:
+    """``message`` as one printable line: a wrapped traceback (a DataLoader worker's)
+    gives its last line, other line breaks become spaces, control characters escapes."""
+    lines = [line.strip() for line in str(message).strip().splitlines() if line.strip()]
+    if any("Traceback (most recent call last)" in line for line in lines):
+        lines = lines[-1:]
+    return printable(" ".join(lines))
+
+
 def _user_error(exc: BaseException) -> int:
-    print(f"{PROG}: error: {exc}", file=sys.stderr)
+    print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
     return 2
 
 
@@ -61,5 +85,5 @@ def _unexpected(exc: BaseException) -> int:
     """Last resort: keep the full traceback in a file, show one line."""
     with tempfile.NamedTemporaryFile("w", prefix="mobilenet-v1-crash-", suffix=".txt", delete=False) as f:
         traceback.print_exc(file=f)
-    print(f"{PROG}: unexpected error: {type(exc).__name__}: {exc} (traceback in {f.name})", file=sys.stderr)
+    print(f"{PROG}: unexpected error: {type(exc).__name__}: {one_line(exc)} (traceback in {f.name})", file=sys.stderr)
     return 1

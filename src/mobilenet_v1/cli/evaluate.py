@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         args.weights = str(args.model)  # reported in place of the weights
     else:
         classifier = Classifier.from_weights(args.weights, int8_exact=args.int8_exact)
-    wnids = args.wnids.read_text().split() if args.wnids else read_wnids()
+    wnids = read_wnids(args.wnids)
     result = evaluate_folder(
         classifier, args.dir, wnids=wnids, batch_size=args.batch_size, workers=args.workers, progress=True
     )

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from ..train import distributed as dist
 from ..train.checkpoint import LAST
-from ..train.config import RECIPES, SCRATCH_ALPHA, SCRATCH_RESOLUTION, TrainConfig, default
+from ..train.config import RECIPES, SCRATCH_ALPHA, SCRATCH_RESOLUTION, TrainConfig, check_device, default
 from ..train.optim import OPTIMIZERS
 from . import args as types
 
@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train or fine-tune on an image folder (DIR/train + DIR/val, or one folder split by seed)",
     )
     p.add_argument("--data", help="image folder: DIR/<class>/*.jpg, or DIR/train and DIR/val")
-    p.add_argument("--output", help="new run folder (must not exist or be empty)")
+    p.add_argument("--output", help="new run folder (must not exist or be empty, nor be inside --data)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     p.add_argument("--weights", help="start from these weights (Google's name, .tflite or .safetensors)")
     p.add_argument("--alpha", type=types.alpha, help=f"width multiplier from scratch (default {SCRATCH_ALPHA})")
@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=float,
         help=f"L2 on conv/FC weights, not depthwise/BN/bias ({default('weight_decay')})",
     )
-    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--label-smoothing", type=float, help="in [0, 1) (default: the recipe's)")
     p.add_argument(
         "--warmup-epochs", type=float, help=f"modern recipe: linear warm-up length ({default('warmup_epochs')})"
     )
@@ -93,17 +93,19 @@ def _settings(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _elastic_resume(args: argparse.Namespace, env: dist.DistEnv) -> None:
-    """After torchrun restarted the group (``--max-restarts``), continue from the last checkpoint."""
+    """After torchrun restarted the group (``--max-restarts``), continue the run the failed
+    attempt started: from its last checkpoint, or from the start if it had none yet."""
     restarted = dist.restarted_by_torchrun(env)
-    if restarted and not args.resume and args.output and (Path(args.output) / LAST).is_file():
+    run = Path(args.output) if args.output else None
+    if restarted and not args.resume and run and ((run / LAST).is_file() or (run / "config.json").is_file()):
         args.resume = args.output
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train.trainer import resolve_device, train
+    from ..train.trainer import train
 
     # Join the process group first, so a rank that cannot read its data stops every rank.
-    env = dist.init_distributed(resolve_device(args.device or "auto"))
+    env = dist.init_distributed(check_device(args.device or "auto"))
     try:
         _elastic_resume(args, env)
         with dist.fail_together(env, "prepare the run"):

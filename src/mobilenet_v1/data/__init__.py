@@ -2,5 +2,6 @@
 presets and augmentation (:mod:`.transforms`), class folders and the one dataset
 (:mod:`.folders`).
 
-May import: torch, torchvision and the image libraries; nothing else of the project.
+May import: torch, torchvision, the image libraries and ``untrusted`` (text from files); nothing else of
+the project.
 """

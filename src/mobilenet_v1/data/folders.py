@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from .images import IMAGE_EXTENSIONS, list_images, load_image
+from .images import IMAGE_EXTENSIONS, is_skipped_name, list_images, load_image
 
 __all__ = ["DataSplit", "ImageFolder", "Sample", "find_classes", "find_samples", "load_splits"]
 
@@ -43,7 +43,7 @@ def find_classes(root: str | Path, min_classes: int = 2) -> dict[str, list[Path]
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data folder not found: {root}")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not is_skipped_name(p.name))
     if not folders:
         raise ValueError(f"no class folders in {root} (expected {root}/<class>/<image> files)")
     classes = {f.name: list_images(f) for f in folders}

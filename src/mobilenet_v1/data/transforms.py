@@ -15,7 +15,9 @@ from typing import Any
 import torch
 from torchvision.transforms import v2
 
-__all__ = ["Preprocessing", "eval_transform", "float_input", "train_transform"]
+from .images import MAX_ASPECT_RATIO
+
+__all__ = ["LimitAspectRatio", "Preprocessing", "eval_transform", "float_input", "train_transform"]
 _INTERPOLATION = {
     "bilinear": v2.InterpolationMode.BILINEAR,
     "bicubic": v2.InterpolationMode.BICUBIC,
@@ -58,15 +60,42 @@ def eval_transform(preset: Preprocessing, *, to_float: bool = True) -> v2.Compos
     tensor (torchvision's ``ImageClassification`` preset contract); a PIL image is read into
     a uint8 tensor first, so it gives exactly what its tensor gives. With
     ``to_float=False`` the result stays uint8 (what Google's uint8 TFLite models take).
+    An image longer than :data:`~.images.MAX_ASPECT_RATIO` times its width (or the
+    reverse) raises ``ValueError`` before the resize (:class:`LimitAspectRatio`).
     """
     steps: list[Any] = [
         v2.ToImage(),
+        LimitAspectRatio(),
         v2.Resize(preset.resize, interpolation=_INTERPOLATION[preset.interpolation], antialias=True),
         v2.CenterCrop(preset.resolution),
     ]
     if to_float:
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(preset.mean, preset.std)]
     return v2.Compose([*steps, v2.ToPureTensor()])
+
+
+class LimitAspectRatio:
+    """Refuse an image whose aspect ratio is beyond :data:`~.images.MAX_ASPECT_RATIO` (a
+    ``ValueError`` naming its size), and pass any other through unchanged.
+
+    The evaluation preset resizes the shorter side to ``resize``, so the longer one becomes
+    ``resize`` times the aspect ratio: 256 x 16.6 M pixels (12.8 GB) for a 65,000 x 1 image
+    at 1.0/224, at most 256 x 12,800 (9.8 MB as uint8) within the bound. :func:`~.images.load_image`
+    refuses such files from their header; this step guards images given directly (PIL
+    images, arrays, tensors). The training crop needs no guard: it crops before resizing.
+    """
+
+    def __call__(self, image: Any) -> Any:
+        height, width = v2.functional.get_size(image)
+        if min(height, width) >= 1 and max(height, width) > MAX_ASPECT_RATIO * min(height, width):
+            raise ValueError(
+                f"image of {width}x{height} pixels: aspect ratio {max(height, width) / min(height, width):.0f}:1 "
+                f"is beyond the {MAX_ASPECT_RATIO}:1 allowed (its resized shorter side would make the longer one huge)"
+            )
+        return image
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(max={MAX_ASPECT_RATIO})"
 
 
 def float_input(batch: torch.Tensor, preset: Preprocessing) -> torch.Tensor:

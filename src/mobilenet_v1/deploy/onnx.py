@@ -30,7 +30,9 @@ from torch import nn
 from ..data.transforms import Preprocessing
 from ..files import atomic_write
 from ..model import MIN_INPUT_SIZE, MobileNetV1, MobileNetV1Config
+from ..untrusted import parse_json, printable
 from ..weights import LoadedWeights
+from ..weights.io import check_preprocessing
 from .fold import fuse_bn
 
 __all__ = [
@@ -127,19 +129,61 @@ def onnx_session(path: str | Path, threads: int = 2, *, profile: str | None = No
         raise ValueError(f"cannot load ONNX model {path} (truncated or not an ONNX file?): {reason}") from None
 
 
-def read_metadata(source: str | Path | Any) -> dict[str, Any]:
-    """The metadata of an exported file (or open session): preprocessing, labels, config."""
+def read_metadata(source: str | Path | Any, *, name: str | Path | None = None) -> dict[str, Any]:
+    """The metadata of an exported file (or open session, ``name`` naming it in errors):
+    preprocessing, labels, config, dynamic size, and the other strings as they are.
+
+    The file is untrusted input: each JSON value is parsed with bounded size and depth
+    (:func:`~mobilenet_v1.untrusted.parse_json`), the preprocessing is checked as a weights
+    file's is, the labels must be as many strings as the graph has outputs (and the
+    config's ``num_classes`` agree with them), and every string is made printable. Any
+    disagreement is a one-line ``ValueError`` naming the file and the key.
+    """
     session = source if hasattr(source, "get_modelmeta") else onnx_session(source, threads=1)
+    where = str(name if name is not None else source if not hasattr(source, "get_modelmeta") else "ONNX model")
     props = session.get_modelmeta().custom_metadata_map
     meta = {k[len(META_PREFIX) :]: v for k, v in props.items() if k.startswith(META_PREFIX)}
     if "preprocessing" not in meta:
-        raise ValueError("ONNX model has no mobilenet_v1 metadata (was it exported by `mobilenet-v1 export`?)")
-    out: dict[str, Any] = dict(meta)
-    out["preprocessing"] = Preprocessing.from_dict(json.loads(meta["preprocessing"]))
-    out["config"] = json.loads(meta.get("config", "{}"))
-    out["labels"] = json.loads(meta["labels"]) if "labels" in meta else None
-    out["dynamic_size"] = json.loads(meta.get("dynamic_size", "false"))  # files from before the option: static
+        raise ValueError(f"{where}: no mobilenet_v1 metadata (was it exported by `mobilenet-v1 export`?)")
+    out: dict[str, Any] = {printable(k): printable(v) for k, v in meta.items()}
+    out["preprocessing"] = _metadata_preprocessing(where, meta["preprocessing"])
+    config = _metadata_json(where, meta, "config", "{}", dict)
+    labels = _metadata_json(where, meta, "labels", "null", list | None)
+    dynamic = _metadata_json(where, meta, "dynamic_size", "false", bool)  # files from before the option: static
+    num_classes = config.get("num_classes")
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)):
+        raise ValueError(f"{where}: bad 'config' metadata (num_classes must be an integer, got {num_classes!r})")
+    outputs = session.get_outputs()
+    shape = outputs[0].shape if outputs else []
+    width = shape[-1] if shape and isinstance(shape[-1], int) else None  # None: a symbolic size
+    if width is not None and num_classes is not None and num_classes != width:
+        raise ValueError(f"{where}: the metadata says {num_classes} classes, the graph has {width} outputs")
+    if labels is not None:
+        if not all(isinstance(label, str) for label in labels):
+            raise ValueError(f"{where}: bad 'labels' metadata (expected a list of strings)")
+        expected = width if width is not None else num_classes
+        if expected is not None and len(labels) != expected:
+            raise ValueError(f"{where}: {len(labels)} labels in the metadata for the graph's {expected} outputs")
+        labels = [printable(label) for label in labels]
+    out["config"], out["labels"], out["dynamic_size"], out["outputs"] = config, labels, dynamic, width
     return out
+
+
+def _metadata_json(where: str, meta: dict[str, str], key: str, default: str, kind: Any) -> Any:
+    value = parse_json(meta.get(key, default), what=f"{where}: '{key}' metadata", max_depth=2)
+    if not isinstance(value, kind):
+        raise ValueError(f"{where}: bad '{key}' metadata (got a JSON {type(value).__name__})")
+    return value
+
+
+def _metadata_preprocessing(where: str, text: str) -> Preprocessing:
+    data = parse_json(text, what=f"{where}: 'preprocessing' metadata", max_depth=2)
+    try:
+        if not isinstance(data, dict):
+            raise TypeError(f"expected a JSON object, got {type(data).__name__}")
+        return check_preprocessing(Preprocessing.from_dict(data))
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+        raise ValueError(f"{where}: bad 'preprocessing' metadata ({printable(exc)})") from None
 
 
 def dynamic_shapes(dynamic_size: bool = True) -> tuple[dict[int, Any]]:
@@ -275,7 +319,7 @@ class OnnxModel:
     def __init__(self, path: str | Path, threads: int = 2, *, spin: bool = True, metadata: bool = True) -> None:
         self.session = onnx_session(path, threads, spin=spin)
         self.input_name = self.session.get_inputs()[0].name
-        self.metadata = read_metadata(self.session) if metadata else {}
+        self.metadata = read_metadata(self.session, name=path) if metadata else {}
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Logits of a float32 NCHW array."""
@@ -289,6 +333,9 @@ def load_onnx(path: str | Path, threads: int = 2) -> tuple[OnnxModel, LoadedWeig
     """``(model, info)`` like ``weights.load_weights``, from an exported file's metadata."""
     model = OnnxModel(path, threads)
     meta = model.metadata
-    classes = meta["labels"] or [str(i) for i in range(meta["config"].get("num_classes", 0))]
+    count = meta["outputs"] if meta["outputs"] is not None else meta["config"].get("num_classes")
+    if meta["labels"] is None and count is None:
+        raise ValueError(f"{path}: neither labels in the metadata nor a fixed number of outputs in the graph")
+    classes = meta["labels"] if meta["labels"] is not None else [str(i) for i in range(count)]
     strings = {k: v for k, v in meta.items() if isinstance(v, str)}
     return model, LoadedWeights(classes, meta["preprocessing"], strings)

@@ -9,6 +9,8 @@ the same code evaluates our model, Google's interpreter or an exported ONNX mode
 
 from __future__ import annotations
 
+import ast
+import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +25,7 @@ from ..classify import Classifier, top_classes
 from ..data.folders import ImageFolder, find_samples
 from ..data.transforms import Preprocessing, eval_transform, float_input
 
-__all__ = ["EvalResult", "evaluate", "evaluate_folder", "evaluate_samples", "make_loader"]
+__all__ = ["EvalResult", "evaluate", "evaluate_folder", "evaluate_samples", "make_loader", "worker_error"]
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 
@@ -76,6 +78,7 @@ def evaluate(
     from tqdm import tqdm
 
     preds, targets, credit = [], [], []
+    error: BaseException | None = None
     try:
         for images, target in tqdm(
             batches, total=total, file=sys.stderr, disable=None if progress else True, unit="batch"
@@ -86,8 +89,14 @@ def evaluate(
             preds.append(top_classes(logits, 5))
             targets.append(torch.as_tensor(target))
             credit.append(_tie_credit(logits, targets[-1]))
-    except ValueError as exc:  # a DataLoader worker wraps the error with a traceback: keep its last line
-        raise ValueError(str(exc).strip().splitlines()[-1].removeprefix("ValueError: ")) from None
+    except Exception as exc:
+        error = worker_error(exc)
+        if error is None:
+            raise
+        if not isinstance(error, ValueError | OSError):  # a bug: keep the worker's traceback as the cause
+            error.__cause__ = exc
+    if error is not None:  # raised here, once the loader (and its workers) has been released
+        raise error
     return _summarise(torch.cat(preds).numpy(), torch.cat(targets).numpy(), torch.cat(credit).numpy(), folders)
 
 
@@ -125,6 +134,54 @@ def evaluate_folder(
     samples, folders = find_samples(root, classifier.classes, wnids)
     loader = make_loader(ImageFolder(samples, classifier.transform), batch_size, workers)
     return evaluate(classifier.model, loader, folders, ignore=classifier.ignore, progress=progress, total=len(loader))
+
+
+_WORKER_HEADER = re.compile(r"^Caught (\S+) in DataLoader worker process \d+\.")
+
+
+def worker_error(exc: BaseException) -> BaseException | None:
+    """The error a DataLoader worker raised, without the traceback text the loader wraps
+    it in; ``None`` when ``exc`` does not come from a worker.
+
+    The loader re-raises a worker's exception as ``type(exc)("Caught <type> in DataLoader
+    worker process N.\nOriginal Traceback ...\n<type>: <message>")`` (a ``RuntimeError``
+    when the type cannot be built from one string). The result has the worker's type
+    where the loader kept it (``ValueError``, ``OSError`` and its subclasses such as
+    ``FileNotFoundError``, ...) and the last line's message, so that an unreadable file
+    is still one line naming it."""
+    lines = str(exc).strip().splitlines()
+    header = _WORKER_HEADER.match(lines[0]) if lines else None
+    if header is None or len(lines) < 2:
+        return None
+    name, message = header.group(1).rsplit(".", 1)[-1], lines[-1].strip()
+    kind, _, rest = message.partition(": ")
+    if kind.rsplit(".", 1)[-1] == name:  # "ValueError: ..." or "PIL.UnidentifiedImageError: ..."
+        message = rest
+    elif message.rsplit(".", 1)[-1] == name:  # an exception without a message
+        message = ""
+    try:
+        return _os_error(type(exc), message) if isinstance(exc, OSError) else type(exc)(message)
+    except Exception:  # a type that needs other arguments: keep the loader's own
+        return None
+
+
+_ERRNO = re.compile(r"^\[Errno (\d+)\] (.*?)(?:: ('.*'|\".*\"))?$")
+
+
+def _os_error(kind: type[OSError], message: str) -> OSError:
+    """``kind`` rebuilt from its text, ``[Errno 5] Input/output error: 'a.jpg'``, with its
+    errno, reason and file name (so that ``str`` gives the same text)."""
+    match = _ERRNO.match(message)
+    if match is None:
+        return kind(message)
+    code, reason, quoted = match.groups()
+    if quoted is None:
+        return kind(int(code), reason)
+    try:
+        filename = ast.literal_eval(quoted)
+    except (ValueError, SyntaxError):
+        return kind(message)
+    return kind(int(code), reason, filename)
 
 
 def _tie_credit(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

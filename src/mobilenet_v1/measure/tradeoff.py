@@ -6,16 +6,27 @@ what a user choosing a model for a device needs: the latency of each configurati
 *this* machine under a chosen runtime, and (with a data folder) the accuracy of Google's
 weights where they are available. Results are cached per configuration, so a re-run is
 quick; :func:`best_under_budget` picks the most accurate configuration that fits.
+
+The cache (``cache.json``) is a file a user can edit, so it is read as untrusted input:
+at most ``MAX_CACHE_BYTES``, a regular file, bounded JSON. A cache that is not one (not
+JSON, another version) is rebuilt; an entry with missing, extra or mistyped fields,
+values out of range (a negative or non-finite latency, an accuracy outside 0-100), or
+cost and reported accuracies that differ from the ones computed here, is measured again
+(with one warning). Nothing in it can stop the run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
+import stat
 import tempfile
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +35,8 @@ import torch
 from ..cost import model_cost
 from ..data.transforms import Preprocessing
 from ..files import write_text
-from ..model import MobileNetV1
+from ..model import MIN_INPUT_SIZE, MobileNetV1
+from ..untrusted import parse_json
 from ..weights import get_weights, google_config, load_weights, read_wnids
 
 __all__ = ["GRID", "RUNTIMES", "Point", "best_under_budget", "measure_grid", "pareto_front"]
@@ -34,6 +46,7 @@ RESOLUTIONS = (224, 192, 160, 128)
 GRID = tuple((a, r) for a in ALPHAS for r in RESOLUTIONS)
 RUNTIMES = ("onnx-int8", "onnx", "torch")
 CACHE_VERSION = 1
+MAX_CACHE_BYTES = 16 << 20  # ~40,000 entries of ~400 bytes: far more than any grid and settings give
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 
@@ -142,11 +155,82 @@ def _cache_key(alpha: float, resolution: int, settings: dict[str, Any]) -> str:
 
 
 def _load_cache(path: Path) -> dict[str, Any]:
-    try:
-        cache = json.loads(path.read_text())
-    except (OSError, ValueError):
+    """The cache in ``path``, ``{"version": ..., "points": {key: entry}}``, keeping only
+    well-formed entries (:func:`_entry_problem`); empty when there is none or it is not a
+    cache. A path that is not a regular file, or a file too large to be a cache, is
+    refused (``ValueError``): it would be overwritten, and reading a FIFO would block."""
+    try:  # non-blocking: opening a FIFO for reading would wait for a writer
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
         return {}
-    return cache if isinstance(cache, dict) and cache.get("version") == CACHE_VERSION else {}
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"tradeoff cache {path} is not a regular file")
+        if info.st_size > MAX_CACHE_BYTES:
+            raise ValueError(
+                f"tradeoff cache {path} is {info.st_size} bytes, more than a cache can be ({MAX_CACHE_BYTES}): "
+                "move it away or give another --output"
+            )
+        raw = f.read(MAX_CACHE_BYTES + 1)
+    try:
+        cache = parse_json(raw, what=f"tradeoff cache {path}", max_bytes=MAX_CACHE_BYTES, max_depth=4)
+    except ValueError as exc:
+        warnings.warn(f"{exc}: rebuilding it", RuntimeWarning, stacklevel=3)
+        return {}
+    if not isinstance(cache, dict) or cache.get("version") != CACHE_VERSION:
+        return {}  # an older cache format (or not a cache): rebuilt
+    entries = cache.get("points", {})
+    if not isinstance(entries, dict):
+        warnings.warn(f"tradeoff cache {path}: 'points' is not an object: rebuilding it", RuntimeWarning, stacklevel=3)
+        entries = {}
+    kept = {key: entry for key, entry in entries.items() if _entry_problem(entry) is None}
+    if len(kept) < len(entries):
+        first = next(key for key in entries if key not in kept)
+        warnings.warn(
+            f"tradeoff cache {path}: {len(entries) - len(kept)} malformed entries are measured again "
+            f"(e.g. {first[:32]!r}: {_entry_problem(entries[first])})",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return {"version": CACHE_VERSION, "points": kept}
+
+
+_POINT_FIELDS = {f.name: f.type for f in fields(Point)}
+
+
+def _entry_problem(entry: Any) -> str | None:
+    """Why a cache entry cannot be a :class:`Point`, or ``None`` if it can: exactly the
+    point's fields, each of its type and in its range."""
+    if not isinstance(entry, dict):
+        return f"not an object but {type(entry).__name__}"
+    if set(entry) != set(_POINT_FIELDS):
+        missing, extra = set(_POINT_FIELDS) - set(entry), set(entry) - set(_POINT_FIELDS)
+        return f"missing {sorted(missing)}, unexpected {sorted(map(str, extra))[:5]}"
+    for name, value in entry.items():
+        if name == "imagenette_top1" and value is None:
+            continue
+        whole = name in ("resolution", "mult_adds", "params")
+        number = isinstance(value, int) if whole else isinstance(value, int | float) and math.isfinite(value)
+        low, high = (MIN_INPUT_SIZE if name == "resolution" else 0), (100 if "top1" in name else math.inf)
+        if isinstance(value, bool) or not number or not low <= value <= high:
+            return f"{name} = {str(value)[:40]!r} is out of range or of the wrong type"
+    return None
+
+
+def _matches(point: Point, alpha: float, resolution: int) -> bool:
+    """Whether a cached point is this configuration's: its alpha and resolution, its
+    exact cost and Google's reported accuracies (all computed here, none measured)."""
+    if (point.alpha, point.resolution) != (alpha, resolution):
+        return False
+    cost = model_cost(google_config(alpha), resolution)
+    quant, float_ = (get_weights(f"mobilenet_v1_{alpha}_{resolution}{s}").value for s in ("_quant", ""))
+    return (point.mult_adds, point.params, point.google_top1_float, point.google_top1_quant) == (
+        cost.mult_adds,
+        cost.params,
+        float_.google_top1,
+        quant.google_top1,
+    )
 
 
 def measure_grid(
@@ -178,11 +262,15 @@ def measure_grid(
     cache = _load_cache(cache_file) if cache_file else {}
     entries = cache.setdefault("points", {})
     cache["version"] = CACHE_VERSION
+    stale = []
     points = []
     bar = tqdm(grid, desc=f"trade-off ({runtime}, {threads} threads)", unit="config", disable=not progress)
     for alpha, resolution in bar:
         bar.set_postfix_str(f"{alpha:g}/{resolution}")
         key = _cache_key(alpha, resolution, settings)
+        if key in entries and not _matches(Point(**entries[key]), alpha, resolution):
+            stale.append(f"{alpha:g}/{resolution}")
+            del entries[key]
         if key not in entries:
             entries[key] = _measure_one(
                 alpha, resolution, runtime, threads, data, calibration, limit_per_class, runs, download
@@ -190,6 +278,13 @@ def measure_grid(
             if cache_file:
                 write_text(cache_file, json.dumps(cache, indent=2), make_parents=True)
         points.append(Point(**entries[key]))
+    if stale:
+        warnings.warn(
+            f"tradeoff cache {cache_file}: the entries of {', '.join(stale)} did not match their configuration's "
+            "cost or reported accuracy and were measured again",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return points
 
 

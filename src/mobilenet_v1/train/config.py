@@ -1,22 +1,43 @@
 """The settings of a training run, the two recipes, and their validation.
 
-Everything is checked here, before a run writes anything: a bad value is one
-``ValueError`` naming it (the CLI turns it into one line, exit code 2).
+Everything is checked here, before a run writes anything: a bad value, or a value of
+the wrong type (from the Python API or a hand-edited ``config.json``), is one
+``ValueError`` naming it (the CLI turns it into one line, exit code 2). Numbers are
+stored as plain ``int``/``float`` and paths as ``str``, so the settings always save as
+JSON. :data:`FIXED_AT_START` lists the settings a resumed run may not change, and
+:func:`check_device` the device a run may use on this machine.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import numbers
+import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from ..files import write_text
 from ..model import validate_alpha, validate_input_size
 from .optim import OPTIMIZERS
 
-__all__ = ["PRECISIONS", "RECIPES", "SCRATCH_ALPHA", "SCRATCH_RESOLUTION", "Recipe", "TrainConfig", "default"]
+__all__ = [
+    "DEVICE_TYPES",
+    "FIXED_AT_START",
+    "MAX_SEED",
+    "PRECISIONS",
+    "RECIPES",
+    "SCRATCH_ALPHA",
+    "SCRATCH_RESOLUTION",
+    "Recipe",
+    "TrainConfig",
+    "changed_fixed_settings",
+    "check_device",
+    "default",
+]
 
 PRECISIONS = ("fp32", "bf16", "amp")
 
@@ -46,6 +67,27 @@ FINETUNE_LR_FACTOR = 0.1
 # From scratch, without --alpha/--resolution: the paper's base model (Table 1).
 SCRATCH_ALPHA = 1.0
 SCRATCH_RESOLUTION = 224
+# Seeds go to torch.Generator.manual_seed as seed + epoch, which must fit in 64 bits.
+MAX_SEED = 2**63 - 1
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+# Settings fixed at the start of a run: a resume that changed one would continue the
+# checkpoint's training with another model, another split of the data or another
+# optimizer state. Everything else (epochs, lr, workers, device, ...) may change.
+FIXED_AT_START: dict[str, str] = {
+    "seed": "the split into training and validation images, the data order and the augmentation",
+    "val_fraction": "the split into training and validation images",
+    "alpha": "the model's width",
+    "resolution": "the input size",
+    "weights": "the starting weights",
+    "dropout": "the model",
+    "freeze_backbone": "which parameters train",
+    "ema": "the evaluated and saved model (EMA)",
+    "ema_decay": "the evaluated and saved model (EMA)",
+    "recipe": "the optimizer and the schedule",
+    "optimizer": "the optimizer state",
+    "batch_size": "the steps of an epoch and the schedule",
+}
 
 
 @dataclass(frozen=True)
@@ -82,36 +124,48 @@ class TrainConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.recipe not in RECIPES:
-            raise ValueError(f"unknown recipe {self.recipe!r}; choose from {', '.join(RECIPES)}")
-        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}")
+        for name in ("data", "output"):
+            self._set(name, _check_path(name, getattr(self, name)))
+        if self.weights is not None:
+            self._set("weights", _check_path("weights", self.weights))
+        for name, choices in (("recipe", RECIPES), ("optimizer", OPTIMIZERS), ("precision", PRECISIONS)):
+            value = getattr(self, name)
+            if (value is not None or name != "optimizer") and (not isinstance(value, str) or value not in choices):
+                raise ValueError(f"unknown {name} {value!r}; choose from {', '.join(choices)}")
         if self.alpha is not None:
-            validate_alpha(self.alpha)
+            self._set("alpha", validate_alpha(_plain_number(self.alpha)))
         if self.resolution is not None:
             validate_input_size(self.resolution)
-        _check_int("epochs", self.epochs, 1)
-        _check_int("batch_size", self.batch_size, 1)
-        _check_int("workers", self.workers, 0)
-        _check_int("worker_nice", self.worker_nice, 0)
+            if isinstance(self.resolution, (tuple, list)):
+                raise ValueError(f"resolution must be one integer (a square input), got {self.resolution!r}")
+        for name, minimum in (("epochs", 1), ("batch_size", 1), ("workers", 0), ("worker_nice", 0)):
+            self._set(name, _check_int(name, getattr(self, name), minimum))
+        self._set("checkpoint_steps", _check_int("checkpoint_steps", self.checkpoint_steps, 0))
+        self._set("seed", _check_int("seed", self.seed, 0))
+        if self.seed > MAX_SEED:
+            raise ValueError(f"seed must be an integer in [0, 2**63 - 1], got {self.seed!r}")
         if self.worker_nice > 19:
             raise ValueError(f"worker_nice must be at most 19 (the lowest priority), got {self.worker_nice!r}")
-        _check_int("checkpoint_steps", self.checkpoint_steps, 0)
+        for name in ("freeze_backbone", "worker_idle", "ema", "channels_last", "sync_bn"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.lr is not None:
-            _check_positive("lr", self.lr)
-        _check_positive("checkpoint_minutes", self.checkpoint_minutes)
-        for name in ("weight_decay", "warmup_epochs", "label_smoothing"):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
-        if not 0 < self.ema_decay < 1:
-            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay!r}")
+            self._set("lr", _check_positive("lr", self.lr))
+        self._set("checkpoint_minutes", _check_positive("checkpoint_minutes", self.checkpoint_minutes))
+        for name in ("weight_decay", "warmup_epochs"):
+            self._set(name, _check_range(name, getattr(self, name), ">= 0", lambda v: v >= 0))
+        if self.label_smoothing is not None:  # torch's cross-entropy takes [0, 1]; 1 would learn nothing
+            self._set(
+                "label_smoothing",
+                _check_range("label_smoothing", self.label_smoothing, "in [0, 1)", lambda v: 0 <= v < 1),
+            )
+        self._set("dropout", _check_range("dropout", self.dropout, "in [0, 1)", lambda v: 0 <= v < 1))
+        self._set("val_fraction", _check_range("val_fraction", self.val_fraction, "in (0, 1)", lambda v: 0 < v < 1))
+        self._set("ema_decay", _check_range("ema_decay", self.ema_decay, "in (0, 1)", lambda v: 0 < v < 1))
+        self._set("device", _check_device_name(self.device))
+
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)  # normalise a frozen field (e.g. a Path to str)
 
     @property
     def recipe_defaults(self) -> Recipe:
@@ -139,14 +193,59 @@ class TrainConfig:
         write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
+    def from_dict(cls, data: object, source: str | Path) -> TrainConfig:
+        """Settings saved by :meth:`to_dict` (in ``config.json`` or a checkpoint); anything
+        malformed is one ``ValueError`` naming ``source``. Unknown keys are ignored."""
+        if not isinstance(data, dict):
+            raise ValueError(f"bad run settings in {source}: expected a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        missing = [name for name in ("data", "output") if name not in data]
+        if missing:
+            raise ValueError(f"bad run settings in {source}: no {missing[0]!r}")
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ValueError(f"bad run settings in {source}: {exc}") from None
+
+    @classmethod
     def load(cls, path: Path, **overrides: Any) -> TrainConfig:
         try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"cannot read run settings {path}: {exc}") from None
-        known = {f.name for f in fields(cls)}
-        config = cls(**{k: v for k, v in data.items() if k in known})
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+            raise ValueError(f"cannot read run settings {path}: {reason}") from None
+        config = cls.from_dict(data, path)
         return replace(config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def changed_fixed_settings(saved: TrainConfig, overrides: dict[str, Any]) -> list[str]:
+    """The settings of :data:`FIXED_AT_START` that ``overrides`` (``None``: not given) would
+    change, as ``"seed 0 -> 7 (the split ...)"``; the one place a resume checks them."""
+    changed = []
+    for name, meaning in FIXED_AT_START.items():
+        value = overrides.get(name)
+        if value is not None and value != getattr(saved, name):
+            changed.append(f"{name} {getattr(saved, name)!r} -> {value!r} ({meaning})")
+    return changed
+
+
+def check_device(name: str) -> torch.device:
+    """The device ``name`` ("auto", "cpu", "cuda", "cuda:N", "mps") on this machine, or a
+    ``ValueError`` when it is not a device or not available here (checked before a run
+    writes anything; "auto" is CUDA when available, else the CPU)."""
+    name = _check_device_name(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: CUDA is not available on this machine (use --device cpu)")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device {name!r}: this machine has {count} CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r}: MPS is not available on this machine (use --device cpu)")
+    return device
 
 
 def default(name: str) -> Any:
@@ -154,11 +253,55 @@ def default(name: str) -> Any:
     return next(f.default for f in fields(TrainConfig) if f.name == name)
 
 
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
 
 
-def _check_positive(name: str, value: object) -> None:
+def _plain_number(value: object) -> object:
+    """A NumPy or other real number as a plain ``float`` (bools and non-numbers unchanged)."""
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
+        return float(value)
+    return value
+
+
+def _check_range(name: str, value: object, where: str, inside: Any) -> float:
+    """``value`` as a float if it is a finite number ``inside`` (described by ``where``)."""
+    value = _plain_number(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and inside(value)):
+        raise ValueError(f"{name} must be a finite number {where}, got {value!r}")
+    return float(value)
+
+
+def _check_positive(name: str, value: object) -> float:
+    value = _plain_number(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _check_path(name: str, value: object) -> str:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise ValueError(f"{name} must be a path or name, got {value!r}")
+    return value
+
+
+def _check_device_name(name: object) -> str:
+    """``name`` if it parses as a device of :data:`DEVICE_TYPES` (or is "auto")."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    if name == "auto":
+        return name
+    hint = f"use auto, {', '.join(DEVICE_TYPES)} or cuda:N"
+    if not isinstance(name, str):
+        raise ValueError(f"device must be a name ({hint}), got {name!r}")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"unknown device {name!r}; {hint}") from None
+    if device.type not in DEVICE_TYPES:
+        raise ValueError(f"unsupported device {name!r} for training; {hint}")
+    return name

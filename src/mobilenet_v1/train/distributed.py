@@ -24,7 +24,16 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
-from .torchrun import TIMEOUT_ENV, DistEnv, attempt_store, dist_timeout, env_int, read_env, wait_for_endpoint
+from .torchrun import (
+    TIMEOUT_ENV,
+    DistEnv,
+    attempt_store,
+    dist_timeout,
+    env_int,
+    read_env,
+    restart_count,
+    wait_for_endpoint,
+)
 
 __all__ = [
     "TIMEOUT_ENV",
@@ -80,7 +89,9 @@ def init_distributed(device: torch.device | str) -> DistEnv:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
-    host, port = os.environ["MASTER_ADDR"], env_int(os.environ, "MASTER_PORT")
+    host, port = os.environ["MASTER_ADDR"], env_int(os.environ, "MASTER_PORT", minimum=1, maximum=65535)
+    if not host.strip():
+        raise ValueError("environment variable MASTER_ADDR is empty: set it to rank 0's host name or address")
     endpoint = f"{host}:{port}"
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun's store is up
     if env.rank != 0 and not agent_store:
@@ -212,7 +223,7 @@ def restarted_by_torchrun(env: DistEnv) -> bool:
     another node failed keeps its count), so the largest ``TORCHELASTIC_RESTART_COUNT``
     over all ranks decides, the same answer on every rank.
     """
-    count = torch.tensor([int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))])
+    count = torch.tensor([restart_count()])
     if env.is_distributed:
         dist.all_reduce(count, op=dist.ReduceOp.MAX)  # a CPU tensor: gloo, also in a CUDA group
     return int(count) > 0

@@ -1,15 +1,22 @@
 """The steps before the first training step: check the run, build the model and the loaders.
 
-``prepare_run`` validates everything (data folder, settings, resume folder) before any
-file is written, so a mistake never clobbers an existing run. ``build_model`` starts from
-scratch or from pretrained weights; with weights, the classifier is replaced for the
-folder's classes, keeping the rows of classes the old head already knew (Google's
-1001-output models: ImageNet class k is row k + 1, row 0 is "background").
+``prepare_run`` validates everything (data folder, settings, device, resume folder and
+its files) before any file is written, so a mistake never clobbers an existing run: a
+run folder owned by a live process is refused (:func:`.runlock.check_not_running`),
+so is a run folder inside the data folder (its files would become a class of the next
+run) or the data folder inside it, and a resume that would change a setting fixed at
+the start of the run (:data:`.config.FIXED_AT_START`: the split seed, the model, ...).
+
+``build_model`` starts from scratch or from pretrained weights; with weights, the
+classifier is replaced for the folder's classes, keeping the rows of classes the old
+head already knew (Google's 1001-output models: ImageNet class k is row k + 1, row 0 is
+"background").
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import os
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +27,16 @@ from ..data.folders import DataSplit, load_splits
 from ..data.transforms import Preprocessing
 from ..model import MobileNetV1
 from ..weights import load_weights, read_wnids
-from .checkpoint import LAST, find_checkpoint, load_checkpoint
-from .config import SCRATCH_ALPHA, SCRATCH_RESOLUTION, TrainConfig
+from .checkpoint import LAST, check_checkpoint, find_checkpoint, load_checkpoint
+from .config import (
+    FIXED_AT_START,
+    SCRATCH_ALPHA,
+    SCRATCH_RESOLUTION,
+    TrainConfig,
+    changed_fixed_settings,
+    check_device,
+)
+from .runlock import LOCK, check_not_running
 
 __all__ = ["RunPlan", "adapt_head", "build_model", "prepare_run"]
 
@@ -39,32 +54,76 @@ class RunPlan:
 def prepare_run(config: TrainConfig | None, resume: str | None = None, **overrides: Any) -> RunPlan:
     """Check a new run (``config``) or a run to resume (``resume`` folder + ``overrides``)."""
     if resume is not None:
+        unknown = sorted(set(overrides) - {f.name for f in fields(TrainConfig)})
+        if unknown:
+            raise ValueError(f"unknown setting {unknown[0]!r} to resume with")
         return _prepare_resume(Path(resume), overrides)
-    assert config is not None
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"prepare_run needs a TrainConfig or a folder to resume, got {config!r}")
     run_dir = Path(config.output)
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+    _check_folders(config, run_dir)
+    stale_lock = check_not_running(run_dir)
+    if run_dir.exists() and (not run_dir.is_dir() or any(_counts(p, stale_lock) for p in run_dir.iterdir())):
         raise FileExistsError(f"output folder {run_dir} already exists and is not empty (use --resume {run_dir})")
+    _check_creatable(run_dir)
     split = _load_data(config)
     return RunPlan(config, split, run_dir, None)
 
 
+def _counts(entry: Path, stale_lock: bool) -> bool:
+    """Whether ``entry`` makes a run folder non-empty (a stale lock alone does not)."""
+    return not (stale_lock and entry.name == LOCK)
+
+
 def _prepare_resume(run_dir: Path, overrides: dict[str, Any]) -> RunPlan:
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder to resume not found: {run_dir}")
+    check_not_running(run_dir)
     settings = run_dir / "config.json"
     if not (run_dir / LAST).is_file() and settings.is_file():
-        # Killed before its first checkpoint (config.json is written first): run it again from the start.
+        # Killed before its first checkpoint (config.json is written first): run it again from
+        # the start. Nothing was trained yet, so every setting may still change.
         config = replace(TrainConfig.load(settings, **overrides), output=str(run_dir))
+        _check_folders(config, run_dir)
         return RunPlan(config, _load_data(config), run_dir, None)
-    checkpoint = load_checkpoint(find_checkpoint(run_dir))
-    saved = TrainConfig(**checkpoint["config"])
-    for key in ("alpha", "resolution", "weights", "recipe", "batch_size"):
-        value = overrides.pop(key, None)
-        if value is not None and value != getattr(saved, key):
-            raise ValueError(f"the checkpoint in {run_dir} has {key} {getattr(saved, key)!r}, not {value!r}")
-    config = replace(saved, output=str(run_dir), **{k: v for k, v in overrides.items() if v is not None})
+    path = find_checkpoint(run_dir)
+    checkpoint = check_checkpoint(load_checkpoint(path), path)
+    saved = TrainConfig.from_dict(checkpoint["config"], path)
+    changed = changed_fixed_settings(saved, overrides)
+    if changed:
+        raise ValueError(f"cannot resume {run_dir} with a changed setting fixed at its start: {'; '.join(changed)}")
+    given = {k: v for k, v in overrides.items() if v is not None and k not in FIXED_AT_START}
+    config = replace(saved, output=str(run_dir), **given)
+    _check_folders(config, run_dir)
     split = _load_data(config)
     if split.classes != checkpoint["classes"]:
         raise ValueError(f"the classes in {config.data} differ from those of the run in {run_dir}")
     return RunPlan(config, split, run_dir, checkpoint)
+
+
+def _check_folders(config: TrainConfig, run_dir: Path) -> None:
+    """The device exists here, and the run folder and the data folder do not hold each other."""
+    check_device(config.device)
+    out, data = run_dir.resolve(), Path(config.data).resolve()
+    if out == data or data in out.parents:
+        where = "is the data folder" if out == data else f"is inside the data folder {config.data}"
+        raise ValueError(
+            f"run folder {run_dir} {where}: its files would become a class of the next run; "
+            "choose an --output outside --data"
+        )
+    if out in data.parents:
+        raise ValueError(f"data folder {config.data} is inside the run folder {run_dir}; move one out of the other")
+
+
+def _check_creatable(run_dir: Path) -> None:
+    """The run folder (or its nearest existing parent) is a writable folder."""
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise FileNotFoundError(f"cannot create run folder {run_dir}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot create run folder {run_dir}: {existing} is not writable")
 
 
 def _load_data(config: TrainConfig) -> DataSplit:

@@ -4,6 +4,10 @@ torchrun (or a user starting processes by hand, one per node) sets ``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; without them training
 is a single process. ``distributed.init_distributed`` uses these helpers to join the
 group with a bounded wait (``MOBILENET_V1_DIST_TIMEOUT``).
+
+Every value read from the environment is checked where it is read: a bad one is a
+one-line ``ValueError`` naming the variable and quoting (at most 40 characters of) its
+value, never an ``OverflowError`` or a wait that cannot end.
 """
 
 from __future__ import annotations
@@ -19,17 +23,24 @@ import torch.distributed as dist
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
+    "MAX_TIMEOUT_S",
     "TIMEOUT_ENV",
     "DistEnv",
     "attempt_store",
     "dist_timeout",
     "env_int",
     "read_env",
+    "restart_count",
     "wait_for_endpoint",
 ]
 
 TIMEOUT_ENV = "MOBILENET_V1_DIST_TIMEOUT"
+RESTART_ENV = "TORCHELASTIC_RESTART_COUNT"
 DEFAULT_TIMEOUT_S = 600.0  # torchrun's own rendezvous join timeout
+# A week: far beyond any rendezvous or collective wait, and well inside what timedelta
+# and the C++ store's millisecond timeouts can hold (1e300 s overflowed timedelta).
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+MAX_INT32 = 2**31 - 1  # ranks, world sizes and counts are C ints in torch.distributed
 
 
 @dataclass(frozen=True)
@@ -50,12 +61,24 @@ class DistEnv:
         return self.world_size > 1
 
 
-def env_int(environ: Mapping[str, str], name: str) -> int:
+def _shown(value: str) -> str:
+    """An environment value as quoted in a message: ``repr`` (control characters escaped),
+    at most 40 characters of it."""
+    return repr(value if len(value) <= 40 else value[:40] + "...")
+
+
+def env_int(environ: Mapping[str, str], name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """The integer in ``environ[name]``, within ``[minimum, maximum]`` where given."""
     value = environ[name]
     try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
+        number = int(value)
+    except ValueError:  # not an integer, or more digits than int() converts
+        raise ValueError(f"environment variable {name} must be an integer, got {_shown(value)}") from None
+    if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+        low = "" if minimum is None else f" >= {minimum}"
+        high = "" if maximum is None else f"{' and' if low else ''} <= {maximum}"
+        raise ValueError(f"environment variable {name} must be an integer{low}{high}, got {_shown(value)}")
+    return number
 
 
 def read_env(environ: Mapping[str, str] | None = None) -> DistEnv:
@@ -70,8 +93,8 @@ def read_env(environ: Mapping[str, str] | None = None) -> DistEnv:
     if len(present) == 1:
         missing = "WORLD_SIZE" if present == ["RANK"] else "RANK"
         raise ValueError(f"{present[0]} is set but {missing} is not: launch with torchrun or set both")
-    rank, world_size = env_int(environ, "RANK"), env_int(environ, "WORLD_SIZE")
-    local_rank = env_int(environ, "LOCAL_RANK") if "LOCAL_RANK" in environ else rank
+    rank, world_size = env_int(environ, "RANK", maximum=MAX_INT32), env_int(environ, "WORLD_SIZE", maximum=MAX_INT32)
+    local_rank = env_int(environ, "LOCAL_RANK", maximum=MAX_INT32) if "LOCAL_RANK" in environ else rank
     if world_size < 1:
         raise ValueError(f"WORLD_SIZE must be >= 1, got {world_size}")
     if not 0 <= rank < world_size:
@@ -90,8 +113,17 @@ def dist_timeout(environ: Mapping[str, str] | None = None) -> timedelta:
     except ValueError:
         seconds = float("nan")
     if not seconds > 0 or seconds == float("inf"):
-        raise ValueError(f"{TIMEOUT_ENV} must be a positive number of seconds, got {raw!r}")
+        raise ValueError(f"{TIMEOUT_ENV} must be a positive number of seconds, got {_shown(raw)}")
+    if seconds > MAX_TIMEOUT_S:
+        raise ValueError(f"{TIMEOUT_ENV} must be at most {MAX_TIMEOUT_S:g} seconds (a week), got {_shown(raw)}")
     return timedelta(seconds=seconds)
+
+
+def restart_count(environ: Mapping[str, str] | None = None) -> int:
+    """torchrun's ``TORCHELASTIC_RESTART_COUNT`` (0 when unset): how often this node's
+    agent restarted the group."""
+    environ = os.environ if environ is None else environ
+    return env_int(environ, RESTART_ENV, minimum=0, maximum=MAX_INT32) if environ.get(RESTART_ENV, "") != "" else 0
 
 
 def wait_for_endpoint(host: str, port: int, timeout: float, env: DistEnv) -> None:
@@ -120,8 +152,8 @@ def attempt_store(host: str, port: int, timeout: timedelta) -> dist.Store | None
     agents' counts can differ, so there we rely on ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``
     (a fresh store per round, see docs/distributed.md).
     """
-    if os.environ.get("GROUP_WORLD_SIZE", "1") != "1":
+    if "GROUP_WORLD_SIZE" in os.environ and env_int(os.environ, "GROUP_WORLD_SIZE", minimum=1) != 1:
         return None
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    attempt = restart_count()
     client = dist.TCPStore(host, port, is_master=False, timeout=timeout)
     return dist.PrefixStore(f"mobilenet_v1/attempt_{attempt}/", client)

@@ -10,6 +10,11 @@ the data order and augmentation of a sample depend only on ``(seed, epoch, index
 a run killed at any point and resumed from its last checkpoint ends with the same
 weights as an uninterrupted run. Ctrl-C (SIGINT) saves a checkpoint after the current
 step and stops.
+
+Nothing is written before every check has passed: ``train`` builds the whole trainer
+(model, weights, loaders, optimizer, the checkpoint's state) first, then takes the run
+folder's lock (:class:`.runlock.RunLock`, rank 0 only under torchrun), then writes
+``config.json``; the lock is released however the run ends.
 """
 
 from __future__ import annotations
@@ -33,12 +38,22 @@ from ..files import write_text
 from ..weights import save_safetensors
 from . import distributed as dist
 from .accel import accelerate
-from .checkpoint import BEST, LAST, Progress, atomic_save, capture_rng, restore_rng, test_signal_from_env
+from .checkpoint import (
+    BEST,
+    LAST,
+    Progress,
+    atomic_save,
+    capture_rng,
+    restore_rng,
+    test_signal_from_env,
+)
+from .config import check_device
 from .loaders import build_loaders
 from .optim import build_optimizer, exponential_decay, warmup_cosine
 from .outputs import TensorBoard, format_row, model_metadata, plot_curves, write_metrics
+from .runlock import LOCK, RunLock
 from .setup import RunPlan, build_model
-from .validate import autocast_for, evaluate, resolve_device
+from .validate import autocast_for, evaluate
 
 __all__ = ["Trainer", "train"]
 
@@ -105,6 +120,8 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a checkpoint (structure checked by ``check_checkpoint``); state that does
+        not fit this run's model, optimizer or schedule is one ``ValueError``."""
         try:
             self.model_without_ddp.load_state_dict(state["model"])
             if self.ema is not None and state["ema"] is not None:
@@ -112,11 +129,16 @@ class Trainer:
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
             raise ValueError(f"checkpoint does not match the model of this run: {first}") from None
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        restore_rng(state["rng"])
-        self.progress = Progress(**state["progress"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            if state["scaler"]:  # empty: saved by a disabled scaler (not fp16 AMP on CUDA)
+                self.scaler.load_state_dict(state["scaler"])
+            restore_rng(state["rng"])
+            self.progress = Progress.from_dict(state["progress"])
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ValueError(f"the checkpoint in {self.run_dir} does not fit this run: {first}") from None
 
     def save_checkpoint(self, *, best: bool = False) -> None:
         if not self.env.is_main:
@@ -165,22 +187,24 @@ class Trainer:
         )
         start = last = time.monotonic()
         images_done = 0
-        for images, labels, skipped in self.train_loader:
-            p.skipped_images += skipped
-            if len(labels):
-                self.train_step(images, labels)
-            images_done += len(labels)
-            p.step_in_epoch += 1
-            p.global_step += 1
-            now = time.monotonic()
-            p.train_seconds += now - last
-            last = now
-            bar.set_postfix(self._postfix(images_done / max(now - start, 1e-9)), refresh=False)
-            bar.update()
-            self.after_step()
-            if self.stop_requested:
-                break
-        bar.close()
+        try:
+            for images, labels, skipped in self.train_loader:
+                p.skipped_images += skipped
+                if len(labels):
+                    self.train_step(images, labels)
+                images_done += len(labels)
+                p.step_in_epoch += 1
+                p.global_step += 1
+                now = time.monotonic()
+                p.train_seconds += now - last
+                last = now
+                bar.set_postfix(self._postfix(images_done / max(now - start, 1e-9)), refresh=False)
+                bar.update()
+                self.after_step()
+                if self.stop_requested:
+                    break
+        finally:
+            bar.close()  # also on an error, whose one line then starts a line of its own
 
     def _postfix(self, images_per_s: float) -> dict[str, str]:
         p = self.progress
@@ -296,16 +320,49 @@ class Trainer:
 
 
 def train(plan: RunPlan) -> dict[str, Any]:
-    """Run a checked plan (see ``train_setup.prepare_run``) to the end; returns its summary."""
-    device = resolve_device(plan.config.device)
+    """Run a checked plan (see ``setup.prepare_run``) to the end; returns its summary.
+
+    The trainer is built before anything is written; rank 0 then owns the run folder
+    (its lock) until the run ends, however it ends. A new run that fails before its
+    ``config.json`` leaves no folder behind."""
+    device = check_device(plan.config.device)
     env = dist.init_distributed(device)
     try:
         device = dist.local_device(device, env)
         trainer = Trainer(plan, env, device)
-        if env.is_main:
-            plan.run_dir.mkdir(parents=True, exist_ok=True)
-            plan.config.save(plan.run_dir / "config.json")
-            write_text(plan.run_dir / "classes.json", json.dumps(plan.split.classes, indent=2) + "\n")
-        return trainer.fit()
+        created = not plan.run_dir.exists()
+        lock: RunLock | None = None
+        with dist.fail_together(env, "lock the run folder"):
+            if env.is_main:
+                lock = RunLock.acquire(plan.run_dir)
+        try:
+            with dist.fail_together(env, "start the run"):
+                if env.is_main:
+                    _start_run(plan)
+            return trainer.fit()
+        finally:
+            if lock is not None:
+                lock.release()
+                if created:
+                    _remove_if_empty(plan.run_dir)
     finally:
         dist.cleanup(env)
+
+
+def _start_run(plan: RunPlan) -> None:
+    """Write the run's settings and classes; a new run's folder must hold nothing else
+    (another run may have started there since ``prepare_run`` looked)."""
+    if plan.checkpoint is None and not (plan.run_dir / "config.json").exists():
+        others = sorted(p.name for p in plan.run_dir.iterdir() if p.name != LOCK)
+        if others:
+            raise FileExistsError(f"output folder {plan.run_dir} is not empty any more ({others[0]} appeared)")
+    plan.config.save(plan.run_dir / "config.json")
+    write_text(plan.run_dir / "classes.json", json.dumps(plan.split.classes, indent=2) + "\n")
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove a run folder this run created if nothing was written to it."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # not empty: the run's files stay

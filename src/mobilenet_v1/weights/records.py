@@ -25,6 +25,7 @@ from torchvision.models._meta import _IMAGENET_CATEGORIES
 
 from ..data.transforms import Preprocessing, eval_transform
 from ..model import MobileNetV1, MobileNetV1Config
+from ..untrusted import printable
 from .download import Source, fetch
 
 __all__ = [
@@ -157,15 +158,32 @@ class WeightsRecord:
 
 
 def read_labels(*, download: bool = True, progress: bool = False) -> list[str]:
-    """The 1001 class names of Google's models (``background`` first)."""
-    return fetch(LABELS, download=download, progress=progress).read_text().splitlines()
+    """The 1001 class names of Google's models (``background`` first), made printable
+    (:func:`~mobilenet_v1.untrusted.printable`) as any text read from a file."""
+    text = fetch(LABELS, download=download, progress=progress).read_text(encoding="utf-8", errors="replace")
+    return [printable(line) for line in text.splitlines()]
 
 
-def read_wnids() -> list[str] | None:
+def read_wnids(path: Path | None = None) -> list[str] | None:
     """The 1000 ImageNet WordNet ids in class order, from the cache or data directory
-    (Google publishes no copy to download); ``None`` when neither has one."""
-    try:
-        wnids = fetch(Source("", WNIDS_FILE), download=False).read_text().split()
-    except FileNotFoundError:
-        return None
-    return wnids if len(wnids) == 1000 else None
+    (Google publishes no copy to download); ``None`` when neither has one. ``path``: a
+    file of the user's instead (one id per line, at most 1 MiB, ids made printable)."""
+    if path is None:
+        try:
+            path = fetch(Source("", WNIDS_FILE), download=False)
+        except FileNotFoundError:
+            return None
+        wnids = _read_ids(path)
+        return wnids if len(wnids) == 1000 else None
+    if not path.is_file():
+        raise FileNotFoundError(f"WordNet id file not found: {printable(path)}")
+    wnids = _read_ids(path)
+    if not wnids:
+        raise ValueError(f"no WordNet ids in {printable(path)}")
+    return wnids
+
+
+def _read_ids(path: Path, max_bytes: int = 1 << 20) -> list[str]:
+    if path.stat().st_size > max_bytes:
+        raise ValueError(f"{printable(path)}: more than {max_bytes} bytes: not a list of WordNet ids")
+    return [printable(w) for w in path.read_text(encoding="utf-8", errors="replace").split()]

@@ -190,10 +190,10 @@ class MobileNetV1Weights(WeightsEnum):
 
     def get_state_dict(self, progress: bool = True, check_hash: bool = True) -> dict[str, torch.Tensor]:
         """The state dict of ``MobileNetV1(self.value.config)`` for these weights, through
-        :func:`~.checkpoint.load_record` (the converted cache, else the ``.tflite`` found
-        locally or downloaded, with a tqdm bar on stderr while it downloads when
-        ``progress``). Files are checked against their sha256 wherever one is recorded, so
-        ``check_hash`` (torchvision's builders pass ``True``) changes nothing."""
+        :func:`~.google.load_record` (converted from the ``.tflite`` found locally or
+        downloaded, with a tqdm bar on stderr while it downloads when ``progress``). Files
+        are checked against their sha256 wherever one is recorded, so ``check_hash``
+        (torchvision's builders pass ``True``) changes nothing."""
         model, _ = load_record(self.value, download=True, progress=progress)
         return model.state_dict()
 

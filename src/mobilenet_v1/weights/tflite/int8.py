@@ -41,6 +41,7 @@ from ...data.transforms import Preprocessing
 from ...model import same_padding
 from ..io import LoadedWeights
 from ..registry import get_weights, read_labels
+from .convert import check_ops, import_table, infer_architecture
 from .fixed_point import activation_range, multiply_by_quantized_multiplier, quantize_multiplier, softmax_uint8
 from .reader import TFLiteOp, TFLiteTensor, read_tflite_files, with_head
 
@@ -237,8 +238,22 @@ class Int8MobileNetV1(nn.Module):
 
     @classmethod
     def from_tflite(cls, paths: str | Path | Sequence[str | Path], *, kernels: str = "reference") -> Int8MobileNetV1:
-        """Load one ``.tflite`` file, or Google's 1.0/224 extractor + head-layers files (joined)."""
-        return cls(read_tflite_files(paths), kernels=kernels)
+        """Load one ``.tflite`` file, or Google's 1.0/224 extractor + head-layers files (joined).
+
+        The file must be Google's quantized MobileNet V1 classifier: its graph is checked
+        op by op against the import table (:func:`~.convert.check_ops`, as the float import
+        does) and its input must be uint8, else a one-line ``ValueError`` naming the file."""
+        source = str(paths) if isinstance(paths, str | Path) else " + ".join(map(str, paths))
+        ops = read_tflite_files(paths)
+        alpha, resolution, num_classes = infer_architecture(ops, source)
+        check_ops(ops, import_table(alpha, resolution, num_classes), source)
+        x = ops[0].inputs[0]
+        if x.dtype != "uint8" or x.scale.size != 1:
+            raise ValueError(
+                f"{source}: not a quantized (uint8) model (its input is {x.dtype}); "
+                "int8-exact runs Google's uint8 MobileNet V1 files, use it without int8-exact"
+            )
+        return cls(ops, kernels=kernels)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_intermediates(x)[-1][1]

@@ -20,8 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from ...untrusted import printable
+
 __all__ = ["TFLiteOp", "TFLiteTensor", "dequantize", "join_ops", "read_tflite", "read_tflite_files", "with_head"]
 
+MAX_TFLITE_BYTES = 256 << 20  # Google's largest MobileNet V1 (1.0/224 float) is 17 MB
 _DTYPES = {"FLOAT32": np.float32, "INT32": np.int32, "UINT8": np.uint8, "INT8": np.int8, "INT64": np.int64}
 # Builtin options we read, per op: (options class, {our key: flatbuffer accessor}).
 _STRIDED = {"stride_h": "StrideH", "stride_w": "StrideW", "padding": "Padding"}
@@ -106,6 +109,9 @@ def read_tflite(path: str | Path) -> list[TFLiteOp]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"TFLite file not found: {path}")
+    size = path.stat().st_size
+    if size > MAX_TFLITE_BYTES:
+        raise ValueError(f"{path}: {size} bytes, more than the {MAX_TFLITE_BYTES} a MobileNet V1 .tflite can hold")
     data = path.read_bytes()
     if len(data) < 8 or data[4:8] != b"TFL3":
         raise ValueError(f"{path}: not a TFLite flatbuffer (no 'TFL3' file identifier)")
@@ -172,7 +178,7 @@ def _tensor(tfl: Any, model: Any, t: Any, index: int) -> TFLiteTensor:
     if zero_point.size != scale.size or (scale.size > 1 and not per_channel_ok):
         raise ValueError(f"tensor {index} has {scale.size} scales, {zero_point.size} zero points for shape {shape}")
     return TFLiteTensor(
-        name=t.Name().decode("utf-8", "replace"),
+        name=printable((t.Name() or b"").decode("utf-8", "replace")),  # printed in error messages
         shape=shape,
         dtype=dtype.lower(),
         data=data,
