@@ -11,10 +11,14 @@ export MOBILENET_V1_DATA ?= $(abspath ../shared/data)
 install: $(STAMP)
 
 # Reinstall only when the project's dependencies change: a second `make` is quick.
-$(STAMP): pyproject.toml
+# The venv's interpreter also gets MOBILENET_V1_DATA as its default (a .pth line), so the
+# commands in README find the shared data from this checkout without an export.
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	echo "import os; os.environ.setdefault('MOBILENET_V1_DATA', '$(MOBILENET_V1_DATA)')" \
+		> "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/mobilenet_v1_data.pth"
 	touch $(STAMP)
 
 demo: install
