@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MOBILENET_V1_DATA") or ROOT.parent / "shared" / "data")
@@ -27,3 +29,29 @@ def isolated_weights_cache(tmp_path_factory: pytest.TempPathFactory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MOBILENET_V1_CACHE", str(tmp_path_factory.mktemp("weights-cache")))
         yield
+
+
+def randomize_batch_norm(model: nn.Module) -> nn.Module:
+    """Give every BN layer statistics and an affine map that are not the identity, and every
+    bias a value, so that a test comparing two computations of the model can fail."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+            elif isinstance(m, nn.Conv2d | nn.Linear) and m.bias is not None:
+                m.bias.uniform_(-0.2, 0.2)
+    return model
+
+
+def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """``mobilenet-v1 argv`` in this process: the exit code and what went to stderr."""
+    from mobilenet_v1.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse rejects a bad value before the subcommand runs
+        code = exc.code
+    return code, capsys.readouterr().err

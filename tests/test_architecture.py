@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import randomize_batch_norm
 from PIL import Image
 from torch import nn
 
@@ -191,16 +192,7 @@ CONFIGS = {
 def _randomized(kwargs: dict) -> nn.Module:
     """An eval-mode model whose BN statistics and biases are not the identity/zero."""
     torch.manual_seed(0)
-    model = mobilenet_v1(**kwargs)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-            elif isinstance(m, nn.Conv2d | nn.Linear) and m.bias is not None:
-                m.bias.uniform_(-0.2, 0.2)
+    model = randomize_batch_norm(mobilenet_v1(**kwargs))
     return model.eval()
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import randomize_batch_norm
 from torch import nn
 from torchvision.models.detection import FasterRCNN, RetinaNet
 from torchvision.models.detection.ssd import SSD
@@ -173,14 +174,7 @@ def test_backbone_outputs_and_out_channels():
 def _checkpoint(path, **kwargs):
     """A checkpoint with non-trivial BN statistics and its own preprocessing."""
     torch.manual_seed(1)
-    model = mobilenet_v1(alpha=0.25, num_classes=3, **kwargs)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
+    model = randomize_batch_norm(mobilenet_v1(alpha=0.25, num_classes=3, **kwargs))
     imagenet = Preprocessing(64, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     save_safetensors(model, path, {"resolution": 64, "classes": ["a", "b", "c"], "preprocessing": imagenet.to_dict()})
     return path, model.eval(), imagenet

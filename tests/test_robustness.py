@@ -23,7 +23,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, run_main
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -133,14 +133,6 @@ def f(tmp_path_factory) -> SimpleNamespace:
 def registered() -> set[str]:
     parser = build_parser()
     return next(set(a.choices) for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-
-
-def run_main(argv: list[str], capsys) -> tuple[int, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # argparse rejects a bad value before the subcommand runs
-        code = exc.code
-    return code, capsys.readouterr().err
 
 
 W = ["--weights", "{tiny}"]

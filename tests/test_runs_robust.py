@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_main
 from test_train import TINY, make_folder, run_cli
 
 from mobilenet_v1.cli import main
@@ -45,14 +46,6 @@ def snapshot(*roots: Path) -> dict[str, tuple[int, int]]:
                 st = p.lstat()
                 found[str(p)] = (st.st_size if p.is_file() else 0, st.st_mtime_ns)
     return found
-
-
-def run_main(argv: list[str], capsys) -> tuple[int, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # argparse rejects a bad value before the subcommand runs
-        code = exc.code
-    return code, capsys.readouterr().err
 
 
 def assert_one_line_exit_2(code: int, err: str, needle: str) -> None:
