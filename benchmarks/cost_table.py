@@ -9,8 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
+from mobilenet_v1.config import MobileNetV1Config
 from mobilenet_v1.cost import model_cost
-from mobilenet_v1.model import MobileNetV1Config
 
 ALPHAS = (1.0, 0.75, 0.5, 0.25)
 RESOLUTIONS = (224, 192, 160, 128)

@@ -26,12 +26,12 @@ from PIL import Image
 
 from mobilenet_v1 import MobileNetV1Config, mobilenet_v1
 from mobilenet_v1.cli import main, one_line
+from mobilenet_v1.config import MAX_ALPHA, MAX_CLASSES, MAX_INPUT_SIZE, validate_alpha, validate_input_size
 from mobilenet_v1.cost import model_cost
 from mobilenet_v1.data.transforms import Preprocessing
 from mobilenet_v1.measure import tradeoff
 from mobilenet_v1.measure.evaluate import evaluate, make_loader, worker_error
 from mobilenet_v1.measure.tradeoff import Point, measure_grid
-from mobilenet_v1.model import MAX_ALPHA, MAX_CLASSES, MAX_INPUT_SIZE, validate_alpha, validate_input_size
 from mobilenet_v1.train import distributed, torchrun
 from mobilenet_v1.train.torchrun import TIMEOUT_ENV, DistEnv, dist_timeout, read_env, restart_count
 from mobilenet_v1.weights import get_weights, google_config, save_safetensors

@@ -3,8 +3,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mobilenet_v1 import mobilenet_v1, model_cost
+from mobilenet_v1.config import MobileNetV1Config
 from mobilenet_v1.cost import PAPER_ROWS, conv_cost, paper_row_cost, separable_cost
-from mobilenet_v1.model import MobileNetV1Config
 
 # ../shared/docs/paper.md, "Exact integers" (1000 classes).
 EXACT = [

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from mobilenet_v1 import mobilenet_v1
-from mobilenet_v1.model import TABLE1, layer_plan, scaled_channels
+from mobilenet_v1.config import TABLE1, layer_plan, scaled_channels
 
 
 def _convs(model: nn.Module) -> list[nn.Conv2d]:

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from mobilenet_v1 import mobilenet_v1
+from mobilenet_v1.config import MobileNetV1Config
 from mobilenet_v1.cost import model_cost
-from mobilenet_v1.model import MobileNetV1Config
 from mobilenet_v1.weights import (
     DEFAULT_WEIGHTS,
     MobileNetV1Weights,

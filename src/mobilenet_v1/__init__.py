@@ -4,16 +4,17 @@ The public API: the builder :func:`mobilenet_v1`, the model and its configuratio
 cost (:func:`model_cost`), Google's weights (:class:`MobileNetV1Weights`,
 :func:`load_weights`) and :class:`Classifier` (model + preprocessing + class names).
 
-Layout, each package's ``__init__`` says what it owns and may import: ``model`` and
-``cost`` are leaves (torch only); ``data`` (images, presets, folders) and ``weights``
+Layout, each package's ``__init__`` says what it owns and may import: ``config``, ``model``
+and ``cost`` are leaves (torch only); ``data`` (images, presets, folders) and ``weights``
 build on them; ``classify``, ``builders`` and ``detection`` on those; ``train``,
 ``deploy`` and ``measure`` on all of these; ``cli`` on everything.
 """
 
 from .builders import mobilenet_v1
 from .classify import Classifier
+from .config import MobileNetV1Config
 from .cost import ModelCost, model_cost
-from .model import MobileNetV1, MobileNetV1Config
+from .model import MobileNetV1
 from .weights import MobileNetV1Weights, load_weights
 
 __all__ = [

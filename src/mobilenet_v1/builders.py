@@ -19,8 +19,9 @@ from typing import Any, Literal
 from torch import nn
 from torchvision.models._api import register_model
 
+from .config import MobileNetV1Config
 from .data.transforms import Preprocessing
-from .model import MobileNetV1, MobileNetV1Config, MobileNetV1Features
+from .model import MobileNetV1, MobileNetV1Features
 from .weights import LoadedWeights, MobileNetV1Weights, WeightsRecord, load_weights
 
 __all__ = ["mobilenet_v1"]

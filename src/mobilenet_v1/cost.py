@@ -19,7 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .model import MobileNetV1Config, layer_plan, validate_input_size
+from .config import MobileNetV1Config, layer_plan, validate_input_size
 
 __all__ = [
     "PAPER_ROWS",

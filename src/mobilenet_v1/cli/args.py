@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..model import MIN_INPUT_SIZE, validate_alpha, validate_input_size
+from ..config import MIN_INPUT_SIZE, validate_alpha, validate_input_size
 
 
 def alpha(text: str) -> float:

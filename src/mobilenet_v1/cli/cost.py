@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..config import VARIANTS, MobileNetV1Config
 from ..cost import CONVENTIONS, KIND_LABELS, PAPER_ROWS, ModelCost, model_cost, paper_row_cost
-from ..model import VARIANTS, MobileNetV1Config
 from . import args as types
 
 

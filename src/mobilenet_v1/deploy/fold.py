@@ -12,7 +12,8 @@ import copy
 import torch
 from torch import nn
 
-from ..model import ConvBNAct, MobileNetV1, MobileNetV1Config
+from ..config import MobileNetV1Config
+from ..model import ConvBNAct, MobileNetV1
 
 __all__ = ["fuse_bn"]
 

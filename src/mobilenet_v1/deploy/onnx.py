@@ -27,9 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import MIN_INPUT_SIZE, MobileNetV1Config
 from ..data.transforms import Preprocessing
 from ..files import atomic_write
-from ..model import MIN_INPUT_SIZE, MobileNetV1, MobileNetV1Config
+from ..model import MobileNetV1
 from ..untrusted import parse_json, printable
 from ..weights import LoadedWeights
 from ..weights.io import check_preprocessing

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from ..config import layer_plan
 from ..deploy.onnx import OnnxModel, onnx_session
-from ..model import layer_plan
 
 __all__ = [
     "SUBJECTS",
@@ -130,7 +130,7 @@ def layer_profile(
 ) -> dict[str, Any]:
     """Where the time goes: ORT's per-node kernel times (median over ``runs``), summed by
     layer kind. Convolutions appear in Table 1's order in the graph, so the i-th conv
-    node is the i-th layer of :func:`~mobilenet_v1.model.layer_plan`."""
+    node is the i-th layer of :func:`~mobilenet_v1.config.layer_plan`."""
     plan = layer_plan(config)
     x = np.random.default_rng(0).standard_normal((1, 3, resolution, resolution), dtype=np.float32)
     with tempfile.TemporaryDirectory() as tmp:

@@ -32,10 +32,11 @@ from typing import Any
 
 import torch
 
+from ..config import MIN_INPUT_SIZE
 from ..cost import model_cost
 from ..data.transforms import Preprocessing
 from ..files import write_text
-from ..model import MIN_INPUT_SIZE, MobileNetV1
+from ..model import MobileNetV1
 from ..untrusted import parse_json
 from ..weights import get_weights, google_config, load_weights, read_wnids
 

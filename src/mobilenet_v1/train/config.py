@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
+from ..config import validate_alpha, validate_input_size
 from ..files import write_text
-from ..model import validate_alpha, validate_input_size
 from .optim import OPTIMIZERS
 
 __all__ = [

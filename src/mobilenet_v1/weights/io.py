@@ -16,9 +16,10 @@ from typing import Any
 
 import torch
 
+from ..config import MobileNetV1Config
 from ..data.transforms import Preprocessing
 from ..files import atomic_write
-from ..model import MobileNetV1, MobileNetV1Config
+from ..model import MobileNetV1
 from ..untrusted import parse_json, printable
 from .records import WeightsRecord
 

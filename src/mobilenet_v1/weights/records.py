@@ -23,8 +23,9 @@ from typing import Any
 import torch
 from torchvision.models._meta import _IMAGENET_CATEGORIES
 
+from ..config import MobileNetV1Config
 from ..data.transforms import Preprocessing, eval_transform
-from ..model import MobileNetV1, MobileNetV1Config
+from ..model import MobileNetV1
 from ..untrusted import printable
 from .download import Source, fetch
 

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...model import MobileNetV1, MobileNetV1Config, layer_plan
+from ...config import MobileNetV1Config, layer_plan
+from ...model import MobileNetV1
 from ..records import google_config
 from .reader import TFLiteOp, dequantize, read_tflite_files
 
