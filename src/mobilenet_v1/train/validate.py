@@ -1,6 +1,6 @@
-"""Validation during training, the autocast policy and the device choice.
+"""Validation during training and the autocast policy (the device is checked in :mod:`.config`).
 
-``evaluate.py`` holds the standalone evaluation (any ``batch -> logits`` callable, top-5,
+``measure/evaluate.py`` holds the standalone evaluation (any ``batch -> logits`` callable, top-5,
 confusion matrix); this loop is the one training needs: the loss too, unreadable images
 skipped and counted, and sums reduced over processes under torchrun.
 """
@@ -18,15 +18,9 @@ from torch.utils.data import DataLoader
 from ..data.transforms import Preprocessing, float_input
 from . import distributed as dist
 
-__all__ = ["autocast_for", "evaluate", "resolve_device"]
+__all__ = ["autocast_for", "evaluate"]
 
 Autocast = Callable[[], contextlib.AbstractContextManager]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def autocast_for(precision: str, device: torch.device) -> Autocast:
