@@ -398,10 +398,12 @@ def test_cli_predict_exit_0_or_2(st_seed, tmp_path, capsys, ext, edits, weights_
     assert code == 0 or (len(err.strip().splitlines()) == 1 and "Traceback" not in err), err
 
 
+@pytest.mark.parametrize("mutate", [exif_case, header_case], ids=["exif", "header"])
 @fuzz(60)
 @given(seed=st.integers(0, 2**32 - 1))
-def test_image_exif(tmp_path, seed):
-    ext, data = exif_case(random.Random(seed))
+def test_image_exif_and_header(tmp_path, mutate, seed):
+    """EXIF blocks (any orientation, cut or edited) and image headers (sizes 0 to 2**32-1)."""
+    ext, data = mutate(random.Random(seed))
     outcome(load_image, tmp_path / f"x{ext}", data)
 
 
@@ -414,13 +416,6 @@ def test_image_animation(tmp_path, seed):
         result = outcome(load_image, tmp_path / f"x{ext}", data)
         if result == "ok":
             assert load_image(tmp_path / f"x{ext}").dim() == 3  # never the 4-D stack of all frames
-
-
-@fuzz(60)
-@given(seed=st.integers(0, 2**32 - 1))
-def test_image_header(tmp_path, seed):
-    ext, data = header_case(random.Random(seed))
-    outcome(load_image, tmp_path / f"x{ext}", data)
 
 
 @fuzz(60)
