@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..config import VARIANTS
 from ..train import distributed as dist
 from ..train.checkpoint import LAST
 from ..train.config import RECIPES, SCRATCH_ALPHA, SCRATCH_RESOLUTION, TrainConfig, check_device, default
@@ -27,6 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     p.add_argument("--weights", help="start from these weights (Google's name, .tflite or .safetensors)")
     p.add_argument("--alpha", type=types.alpha, help=f"width multiplier from scratch (default {SCRATCH_ALPHA})")
+    p.add_argument(
+        "--variant",
+        choices=VARIANTS,
+        help="from scratch: the paper's ablations full-conv (Table 4) or shallow (Table 5) (default standard)",
+    )
     p.add_argument(
         "--resolution", type=types.resolution, help=f"input size (default: the weights', else {SCRATCH_RESOLUTION})"
     )
@@ -85,7 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _settings(args: argparse.Namespace) -> dict[str, object]:
     names = (
-        "weights alpha resolution recipe optimizer epochs batch_size lr weight_decay label_smoothing "
+        "weights alpha variant resolution recipe optimizer epochs batch_size lr weight_decay label_smoothing "
         "warmup_epochs freeze_backbone val_fraction seed workers worker_nice worker_idle ema ema_decay precision "
         "channels_last checkpoint_minutes checkpoint_steps sync_bn device"
     ).split()

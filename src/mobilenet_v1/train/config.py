@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..config import validate_alpha, validate_input_size
+from ..config import VARIANTS, validate_alpha, validate_input_size
 from ..files import write_text
 from .optim import OPTIMIZERS
 
@@ -78,6 +78,7 @@ FIXED_AT_START: dict[str, str] = {
     "seed": "the split into training and validation images, the data order and the augmentation",
     "val_fraction": "the split into training and validation images",
     "alpha": "the model's width",
+    "variant": "the model's layers",
     "resolution": "the input size",
     "weights": "the starting weights",
     "dropout": "the model",
@@ -98,6 +99,7 @@ class TrainConfig:
     output: str
     weights: str | None = None
     alpha: float | None = None  # None: the weights' alpha, else SCRATCH_ALPHA
+    variant: str = "standard"  # from scratch: "full-conv" (Table 4) or "shallow" (Table 5)
     resolution: int | None = None  # None: the weights' resolution, else SCRATCH_RESOLUTION
     epochs: int = 10
     batch_size: int = 32
@@ -128,7 +130,12 @@ class TrainConfig:
             self._set(name, _check_path(name, getattr(self, name)))
         if self.weights is not None:
             self._set("weights", _check_path("weights", self.weights))
-        for name, choices in (("recipe", RECIPES), ("optimizer", OPTIMIZERS), ("precision", PRECISIONS)):
+        for name, choices in (
+            ("recipe", RECIPES),
+            ("optimizer", OPTIMIZERS),
+            ("precision", PRECISIONS),
+            ("variant", VARIANTS),
+        ):
             value = getattr(self, name)
             if (value is not None or name != "optimizer") and (not isinstance(value, str) or value not in choices):
                 raise ValueError(f"unknown {name} {value!r}; choose from {', '.join(choices)}")

@@ -139,9 +139,11 @@ def build_model(config: TrainConfig, classes: list[str]) -> tuple[MobileNetV1, P
     """A model for ``classes`` and its input preprocessing, from scratch or from ``config.weights``."""
     if config.weights is None:
         alpha = SCRATCH_ALPHA if config.alpha is None else config.alpha
-        model = mobilenet_v1(alpha=alpha, num_classes=len(classes), dropout=config.dropout)
+        model = mobilenet_v1(alpha=alpha, num_classes=len(classes), variant=config.variant, dropout=config.dropout)
         return model, Preprocessing(SCRATCH_RESOLUTION if config.resolution is None else config.resolution)
     model, loaded = load_weights(config.weights)
+    if config.variant != model.config.variant:
+        raise ValueError(f"weights {config.weights} are the {model.config.variant} model, not {config.variant}")
     if config.alpha is not None and config.alpha != model.config.alpha:
         raise ValueError(f"weights {config.weights} have alpha {model.config.alpha:g}, not {config.alpha:g}")
     preprocessing = loaded.preprocessing
