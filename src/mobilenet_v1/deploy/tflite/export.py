@@ -1,0 +1,140 @@
+"""Export to LiteRT (``.tflite``): float32, or uint8 computed exactly as the int8 emulation.
+
+The flatbuffer is written here (:mod:`.schema`, :mod:`.graph`) rather than by a
+converter, so that the uint8 file is Google's own form (per-tensor uint8 activations
+and weights, int32 biases, fused ReLU6) with exactly the grids chosen
+(:mod:`.grids`), which is what the int8-exact emulation of
+:mod:`mobilenet_v1.weights.tflite.int8` runs: the written file is checked against it
+byte for byte on LiteRT's default (XNNPACK) path, and the float file against PyTorch.
+docs/deployment.md measures this choice against Google's PyTorch converter.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ...data.transforms import Preprocessing
+from ...files import atomic_write
+from ...model import MobileNetV1
+from ...weights.tflite.int8 import Int8MobileNetV1
+from ...weights.tflite.reader import read_tflite
+from ..fold import fuse_bn
+from ..onnx import FP32_TOLERANCE, ExportReport, compare_with_torch, metadata_props
+from ..qat import qat_finetune
+from .graph import Layer, build_graph, conv_layers
+from .grids import calibrated_grids, google_grids
+from .runtime import METADATA_NAME, TFLiteModel
+from .schema import write_model
+
+__all__ = ["MAX_BYTE_DIFF", "export_tflite"]
+
+MAX_BYTE_DIFF = 0  # LiteRT's uint8 output must equal the int8-exact emulation's, byte for byte
+CHECK_IMAGES = 8  # random inputs when no calibration images are given
+
+
+def export_tflite(
+    model: MobileNetV1,
+    path: str | Path,
+    preprocessing: Preprocessing,
+    *,
+    labels: Sequence[str] | None,
+    int8: bool = False,
+    calibration: torch.Tensor | None = None,
+    grids: Sequence[str | Path] | None = None,
+    qat_steps: int = 0,
+) -> ExportReport:
+    """``model`` to a LiteRT ``.tflite`` at ``path`` (batch 1, NHWC input), checked before
+    it is renamed into place (nothing is left behind on failure).
+
+    float32 (``int8=False``): the logits, checked against PyTorch on ``calibration`` or
+    random inputs (max |logit diff| <= ``FP32_TOLERANCE``). uint8 (``int8=True``): uint8
+    pixels in, Google's uint8 softmax out; the grids are Google's own from ``grids`` (its
+    ``.tflite`` files, :func:`~mobilenet_v1.deploy.quantize.int8_grids`) or calibrated on
+    ``calibration`` (a preprocessed float batch, :func:`~mobilenet_v1.deploy.quantize.load_batch`),
+    after ``qat_steps`` of quantization-aware fine-tuning on it; LiteRT's output must equal
+    the int8-exact emulation's byte for byte, and is compared with the float model.
+    """
+    if qat_steps and (grids or not int8):
+        raise ValueError("--qat-steps needs calibrated int8 quantization (not Google's own grids, not float)")
+    if int8 and not grids and calibration is None:
+        raise ValueError("--format tflite-int8 needs calibration images for weights without Google's int8 grids")
+    res = preprocessing.resolution
+    folded = fuse_bn(model)
+    layers = conv_layers(folded, res)
+    grid_map = None
+    if int8:
+        _check_int8_layers(layers)
+        source = folded
+        if qat_steps:
+            source = qat_finetune(model, calibration, steps=qat_steps, float_layers=0)
+            layers = conv_layers(source, res)
+        grid_map = (
+            google_grids(layers, list(grids)) if grids else calibrated_grids(source, layers, calibration, preprocessing)
+        )
+    fmt = "tflite-int8" if int8 else "tflite"
+    props = metadata_props(preprocessing, labels, folded.config, fmt)
+    if int8:
+        props["mobilenet_v1.quantization"] = "tflite" if grids else "calibrated"
+    tensors, ops = build_graph(layers, res, grid_map)
+    data = write_model(tensors, ops, metadata={METADATA_NAME: json.dumps(props).encode()}, description=fmt)
+    inputs = calibration if calibration is not None else _random_inputs(preprocessing, int8)
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(data)
+        exported = TFLiteModel(tmp)  # also checks the metadata it carries
+        if int8:
+            return _check_int8(exported, folded, inputs, Path(path), calibration is not None)
+        diff, agree = compare_with_torch(exported, folded, inputs.float())
+        if not diff <= FP32_TOLERANCE:
+            raise ValueError(f"exported model differs from PyTorch: max |logit diff| {diff:.3g} > {FP32_TOLERANCE:g}")
+    given = "calibration" if calibration is not None else "random"
+    return ExportReport(Path(path), fmt, diff, agree, f"{len(inputs)} {given} inputs under LiteRT (XNNPACK)")
+
+
+def _check_int8_layers(layers: Sequence[Layer]) -> None:
+    padded = [layer.name for layer in layers if layer.pads is not None]
+    if padded:
+        raise ValueError(
+            f"--format tflite-int8 needs TensorFlow SAME padding: {', '.join(padded)} pad symmetrically at stride 2 "
+            "(a PAD op the int8-exact check does not run); export --format tflite for a float file"
+        )
+
+
+def _random_inputs(preprocessing: Preprocessing, int8: bool) -> torch.Tensor:
+    res = preprocessing.resolution
+    generator = torch.Generator().manual_seed(0)
+    if int8:  # random pixels, as the float input of the preset
+        pixels = torch.randint(0, 256, (CHECK_IMAGES, 3, res, res), generator=generator, dtype=torch.uint8)
+        mean, std = torch.tensor(preprocessing.mean).view(1, 3, 1, 1), torch.tensor(preprocessing.std).view(1, 3, 1, 1)
+        return (pixels / 255.0 - mean) / std
+    return torch.randn(4, 3, res, res, generator=generator)
+
+
+@torch.no_grad()
+def _check_int8(
+    exported: TFLiteModel, folded: MobileNetV1, inputs: torch.Tensor, path: Path, given: bool
+) -> ExportReport:
+    """LiteRT vs the int8-exact emulation of the same file (bytes), and vs float PyTorch."""
+    pixels = exported.to_pixels(inputs)  # the uint8 images the float inputs were normalized from
+    nhwc = pixels.permute(0, 2, 3, 1).contiguous()
+    litert = torch.from_numpy(exported.run(nhwc.numpy()))
+    emulation = Int8MobileNetV1(read_tflite(exported.path), kernels="xnnpack")(nhwc)
+    bytes_diff = (litert.to(torch.int16) - emulation.to(torch.int16)).abs()
+    if int(bytes_diff.max()) > MAX_BYTE_DIFF:
+        raise ValueError(
+            f"LiteRT's output differs from the int8-exact emulation by up to {int(bytes_diff.max())} "
+            f"(on {100 * float((bytes_diff == 0).double().mean()):.2f}% of the bytes equal)"
+        )
+    reference = torch.softmax(folded(inputs.float()), dim=1)
+    probs = litert.float() / 256
+    agree = float((probs.argmax(1) == reference.argmax(1)).float().mean())
+    diff = float((probs - reference).abs().max())
+    given_text = "calibration" if given else "random"
+    checked = (
+        f"{len(inputs)} {given_text} images: LiteRT (XNNPACK) bytes equal to the int8-exact emulation on "
+        f"{100 * float((bytes_diff == 0).double().mean()):.2f}%; max |probability diff| and top-1 vs float PyTorch"
+    )
+    return ExportReport(path, "tflite-int8", diff, agree, checked)
