@@ -15,7 +15,14 @@ from safetensors.torch import load_file
 from mobilenet_v1 import mobilenet_v1
 from mobilenet_v1.cli import main
 from mobilenet_v1.train.config import TrainConfig
-from mobilenet_v1.train.optim import RMSpropTF, exponential_decay, param_groups, warmup_cosine
+from mobilenet_v1.train.optim import (
+    RMSpropTF,
+    build_optimizer,
+    exponential_decay,
+    finetune_schedule,
+    param_groups,
+    warmup_cosine,
+)
 from mobilenet_v1.train.setup import adapt_head, build_model
 from mobilenet_v1.weights import load_weights
 
@@ -205,13 +212,20 @@ def test_rmsprop_tf_matches_tensorflow_formula():
 
 def test_no_weight_decay_on_depthwise_bn_and_bias():
     model = mobilenet_v1(alpha=0.25, num_classes=5)
-    decay, no_decay = param_groups(model, 4e-5)
-    assert decay["weight_decay"] == 4e-5 and no_decay["weight_decay"] == 0
-    decayed = {id(p) for p in decay["params"]}
+    groups = param_groups(model, 4e-5, backbone_lr_scale=0.1)
+    assert [(g["backbone"], g["weight_decay"], g["lr_scale"]) for g in groups] == [
+        (False, 4e-5, 1.0),
+        (False, 0.0, 1.0),
+        (True, 4e-5, 0.1),
+        (True, 0.0, 0.1),
+    ]
+    decayed = {id(p) for g in groups if g["weight_decay"] for p in g["params"]}
+    backbone = {id(p) for g in groups if g["backbone"] for p in g["params"]}
     for name, p in model.named_parameters():
         expect = (name.endswith("conv.weight") and ".dw." not in name) or name == "classifier.weight"
         assert (id(p) in decayed) == expect, name
-    assert len(decay["params"]) == 1 + 13 + 1  # stem, 13 pointwise, FC
+        assert (id(p) in backbone) == name.startswith("features."), name
+    assert len(decayed) == 1 + 13 + 1  # stem, 13 pointwise, FC
 
 
 def test_schedules():
@@ -232,6 +246,19 @@ def test_schedules():
         sched.step()
     assert lrs[0] == 0.5 and lrs[1] == 1.0 and lrs[2] == 1.0
     assert all(a > b for a, b in itertools.pairwise(lrs[2:])) and lrs[-1] < 0.05
+    model = mobilenet_v1(alpha=0.25, num_classes=3)
+    opt = build_optimizer("sgd", model, lr=1.0, weight_decay=0.0, backbone_lr_scale=0.1)
+    sched = finetune_schedule(opt, total_steps=12, probe_steps=4, warmup_steps=2)
+    head, body = [], []
+    for _ in range(12):
+        lrs = sched.get_last_lr()
+        head.append(lrs[0])
+        body.append(lrs[-1])
+        opt.step()
+        sched.step()
+    assert head[0] == 1.0 and all(a > b for a, b in itertools.pairwise(head)) and head[-1] < 0.05
+    assert body[:4] == [0.0] * 4 and body[4] == pytest.approx(0.05) and body[5] == pytest.approx(0.1)
+    assert body[6] == pytest.approx(0.1) and all(a > b for a, b in itertools.pairwise(body[6:])) and body[-1] < 0.01
 
 
 def test_adapt_head_keeps_rows_of_known_classes():

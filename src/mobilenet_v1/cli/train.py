@@ -10,7 +10,16 @@ from typing import TYPE_CHECKING
 from ..config import VARIANTS
 from ..train import distributed as dist
 from ..train.checkpoint import LAST
-from ..train.config import RECIPES, SCRATCH_ALPHA, SCRATCH_RESOLUTION, TrainConfig, check_device, default
+from ..train.config import (
+    DISTILL_TEMPERATURE,
+    DISTILL_WEIGHT,
+    RECIPES,
+    SCRATCH_ALPHA,
+    SCRATCH_RESOLUTION,
+    TrainConfig,
+    check_device,
+    default,
+)
 from ..train.optim import OPTIMIZERS
 from . import args as types
 
@@ -39,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--recipe",
         choices=tuple(RECIPES),
-        help=f"paper: RMSprop (TF) + exp. decay; modern: SGD + cosine (default {default('recipe')})",
+        help="paper: RMSprop (TF) + exp. decay; modern: SGD + cosine; finetune: linear probe, then the whole "
+        "network with a 0.03x backbone lr (default: finetune with --weights, else paper)",
     )
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="override the recipe's optimizer")
     p.add_argument("--epochs", type=types.positive_int, help=f"default {default('epochs')}")
@@ -85,6 +95,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--checkpoint-steps", type=types.non_negative_int, help="also checkpoint every N steps (0: off)")
     p.add_argument("--sync-bn", action="store_true", default=None, help="batch norm over the global batch (DDP)")
+    p.add_argument("--teacher", help="distil from these weights (any --weights spec; Section 4.5)")
+    p.add_argument(
+        "--distill-temperature",
+        type=float,
+        help=f"softening of the teacher's and student's outputs, > 0 (default {DISTILL_TEMPERATURE:g})",
+    )
+    p.add_argument(
+        "--distill-weight",
+        type=float,
+        help=f"share of the loss from the teacher, in [0, 1]; the rest from the labels (default {DISTILL_WEIGHT:g})",
+    )
     p.add_argument("--device", help=f"auto, cpu, cuda, cuda:1 ... (default {default('device')})")
     p.set_defaults(func=run)
 
@@ -93,7 +114,7 @@ def _settings(args: argparse.Namespace) -> dict[str, object]:
     names = (
         "weights alpha variant resolution recipe optimizer epochs batch_size lr weight_decay label_smoothing "
         "warmup_epochs freeze_backbone val_fraction seed workers worker_nice worker_idle ema ema_decay precision "
-        "channels_last checkpoint_minutes checkpoint_steps sync_bn device"
+        "channels_last checkpoint_minutes checkpoint_steps sync_bn device teacher distill_temperature distill_weight"
     ).split()
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 

@@ -3,7 +3,7 @@
 Owns the run settings and recipes (:mod:`.config`, the one place for defaults), the steps
 before the first batch (:mod:`.setup`, :mod:`.loaders`), the loop (:mod:`.trainer`), its
 validation (:mod:`.validate`), optimizers and schedules (:mod:`.optim`), checkpoints and
-exact resume (:mod:`.google`), run outputs (:mod:`.outputs`), process groups
+exact resume (:mod:`.checkpoint`), distillation (:mod:`.distill`), run outputs (:mod:`.outputs`), process groups
 (:mod:`.distributed`, :mod:`.torchrun`) and the CPU kernels swapped in for training
 (:mod:`.accel`).
 

@@ -26,6 +26,8 @@ from .optim import OPTIMIZERS
 
 __all__ = [
     "DEVICE_TYPES",
+    "DISTILL_TEMPERATURE",
+    "DISTILL_WEIGHT",
     "FIXED_AT_START",
     "MAX_SEED",
     "PRECISIONS",
@@ -44,7 +46,13 @@ PRECISIONS = ("fp32", "bf16", "amp")
 
 @dataclass(frozen=True)
 class Recipe:
-    """Defaults of a recipe; ``lr`` is for a batch of ``reference_batch`` (linear scaling)."""
+    """Defaults of a recipe; ``lr`` is for a batch of ``reference_batch`` (linear scaling).
+
+    A fine-tuning recipe first trains only the classifier for the share ``probe`` of the
+    steps (a linear probe on the pretrained features), then the whole network with the
+    backbone's learning rate ``backbone_lr_scale`` times the classifier's, and keeps the
+    pretrained batch-norm statistics (``frozen_bn``).
+    """
 
     optimizer: str
     lr: float
@@ -53,6 +61,9 @@ class Recipe:
     label_smoothing: float
     min_scale: float
     strong_augment: bool
+    probe: float = 0.0
+    backbone_lr_scale: float = 1.0
+    frozen_bn: bool = False
 
 
 RECIPES: dict[str, Recipe] = {
@@ -61,9 +72,20 @@ RECIPES: dict[str, Recipe] = {
     "paper": Recipe("rmsprop-tf", 0.045, 32, "exponential", 0.0, 0.35, False),
     # Today's usual recipe for small CNNs (torchvision/timm references).
     "modern": Recipe("sgd", 0.1, 256, "cosine", 0.1, 0.08, True),
+    # Pretrained weights (the default with --weights): linear probe, then the whole network
+    # with a much lower backbone LR. Google's weights have their batch norm folded into the
+    # convolutions, so no statistics are left to re-estimate; a high LR on them destroys the
+    # features (docs/training.md, "Fine-tuning by default").
+    "finetune": Recipe(
+        "sgd", 0.024, 256, "cosine", 0.1, 0.25, False, probe=1 / 3, backbone_lr_scale=0.03, frozen_bn=True
+    ),
 }
-# Fine-tuning pretrained weights starts ten times lower than training from scratch.
+# The paper and modern recipes fine-tune pretrained weights ten times lower than from scratch.
 FINETUNE_LR_FACTOR = 0.1
+# Knowledge distillation (Section 4.5, Hinton et al. 2015): the softened teacher's share of
+# the loss and the softening temperature.
+DISTILL_WEIGHT = 0.7
+DISTILL_TEMPERATURE = 4.0
 # From scratch, without --alpha/--resolution: the paper's base model (Table 1).
 SCRATCH_ALPHA = 1.0
 SCRATCH_RESOLUTION = 224
@@ -86,6 +108,9 @@ FIXED_AT_START: dict[str, str] = {
     "ema": "the evaluated and saved model (EMA)",
     "ema_decay": "the evaluated and saved model (EMA)",
     "recipe": "the optimizer and the schedule",
+    "teacher": "the distillation targets",
+    "distill_temperature": "the distillation targets",
+    "distill_weight": "the loss",
     "optimizer": "the optimizer state",
     "batch_size": "the steps of an epoch and the schedule",
 }
@@ -104,7 +129,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 32
     lr: float | None = None  # None: the recipe's, scaled by batch size (and fine-tuning)
-    recipe: str = "paper"
+    recipe: str | None = None  # None: "finetune" with weights, else "paper"
     optimizer: str | None = None  # None: the recipe's
     weight_decay: float = 4e-5
     label_smoothing: float | None = None
@@ -124,12 +149,18 @@ class TrainConfig:
     checkpoint_steps: int = 0  # 0: only at epoch ends and every checkpoint_minutes
     sync_bn: bool = False
     device: str = "auto"
+    teacher: str | None = None  # distil from these weights (Section 4.5)
+    distill_temperature: float | None = None  # None: DISTILL_TEMPERATURE with a teacher
+    distill_weight: float | None = None  # None: DISTILL_WEIGHT with a teacher
 
     def __post_init__(self) -> None:
         for name in ("data", "output"):
             self._set(name, _check_path(name, getattr(self, name)))
-        if self.weights is not None:
-            self._set("weights", _check_path("weights", self.weights))
+        for name in ("weights", "teacher"):
+            if getattr(self, name) is not None:
+                self._set(name, _check_path(name, getattr(self, name)))
+        if self.recipe is None:
+            self._set("recipe", "finetune" if self.weights else "paper")
         for name, choices in (
             ("recipe", RECIPES),
             ("optimizer", OPTIMIZERS),
@@ -170,6 +201,20 @@ class TrainConfig:
         self._set("val_fraction", _check_range("val_fraction", self.val_fraction, "in (0, 1)", lambda v: 0 < v < 1))
         self._set("ema_decay", _check_range("ema_decay", self.ema_decay, "in (0, 1)", lambda v: 0 < v < 1))
         self._set("device", _check_device_name(self.device))
+        if self.recipe == "finetune" and self.weights is None:
+            raise ValueError("recipe 'finetune' needs pretrained weights (--weights); from scratch use paper or modern")
+        self._check_distillation()
+
+    def _check_distillation(self) -> None:
+        if self.teacher is None:
+            given = [n for n in ("distill_temperature", "distill_weight") if getattr(self, n) is not None]
+            if given:
+                raise ValueError(f"{given[0]} needs a teacher (--teacher WEIGHTS)")
+            return
+        temperature = DISTILL_TEMPERATURE if self.distill_temperature is None else self.distill_temperature
+        weight = DISTILL_WEIGHT if self.distill_weight is None else self.distill_weight
+        self._set("distill_temperature", _check_positive("distill_temperature", temperature))
+        self._set("distill_weight", _check_range("distill_weight", weight, "in [0, 1]", lambda v: 0 <= v <= 1))
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)  # normalise a frozen field (e.g. a Path to str)
@@ -188,7 +233,7 @@ class TrainConfig:
         recipe = self.recipe_defaults
         base = 2e-3 if self.resolved_optimizer() == "adamw" else recipe.lr
         lr = base * global_batch / recipe.reference_batch
-        return lr * FINETUNE_LR_FACTOR if self.weights else lr
+        return lr * FINETUNE_LR_FACTOR if self.weights and self.recipe != "finetune" else lr
 
     def resolved_label_smoothing(self) -> float:
         return self.recipe_defaults.label_smoothing if self.label_smoothing is None else self.label_smoothing

@@ -15,6 +15,10 @@ that matter with epsilon 1.0, so ``RMSpropTF`` implements TF's update:
   learning-rate change does not rescale the momentum already accumulated.
 
 ``modern``: SGD with Nesterov momentum (or AdamW), linear warm-up then cosine decay.
+
+``finetune``: the same optimizer with two learning rates, the classifier's and a much
+lower one for the backbone, which stays at 0 during a first linear-probe phase
+(:func:`finetune_schedule`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,14 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-__all__ = ["RMSpropTF", "build_optimizer", "exponential_decay", "param_groups", "warmup_cosine"]
+__all__ = [
+    "RMSpropTF",
+    "build_optimizer",
+    "exponential_decay",
+    "finetune_schedule",
+    "param_groups",
+    "warmup_cosine",
+]
 
 OPTIMIZERS = ("rmsprop-tf", "sgd", "adamw")
 
@@ -89,23 +100,32 @@ def _no_decay(param: nn.Parameter, module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Trainable parameters split into a decayed group and a no-decay group."""
-    decay, no_decay = [], []
+def param_groups(model: nn.Module, weight_decay: float, backbone_lr_scale: float = 1.0) -> list[dict]:
+    """Trainable parameters in groups by weight decay and by part: the classifier, and the
+    backbone (``features``) with ``lr_scale`` = ``backbone_lr_scale``."""
+    head = {id(p) for p in model.classifier.parameters()} if hasattr(model, "classifier") else set()
+    groups = {
+        (backbone, decayed): {"params": [], "weight_decay": weight_decay if decayed else 0.0, "backbone": backbone}
+        for backbone in (False, True)  # the classifier's first: its lr is the one logged
+        for decayed in (True, False)
+    }
     for module in model.modules():
         for param in module.parameters(recurse=False):
             if param.requires_grad:
-                (no_decay if _no_decay(param, module) else decay).append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+                groups[id(param) not in head, not _no_decay(param, module)]["params"].append(param)
+    for (backbone, _), group in groups.items():
+        group["lr_scale"] = backbone_lr_scale if backbone else 1.0
+    return list(groups.values())
 
 
-def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    groups = [g for g in param_groups(model, weight_decay) if g["params"]]
+def build_optimizer(
+    name: str, model: nn.Module, lr: float, weight_decay: float, backbone_lr_scale: float = 1.0
+) -> torch.optim.Optimizer:
+    groups = [g for g in param_groups(model, weight_decay, backbone_lr_scale) if g["params"]]
     if not groups:
         raise ValueError("the model has no trainable parameters")
+    for group in groups:
+        group["lr"] = lr * group["lr_scale"]
     if name == "rmsprop-tf":
         return RMSpropTF(groups, lr=lr, rho=0.9, momentum=0.9, eps=1.0)
     if name == "sgd":
@@ -133,3 +153,25 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ste
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     return LambdaLR(optimizer, factor)
+
+
+def finetune_schedule(
+    optimizer: torch.optim.Optimizer, total_steps: int, probe_steps: int, warmup_steps: int
+) -> LambdaLR:
+    """Linear probe, then fine-tuning: the classifier's LR decays by a cosine over the whole
+    run; the backbone's is 0 for ``probe_steps``, then warms up linearly over
+    ``warmup_steps`` and decays by a cosine to 0 at ``total_steps``."""
+
+    def head(step: int) -> float:
+        return 0.5 * (1 + math.cos(math.pi * min(step / max(1, total_steps), 1.0)))
+
+    def backbone(step: int) -> float:
+        if step < probe_steps:
+            return 0.0
+        step -= probe_steps
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - probe_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return LambdaLR(optimizer, [backbone if g["backbone"] else head for g in optimizer.param_groups])

@@ -38,7 +38,7 @@ from .config import (
 )
 from .runlock import LOCK, check_not_running
 
-__all__ = ["RunPlan", "adapt_head", "build_model", "prepare_run"]
+__all__ = ["RunPlan", "adapt_head", "build_model", "head_names", "prepare_run"]
 
 
 @dataclass
@@ -149,11 +149,11 @@ def build_model(config: TrainConfig, classes: list[str]) -> tuple[MobileNetV1, P
     preprocessing = loaded.preprocessing
     if config.resolution is not None:
         preprocessing = replace(preprocessing, resolution=config.resolution)
-    adapt_head(model, _head_names(loaded.classes), classes)
+    adapt_head(model, head_names(loaded.classes), classes)
     return model, preprocessing
 
 
-def _head_names(classes: list[str]) -> list[str]:
+def head_names(classes: list[str]) -> list[str]:
     """Names of the old head's rows; for Google's 1001 ImageNet outputs, WordNet ids
     (what ImageNet-style folders such as Imagenette are named by) where the list is at hand."""
     wnids = read_wnids() if len(classes) == 1001 and classes[0] == "background" else None

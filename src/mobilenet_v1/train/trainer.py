@@ -48,8 +48,9 @@ from .checkpoint import (
     test_signal_from_env,
 )
 from .config import check_device
+from .distill import Teacher, distillation_loss
 from .loaders import build_loaders
-from .optim import build_optimizer, exponential_decay, warmup_cosine
+from .optim import build_optimizer, exponential_decay, finetune_schedule, warmup_cosine
 from .outputs import TensorBoard, format_row, model_metadata, plot_curves, write_metrics
 from .runlock import LOCK, RunLock
 from .setup import RunPlan, build_model
@@ -73,16 +74,22 @@ class Trainer:
         memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.memory_format = memory_format
         self.model_without_ddp = model.to(device, memory_format=memory_format)
-        self.model = dist.wrap_model(self.model_without_ddp, env, device, sync_bn=cfg.sync_bn)
+        self.progress = Progress()
+        self.teacher = Teacher(cfg, self.classes, self.preprocessing, device) if cfg.teacher else None
         self.train_loader, self.sampler, self.val_loader = build_loaders(cfg, plan.split, self.preprocessing, env)
         self.steps_per_epoch = len(self.sampler) // cfg.batch_size
         self.lr = cfg.resolved_lr(dist.global_batch_size(cfg.batch_size, env))
-        self.optimizer = build_optimizer(cfg.resolved_optimizer(), self.model_without_ddp, self.lr, cfg.weight_decay)
+        recipe = cfg.recipe_defaults
+        self.optimizer = build_optimizer(
+            cfg.resolved_optimizer(), self.model_without_ddp, self.lr, cfg.weight_decay, recipe.backbone_lr_scale
+        )
+        # --freeze-backbone: the classifier alone for the whole run, no probe phase to end.
+        self.probe_steps = 0 if cfg.freeze_backbone else round(recipe.probe * cfg.epochs * self.steps_per_epoch)
+        self.model = self._wrap()
         self.scheduler = self._build_scheduler()
         self.ema = self._build_ema()
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "amp" and device.type == "cuda")
         self.autocast = autocast_for(cfg.precision, device)
-        self.progress = Progress()
         self.stop_requested = False
         self.test_signal = test_signal_from_env(env.rank)
         self.last_save = time.monotonic()
@@ -90,12 +97,28 @@ class Trainer:
         if plan.checkpoint is not None:
             self.load_state_dict(plan.checkpoint)
 
+    def _wrap(self) -> torch.nn.Module:
+        """The model as the steps call it (DDP under torchrun). During the linear probe the
+        backbone takes no gradient, so its backward pass is skipped; DDP is wrapped again
+        when it starts to train, to reduce its gradients too."""
+        if self.probe_steps:
+            probing = self.progress.global_step < self.probe_steps
+            self.model_without_ddp.features.requires_grad_(not probing)
+        return dist.wrap_model(self.model_without_ddp, self.env, self.device, sync_bn=self.config.sync_bn)
+
+    def _backbone_trains(self) -> bool:
+        return any(p.requires_grad for p in self.model_without_ddp.features.parameters())
+
     def _build_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
         cfg = self.config
         if cfg.recipe_defaults.schedule == "exponential":
             return exponential_decay(self.optimizer, self.steps_per_epoch)
-        warmup = round(cfg.warmup_epochs * self.steps_per_epoch)
-        return warmup_cosine(self.optimizer, cfg.epochs * self.steps_per_epoch, warmup)
+        total, warmup = cfg.epochs * self.steps_per_epoch, round(cfg.warmup_epochs * self.steps_per_epoch)
+        if self.probe_steps:
+            # The backbone warms up over at most half of what is left after the probe.
+            warmup = min(warmup, (total - self.probe_steps) // 2)
+            return finetune_schedule(self.optimizer, total, self.probe_steps, warmup)
+        return warmup_cosine(self.optimizer, total, warmup)
 
     def _build_ema(self) -> AveragedModel | None:
         if not self.config.ema:
@@ -136,6 +159,7 @@ class Trainer:
                 self.scaler.load_state_dict(state["scaler"])
             restore_rng(state["rng"])
             self.progress = Progress.from_dict(state["progress"])
+            self.model = self._wrap()
         except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ValueError(f"the checkpoint in {self.run_dir} does not fit this run: {first}") from None
@@ -152,12 +176,21 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.probe_steps and self.progress.global_step >= self.probe_steps and not self._backbone_trains():
+            self.model = self._wrap()  # the probe is over: the backbone trains from here
         images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        targets = self.teacher(images) if self.teacher is not None else None
         images = float_input(images, self.preprocessing)
         labels = labels.to(self.device, non_blocking=True)
+        cfg = self.config
+        smoothing = cfg.resolved_label_smoothing()
         with self.autocast():
             logits = self.model(images)
-            loss = F.cross_entropy(logits, labels, label_smoothing=self.config.resolved_label_smoothing())
+            if targets is None:
+                loss = F.cross_entropy(logits, labels, label_smoothing=smoothing)
+            else:
+                temperature, weight = cfg.distill_temperature, cfg.distill_weight
+                loss = distillation_loss(logits, targets, labels, temperature, weight, smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -175,8 +208,8 @@ class Trainer:
         p, cfg = self.progress, self.config
         self.sampler.set_epoch(p.epoch, skip=p.step_in_epoch * cfg.batch_size)
         self.model.train()
-        if cfg.freeze_backbone:
-            self.model_without_ddp.features.eval()  # frozen BN statistics too
+        if cfg.freeze_backbone or cfg.recipe_defaults.frozen_bn:
+            self.model_without_ddp.features.eval()  # the pretrained BN statistics stay
         bar = tqdm(
             total=self.steps_per_epoch,
             initial=p.step_in_epoch,
@@ -283,6 +316,8 @@ class Trainer:
         if self.env.is_main:
             reference = None if self.config.lr is not None else self.config.recipe_defaults.reference_batch
             print(dist.scaling_summary(self.config.batch_size, self.lr, self.env, reference), file=sys.stderr)
+            for line in self._plan_lines():
+                print(line, file=sys.stderr)
         previous = signal.signal(signal.SIGINT, self._on_sigint)
         try:
             while self.progress.epoch < self.config.epochs:
@@ -296,6 +331,19 @@ class Trainer:
             signal.signal(signal.SIGINT, previous)
             if self.tensorboard is not None:
                 self.tensorboard.close()
+
+    def _plan_lines(self) -> list[str]:
+        """What this run does beyond the plain recipe, said once at its start."""
+        lines, cfg = [], self.config
+        if self.probe_steps:
+            scale = cfg.recipe_defaults.backbone_lr_scale
+            lines.append(
+                f"fine-tuning: the classifier alone for the first {self.probe_steps} steps (linear probe), "
+                f"then the whole network, the backbone at {scale:g}x the classifier's lr"
+            )
+        if self.teacher is not None:
+            lines.append(self.teacher.describe())
+        return lines
 
     def _on_sigint(self, signum: int, frame: object) -> None:
         self.stop_requested = True
