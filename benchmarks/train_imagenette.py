@@ -1,7 +1,9 @@
 """Fine-tune Google's weights or train from scratch on Imagenette with ``mobilenet-v1 train``.
 
-Runs the real CLI in-process, then prints val top-1 per epoch with wall time and writes
-``benchmarks/results/train_<name>.json``. Everything after ``--`` goes to ``train``:
+Runs the real CLI in-process, then prints val top-1 per epoch with wall time, evaluates the
+final model on the val folder as ``mobilenet-v1 eval --json`` does (``top1_ties_split``:
+tie-rule-free) and writes ``benchmarks/results/train_<name>.json``. Everything after ``--``
+goes to ``train``:
 
 nice python benchmarks/train_imagenette.py --name finetune_1.0_224_head -- \\
     --weights mobilenet_v1_1.0_224_quant --freeze-backbone --epochs 1 --bf16 --channels-last
@@ -18,7 +20,10 @@ from pathlib import Path
 import torch
 from common import DATA, ROOT
 
+from mobilenet_v1.classify import Classifier
 from mobilenet_v1.cli import main as cli
+from mobilenet_v1.measure.evaluate import evaluate_folder
+from mobilenet_v1.weights import read_wnids
 
 
 def run(name: str, data: Path, train_args: list[str], work: Path) -> dict:
@@ -32,6 +37,8 @@ def run(name: str, data: Path, train_args: list[str], work: Path) -> dict:
         raise SystemExit(f"train exited with {code}")
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     summary = json.loads((run_dir / "summary.json").read_text())
+    final = Classifier.from_weights(str(run_dir / "model-final.safetensors"))
+    evaluated = evaluate_folder(final, data / "val", wnids=read_wnids(), batch_size=64, workers=2)
     return {
         "name": name,
         "command": "mobilenet-v1 train --data " + str(data) + " " + " ".join(train_args),
@@ -42,6 +49,7 @@ def run(name: str, data: Path, train_args: list[str], work: Path) -> dict:
             for row in history
         ],
         "best_val_acc": summary["best_val_acc"],
+        "final_eval": {"dir": str(data / "val"), **evaluated.to_dict()},
         "skipped_images": summary["skipped_images"],
         "run_dir": str(run_dir),
     }
@@ -57,6 +65,7 @@ def main() -> None:
     args = parser.parse_args(argv[:split])
     result = run(args.name, args.data, argv[split + 1 :], args.work)
     print(f"{result['command']}\n{torch.get_num_threads()} thread(s), wall {result['wall_seconds']:.0f} s")
+    print(f"final model on {args.data / 'val'}: top-1 (ties split) {result['final_eval']['top1_ties_split']:.2f}%")
     print("| epoch | train loss | train acc | val loss | val top-1 | train s |")
     print("|---|---|---|---|---|---|")
     for row in result["epochs"]:

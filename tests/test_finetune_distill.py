@@ -1,0 +1,170 @@
+"""Fine-tuning by default (the finetune recipe) and distillation (Section 4.5), on tiny real photos."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from mobilenet_v1.cli import main
+from mobilenet_v1.train.config import DISTILL_TEMPERATURE, DISTILL_WEIGHT, TrainConfig
+from mobilenet_v1.train.distill import distillation_loss, teacher_rows
+
+GOOGLE = "mobilenet_v1_0.25_128_quant"
+CLASSES = ("n01440764", "n02102040", "n02979186", "n03000684")  # tench, springer, cassette player, chain saw
+
+
+def imagenette_subset(shared_data: Path, root: Path, train: int, val: int) -> Path:
+    """The first ``train`` + ``val`` photos of four Imagenette classes, linked into ``root``."""
+    for cls in CLASSES:
+        files = sorted((shared_data / "imagenette" / "train" / cls).iterdir())
+        for split, chosen in (("train", files[:train]), ("val", files[train : train + val])):
+            (root / split / cls).mkdir(parents=True)
+            for f in chosen:
+                (root / split / cls / f.name).symlink_to(f)
+    return root
+
+
+@pytest.fixture(scope="module")
+def photos(shared_data, tmp_path_factory):
+    return imagenette_subset(shared_data, tmp_path_factory.mktemp("photos"), train=16, val=12)
+
+
+def final_accuracy(run: Path) -> float:
+    return json.loads((run / "summary.json").read_text())["final_val_acc"]
+
+
+def test_default_finetune_keeps_up_with_the_classifier_alone(photos, tmp_path):
+    """With Google's weights and no tuning flags the whole network is fine-tuned, yet ends at
+    least as accurate as training the classifier alone, less 2 of the 48 photos: the paper
+    recipe used to destroy the pretrained features here (chance level)."""
+    torch.set_num_threads(2)
+    common = ["train", "--data", str(photos), "--weights", GOOGLE, "--epochs", "3", "--batch-size", "16"]
+    assert main([*common, "--workers", "0", "--output", str(tmp_path / "default")]) == 0
+    assert main([*common, "--workers", "0", "--freeze-backbone", "--output", str(tmp_path / "head")]) == 0
+    config = json.loads((tmp_path / "default" / "config.json").read_text())
+    assert config["recipe"] == "finetune" and not config["freeze_backbone"]
+    default, head = final_accuracy(tmp_path / "default"), final_accuracy(tmp_path / "head")
+    assert default >= head - 2 / 48 and default > 0.5, (default, head)
+    # The backbone trained (after the probe), the classifier more than the backbone.
+    start = load_file(tmp_path / "head" / "model-final.safetensors")
+    tuned = load_file(tmp_path / "default" / "model-final.safetensors")
+    stem = "features.0.conv.weight"
+    assert not torch.equal(start[stem], tuned[stem])
+
+
+def test_finetune_recipe_probes_first_then_trains_the_backbone_slower(photos, tmp_path, capsys):
+    from mobilenet_v1.train.setup import prepare_run
+    from mobilenet_v1.train.trainer import Trainer
+
+    config = TrainConfig(data=str(photos), output=str(tmp_path / "r"), weights=GOOGLE, epochs=3, batch_size=16)
+    assert config.recipe == "finetune" and config.resolved_lr(16) == pytest.approx(0.024 * 16 / 256)
+    plan = prepare_run(config)
+    from mobilenet_v1.train import distributed as dist
+
+    trainer = Trainer(plan, dist.DistEnv(), torch.device("cpu"))
+    assert trainer.probe_steps == 4  # a third of 3 epochs x 4 steps
+    assert not any(p.requires_grad for p in trainer.model_without_ddp.features.parameters())
+    head_lr, backbone_lr = (trainer.optimizer.param_groups[i]["lr"] for i in (0, -1))
+    assert backbone_lr == 0 and head_lr == pytest.approx(0.0015)
+    images, labels, _ = next(iter(trainer.train_loader))
+    for _ in range(4):
+        trainer.train_step(images, labels)
+        trainer.progress.global_step += 1
+    assert trainer.model_without_ddp.features[0].conv.weight.grad is None  # no backward through it
+    trainer.train_step(images, labels)
+    assert trainer.model_without_ddp.features[0].conv.weight.grad is not None
+    head_lr, backbone_lr = (trainer.optimizer.param_groups[i]["lr"] for i in (0, -1))
+    assert 0 < backbone_lr < 0.03 * head_lr
+
+
+def test_distillation_loss_mixes_soft_targets_and_labels():
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]])
+    teacher = torch.tensor([[1.0, 2.0, 0.0], [0.0, 0.0, 4.0]])
+    labels = torch.tensor([0, 2])
+    t = 3.0
+    soft = (F.softmax(teacher / t, 1) * (F.log_softmax(teacher / t, 1) - F.log_softmax(logits / t, 1))).sum(1).mean()
+    hard = F.cross_entropy(logits, labels)
+    assert distillation_loss(logits, teacher, labels, t, 0.25) == pytest.approx(0.25 * t * t * soft + 0.75 * hard)
+    assert distillation_loss(logits, teacher, labels, t, 0.0) == pytest.approx(hard)
+    assert distillation_loss(teacher, teacher, labels, t, 1.0) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_teacher_rows_map_imagenet_outputs_by_wordnet_id(shared_data):
+    wnids = (shared_data / "pretrained" / "imagenet_wnids.txt").read_text().split()
+    google = ["background", *[f"label {i}" for i in range(1000)]]
+    assert teacher_rows("t", google, list(CLASSES)) == [wnids.index(c) + 1 for c in CLASSES]
+    assert teacher_rows("t", ["b", "a"], ["a", "b"]) == [1, 0]
+    with pytest.raises(ValueError, match="class 'cat' of the data is not among its 1001 classes"):
+        teacher_rows("t", google, ["n01440764", "cat"])
+
+
+def test_distillation_settings_default_and_validate():
+    config = TrainConfig(data="d", output="o", teacher="t")
+    assert (config.distill_temperature, config.distill_weight) == (DISTILL_TEMPERATURE, DISTILL_WEIGHT)
+    assert TrainConfig(data="d", output="o").distill_weight is None
+
+
+def run_cli(args, signal_at: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env.pop("MOBILENET_V1_TEST_SIGNAL", None)
+    if signal_at:
+        env["MOBILENET_V1_TEST_SIGNAL"] = signal_at
+    cmd = [sys.executable, "-m", "mobilenet_v1", "train", *map(str, args)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_distillation_end_to_end_and_exact_resume(photos, tmp_path):
+    """A small student from scratch with Google's 0.25/128 as teacher (its 1001 outputs mapped
+    to the four WordNet-id folders, the student's 48 px batches resized to 128 for it); killed
+    and resumed, it ends with the same weights as the uninterrupted run."""
+    common = ["--data", photos, "--alpha", "0.25", "--resolution", "48", "--batch-size", "16", "--epochs", "2"]
+    common += ["--workers", "0", "--teacher", GOOGLE, "--distill-weight", "0.9", "--checkpoint-steps", "3"]
+    ref = run_cli([*common, "--output", tmp_path / "ref"])
+    assert ref.returncode == 0, ref.stderr
+    assert f"distilling from {GOOGLE} (128 px; the student's 48 px batches are resized for it)" in ref.stderr
+    saved = json.loads((tmp_path / "ref" / "config.json").read_text())
+    assert (saved["teacher"], saved["distill_weight"], saved["distill_temperature"]) == (GOOGLE, 0.9, 4.0)
+    run = tmp_path / "run"
+    killed = run_cli([*common, "--output", run], signal_at="9@5")  # SIGKILL after step 5: checkpoint at 3
+    assert killed.returncode == -9, killed.stderr
+    resumed = run_cli(["--resume", run])
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = load_file(tmp_path / "ref" / "model-final.safetensors"), load_file(run / "model-final.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    changed = run_cli(["--resume", run, "--distill-weight", "0.5"])
+    assert changed.returncode == 2 and "distill_weight 0.9 -> 0.5" in changed.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--teacher", "{tmp}/missing.safetensors"], "missing.safetensors"),
+        (["--teacher", GOOGLE, "--data", "{named}"], "class 'ant' of the data is not among its 1001 classes"),
+        (["--teacher", GOOGLE, "--distill-temperature", "0"], "distill_temperature must be a finite number > 0"),
+        (["--teacher", GOOGLE, "--distill-weight", "1.5"], "distill_weight must be a finite number in [0, 1]"),
+        (["--distill-weight", "0.5"], "distill_weight needs a teacher (--teacher WEIGHTS)"),
+        (["--recipe", "finetune"], "recipe 'finetune' needs pretrained weights"),
+    ],
+)
+def test_bad_distillation_input_one_line_exit_2_nothing_written(photos, tmp_path, capsys, args, needle):
+    (tmp_path / "named" / "ant").mkdir(parents=True)
+    (tmp_path / "named" / "bee").mkdir(parents=True)
+    for cls, name in (("ant", "n01440764"), ("bee", "n02102040")):
+        for f in sorted((photos / "train" / name).iterdir())[:4]:
+            (tmp_path / "named" / cls / f.name).symlink_to(f.resolve())
+    args = [a.format(tmp=tmp_path, named=tmp_path / "named") for a in args]
+    if "--data" not in args:
+        args += ["--data", str(photos)]
+    tiny = ["--alpha", "0.25", "--resolution", "32", "--batch-size", "4", "--workers", "0"]
+    with pytest.raises(SystemExit) as exc:
+        sys.exit(main(["train", *tiny, *args, "--output", str(tmp_path / "out")]))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err, err
+    assert not (tmp_path / "out").exists()
