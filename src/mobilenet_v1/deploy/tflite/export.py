@@ -83,7 +83,8 @@ def export_tflite(
     data = write_model(tensors, ops, metadata={METADATA_NAME: json.dumps(props).encode()}, description=fmt)
     inputs = calibration if calibration is not None else _random_inputs(preprocessing, int8)
     with atomic_write(path) as tmp:
-        tmp.write_bytes(data)
+        with open(tmp, "wb") as f:
+            f.write(data)
         exported = TFLiteModel(tmp)  # also checks the metadata it carries
         if int8:
             return _check_int8(exported, folded, inputs, Path(path), calibration is not None)

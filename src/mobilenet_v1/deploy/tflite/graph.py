@@ -69,7 +69,8 @@ def conv_layers(folded: MobileNetV1, resolution: int) -> list[Layer]:
     weight = folded.classifier.weight.detach().numpy()
     bias = folded.classifier.bias.detach().numpy()
     width = weight.shape[0]
-    classifier = Layer("classifier", False, weight[:, None, None, :], bias, 1, "VALID", None, "NONE", (1, 1, 1, width))
+    # SAME as in Google's files (a 1x1 kernel pads nothing either way)
+    classifier = Layer("classifier", False, weight[:, None, None, :], bias, 1, "SAME", None, "NONE", (1, 1, 1, width))
     return [*layers, classifier]
 
 

@@ -82,9 +82,10 @@ class TFLiteModel:
     callable, as :class:`~mobilenet_v1.deploy.onnx.OnnxModel` is for ONNX Runtime.
 
     A float file takes the preset's float input. A uint8 file takes uint8 pixels: a
-    uint8 (N, 3, H, W) batch goes in as it is, a float batch is turned back into the
-    pixels it was normalized from; its uint8 softmax ``q`` comes out as ``log(q / 256)``,
-    logits whose softmax is the file's own probabilities (zero where ``q`` is 0).
+    uint8 (N, 3, H, W) batch gives the file's uint8 softmax ``q`` as it is (probability
+    ``q / 256``, as the int8-exact emulation: ``Classifier(..., uint8=model.uint8)``); a
+    float batch is turned back into the pixels it was normalized from and gives logits
+    ``log(q / 256)``, whose softmax is ``q`` renormalized (zero where ``q`` is 0).
     ``metadata`` reads our metadata (labels, preprocessing), which exports always have.
     """
 
@@ -113,11 +114,13 @@ class TFLiteModel:
         return np.stack(outs)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        if self.uint8 and batch.dtype != torch.uint8:
-            batch = self.to_pixels(batch)
-        nhwc = batch.permute(0, 2, 3, 1).contiguous().numpy()
-        out = torch.from_numpy(self.run(nhwc.astype(self.input["dtype"], copy=False)))
-        return out.float().div(256).log() if self.uint8 else out
+        pixels = batch if batch.dtype == torch.uint8 else self.to_pixels(batch) if self.uint8 else None
+        if pixels is not None:
+            if not self.uint8:
+                raise ValueError(f"{self.path} is a float model: give it the preset's float input, not uint8 pixels")
+            out = torch.from_numpy(self.run(pixels.permute(0, 2, 3, 1).contiguous().numpy()))
+            return out if batch.dtype == torch.uint8 else out.float().div(256).log()
+        return torch.from_numpy(self.run(batch.float().permute(0, 2, 3, 1).contiguous().numpy()))
 
     def to_pixels(self, batch: torch.Tensor) -> torch.Tensor:
         """The uint8 pixels a float batch was normalized from (the preprocessing inverted)."""

@@ -1,0 +1,192 @@
+"""LiteRT export: float32 files against PyTorch, uint8 files byte for byte against the
+int8-exact emulation and Google's own files, the labels and preprocessing they carry,
+and bad input (one line, nothing written)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import randomize_batch_norm
+
+from mobilenet_v1 import Classifier, mobilenet_v1
+from mobilenet_v1.data.transforms import Preprocessing
+from mobilenet_v1.deploy.onnx import FP32_TOLERANCE
+from mobilenet_v1.deploy.quantize import calibration_files, int8_grids, load_batch
+
+pytest.importorskip("ai_edge_litert")
+pytest.importorskip("tflite")
+
+from mobilenet_v1.deploy.tflite import TFLiteModel, export_tflite, load_tflite_model
+from mobilenet_v1.weights import load_weights
+from mobilenet_v1.weights.tflite.int8 import load_int8
+from mobilenet_v1.weights.tflite.litert import LiteRTModel
+from mobilenet_v1.weights.tflite.reader import read_tflite
+
+LABELS = [f"class {i}" for i in range(10)]
+PRESET = Preprocessing(64)
+
+
+def small_model(**kwargs: object) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return randomize_batch_norm(mobilenet_v1(alpha=0.25, num_classes=10, **kwargs)).eval()
+
+
+def images(count: int = 8, size: int = 64) -> torch.Tensor:
+    return torch.rand(count, 3, size, size, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+
+@pytest.mark.parametrize("padding", ["same", "symmetric"])
+def test_float_export_matches_pytorch_and_carries_its_metadata(padding, tmp_path):
+    model = small_model(padding=padding, activation="relu6" if padding == "same" else "relu")
+    path = tmp_path / "m.tflite"
+    report = export_tflite(model, path, PRESET, labels=LABELS)
+    assert report.format == "tflite" and report.max_abs_diff <= FP32_TOLERANCE and report.top1_agreement == 1.0
+    ops = [op.name for op in read_tflite(path)]
+    # symmetric padding at stride 2 on an even map is an explicit PAD; SAME is the ops' own
+    assert ("PAD" in ops) == (padding == "symmetric")
+    assert ops[-3:] == ["AVERAGE_POOL_2D", "CONV_2D", "RESHAPE"]
+    loaded, info = load_tflite_model(path)
+    assert info.classes == LABELS and info.preprocessing == PRESET
+    x = images()
+    assert (loaded(x) - model(x)).abs().max() <= FP32_TOLERANCE
+
+
+def test_google_int8_export_is_googles_file_byte_for_byte(shared_data, tmp_path):
+    model, info = load_weights("mobilenet_v1_0.25_128_quant")
+    files = calibration_files(shared_data / "imagenette" / "val", 8)
+    batch = load_batch(files, info.preprocessing)
+    path = tmp_path / "q.tflite"
+    report = export_tflite(
+        model, path, info.preprocessing, labels=info.classes, int8=True, calibration=batch, grids=int8_grids(info)
+    )
+    assert report.format == "tflite-int8" and "equal to the int8-exact emulation on 100.00%" in report.checked_on
+    assert report.top1_agreement >= 0.75  # int8 against the float import of the same weights
+    ours = TFLiteModel(path)
+    nhwc = ours.to_pixels(batch).permute(0, 2, 3, 1).contiguous()
+    litert = torch.from_numpy(ours.run(nhwc.numpy()))
+    google = LiteRTModel(int8_grids(info))
+    expected = torch.cat([torch.from_numpy(google.run_uint8(image[None].numpy())) for image in nhwc])
+    assert torch.equal(litert, expected)  # every weight, bias and grid is Google's
+    emulation, _ = load_int8(path)  # the brief's check: the project's emulation of our file
+    assert torch.equal(emulation(nhwc), litert)
+    ours_top = Classifier(ours, info.preprocessing, info.classes, info.ignore, uint8=ours.uint8).predict(
+        [shared_data / "images" / "cat.bmp"], 1
+    )
+    google_top = Classifier.from_weights("mobilenet_v1_0.25_128_quant", int8_exact=True).predict(
+        [shared_data / "images" / "cat.bmp"], 1
+    )
+    assert ours_top[0][0][0] == google_top[0][0][0] and ours_top[0][0][1] == pytest.approx(
+        google_top[0][0][1], abs=1e-6
+    )
+
+
+def test_calibrated_int8_export_of_any_checkpoint(tmp_path):
+    model = small_model(padding="same", activation="relu6")
+    x = images(16)
+    path = tmp_path / "q.tflite"
+    report = export_tflite(model, path, PRESET, labels=LABELS, int8=True, calibration=x)
+    assert "100.00%" in report.checked_on  # else export_tflite raises: LiteRT == emulation, byte for byte
+    ops = read_tflite(path)
+    assert {op.outputs[0].dtype for op in ops} == {"uint8"} and ops[-1].name == "SOFTMAX"
+    model_out, info = load_tflite_model(path)
+    assert info.classes == LABELS
+    probs = torch.softmax(model_out(x), 1)
+    assert (probs.sum(1) - 1).abs().max() < 0.05  # the file's own uint8 probabilities, renormalized
+    assert model_out.metadata["quantization"] == "calibrated" and model_out.metadata["format"] == "tflite-int8"
+
+
+def test_qat_steps_then_calibrated_export(tmp_path):
+    model = small_model(padding="same", activation="relu6")
+    report = export_tflite(
+        model, tmp_path / "q.tflite", PRESET, labels=LABELS, int8=True, calibration=images(16), qat_steps=2
+    )
+    assert report.format == "tflite-int8"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"int8": True}, "needs calibration images"),
+        ({"qat_steps": 2}, "--qat-steps needs calibrated int8"),
+        ({"int8": True, "calibration": images(2), "model": {"padding": "symmetric"}}, "needs TensorFlow SAME padding"),
+        ({"int8": True, "calibration": images(2), "preset": Preprocessing(64, mean=(0.485, 0.456, 0.406))}, "one grid"),
+    ],
+)
+def test_bad_export_is_one_line_and_writes_nothing(kwargs, needle, tmp_path):
+    model = small_model(padding=kwargs.pop("model", {}).get("padding", "same"))
+    preset = kwargs.pop("preset", PRESET)
+    with pytest.raises(ValueError, match=needle) as info:
+        export_tflite(model, tmp_path / "m.tflite", preset, labels=LABELS, **kwargs)
+    assert "\n" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_that_is_a_directory_or_a_device(tmp_path):
+    model = small_model(padding="same")
+    with pytest.raises(IsADirectoryError):
+        export_tflite(model, tmp_path, PRESET, labels=LABELS)
+    with pytest.raises(ValueError, match="not a regular file"):
+        export_tflite(model, "/dev/null", PRESET, labels=LABELS)
+
+
+def test_missing_extra_names_the_pip_extra(monkeypatch, tmp_path):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_litert(name, *args, **kwargs):
+        if name.startswith("ai_edge_litert"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_litert)
+    with pytest.raises(ImportError, match=r"pip install 'mobilenet-v1\[litert\]'"):
+        export_tflite(small_model(padding="same"), tmp_path / "m.tflite", PRESET, labels=LABELS)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def float_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tflite") / "m.tflite"
+    export_tflite(small_model(padding="same"), path, PRESET, labels=LABELS)
+    return path
+
+
+def _with_metadata(source: Path, out: Path, text: bytes) -> Path:
+    """``source`` with its metadata JSON replaced by ``text`` (padded with spaces to its length)."""
+    data = source.read_bytes()
+    start = data.index(b'{"mobilenet_v1.')
+    _, end = json.JSONDecoder().raw_decode(data[start:].decode("latin-1"))
+    assert len(text) <= end
+    out.write_bytes(data[:start] + text.ljust(end) + data[start + end :])
+    return out
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        (b"[1, 2]", "expected a JSON object of strings"),
+        (b'{"mobilenet_v1.preprocessing": "{\\"resolution\\": -3}"', "not valid JSON"),
+        (b'{"mobilenet_v1.preprocessing": "{\\"resolution\\": -3}"}', "bad 'preprocessing' metadata"),
+        (b'{"mobilenet_v1.preprocessing": "{}"}', "bad 'preprocessing' metadata"),
+    ],
+)
+def test_hostile_metadata_is_one_line(float_file, tmp_path, text, needle):
+    path = _with_metadata(float_file, tmp_path / "bad.tflite", text)
+    with pytest.raises(ValueError, match=needle) as info:
+        load_tflite_model(path)
+    assert "\n" not in str(info.value)
+
+
+def test_truncated_or_foreign_file_is_one_line(float_file, tmp_path):
+    truncated = tmp_path / "t.tflite"
+    truncated.write_bytes(float_file.read_bytes()[:200])
+    for path in (truncated, Path(__file__)):
+        with pytest.raises(ValueError) as info:
+            load_tflite_model(path)
+        assert "\n" not in str(info.value)
+    with pytest.raises(FileNotFoundError):
+        load_tflite_model(tmp_path / "missing.tflite")
