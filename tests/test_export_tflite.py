@@ -98,14 +98,6 @@ def test_calibrated_int8_export_of_any_checkpoint(tmp_path):
     assert model_out.metadata["quantization"] == "calibrated" and model_out.metadata["format"] == "tflite-int8"
 
 
-def test_qat_steps_then_calibrated_export(tmp_path):
-    model = small_model(padding="same", activation="relu6")
-    report = export_tflite(
-        model, tmp_path / "q.tflite", PRESET, labels=LABELS, int8=True, calibration=images(16), qat_steps=2
-    )
-    assert report.format == "tflite-int8"
-
-
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
     [
