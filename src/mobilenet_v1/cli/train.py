@@ -21,6 +21,7 @@ from ..train.config import (
     default,
 )
 from ..train.optim import OPTIMIZERS
+from ..weights import DEFAULT_WEIGHTS
 from . import args as types
 
 if TYPE_CHECKING:
@@ -35,7 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="image folder: DIR/<class>/*.jpg, or DIR/train and DIR/val")
     p.add_argument("--output", help="new run folder (must not exist or be empty, nor be inside --data)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
-    p.add_argument("--weights", help="start from these weights (Google's name, .tflite or .safetensors)")
+    p.add_argument(
+        "--weights",
+        help=f"start from these weights: Google's name, .tflite or .safetensors (default {DEFAULT_WEIGHTS.value.name}, "
+        "unless --scratch, --alpha or --variant)",
+    )
+    p.add_argument("--scratch", action="store_true", default=None, help="train from scratch (random weights)")
     p.add_argument("--alpha", type=types.alpha, help=f"width multiplier from scratch (default {SCRATCH_ALPHA})")
     p.add_argument(
         "--variant",
@@ -112,7 +118,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _settings(args: argparse.Namespace) -> dict[str, object]:
     names = (
-        "weights alpha variant resolution recipe optimizer epochs batch_size lr weight_decay label_smoothing "
+        "weights scratch alpha variant resolution recipe optimizer epochs batch_size lr weight_decay label_smoothing "
         "warmup_epochs freeze_backbone val_fraction seed workers worker_nice worker_idle ema ema_decay precision "
         "channels_last checkpoint_minutes checkpoint_steps sync_bn device teacher distill_temperature distill_weight"
     ).split()

@@ -22,6 +22,7 @@ import torch
 
 from ..config import VARIANTS, validate_alpha, validate_input_size
 from ..files import write_text
+from ..weights import DEFAULT_WEIGHTS
 from .optim import OPTIMIZERS
 
 __all__ = [
@@ -103,6 +104,7 @@ FIXED_AT_START: dict[str, str] = {
     "variant": "the model's layers",
     "resolution": "the input size",
     "weights": "the starting weights",
+    "scratch": "the starting weights",
     "dropout": "the model",
     "freeze_backbone": "which parameters train",
     "ema": "the evaluated and saved model (EMA)",
@@ -122,7 +124,8 @@ class TrainConfig:
 
     data: str
     output: str
-    weights: str | None = None
+    weights: str | None = None  # None: DEFAULT_WEIGHTS, unless scratch, alpha or variant say from scratch
+    scratch: bool = False
     alpha: float | None = None  # None: the weights' alpha, else SCRATCH_ALPHA
     variant: str = "standard"  # from scratch: "full-conv" (Table 4) or "shallow" (Table 5)
     resolution: int | None = None  # None: the weights' resolution, else SCRATCH_RESOLUTION
@@ -159,6 +162,7 @@ class TrainConfig:
         for name in ("weights", "teacher"):
             if getattr(self, name) is not None:
                 self._set(name, _check_path(name, getattr(self, name)))
+        self._resolve_start()
         if self.recipe is None:
             self._set("recipe", "finetune" if self.weights else "paper")
         for name, choices in (
@@ -204,6 +208,17 @@ class TrainConfig:
         if self.recipe == "finetune" and self.weights is None:
             raise ValueError("recipe 'finetune' needs pretrained weights (--weights); from scratch use paper or modern")
         self._check_distillation()
+
+    def _resolve_start(self) -> None:
+        """Pretrained weights by default, so that the plain command fine-tunes a good model;
+        from scratch when asked (``scratch``) or when the model is described (``alpha``,
+        ``variant``: Google's weights exist for four fixed configurations only)."""
+        if not isinstance(self.scratch, bool):
+            raise ValueError(f"scratch must be true or false, got {self.scratch!r}")
+        if self.scratch and self.weights is not None:
+            raise ValueError(f"scratch and weights {self.weights} exclude each other: give one")
+        if self.weights is None and not self.scratch and self.alpha is None and self.variant == "standard":
+            self._set("weights", DEFAULT_WEIGHTS.value.name)
 
     def _check_distillation(self) -> None:
         if self.teacher is None:
