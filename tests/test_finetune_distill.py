@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from mobilenet_v1.cli import main
 from mobilenet_v1.train.config import DISTILL_TEMPERATURE, DISTILL_WEIGHT, TrainConfig
 from mobilenet_v1.train.distill import distillation_loss, teacher_rows
+from mobilenet_v1.weights import load_weights
 
 GOOGLE = "mobilenet_v1_0.25_128_quant"
 CLASSES = ("n01440764", "n02102040", "n02979186", "n03000684")  # tench, springer, cassette player, chain saw
@@ -168,3 +169,19 @@ def test_bad_distillation_input_one_line_exit_2_nothing_written(photos, tmp_path
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_finetune_with_teacher_under_torchrun(photos, tmp_path):
+    """Two processes: the probe, the switch to the whole network (DDP wrapped again once the
+    backbone takes gradients) and the teacher's targets run on every rank."""
+    from test_distributed import torchrun
+
+    args = ["-m", "mobilenet_v1", "train", "--data", photos, "--output", tmp_path / "ddp", "--resolution", "64"]
+    args += ["--batch-size", "8", "--epochs", "2", "--workers", "0", "--teacher", GOOGLE]
+    result = torchrun(args, nproc=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es) x batch 8 = global batch 16" in result.stderr
+    assert "the classifier alone for the first 3 steps (linear probe)" in result.stderr  # of 2 x 4
+    google, _ = load_weights(GOOGLE)
+    tuned = load_file(tmp_path / "ddp" / "model-final.safetensors")
+    assert not torch.equal(google.features[0].conv.weight, tuned["features.0.conv.weight"])

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from ..data.transforms import float_input
 from ..files import write_text
+from ..untrusted import printable
 from ..weights import save_safetensors
 from . import distributed as dist
 from .accel import accelerate
@@ -335,10 +336,12 @@ class Trainer:
     def _plan_lines(self) -> list[str]:
         """What this run does beyond the plain recipe, said once at its start."""
         lines, cfg = [], self.config
+        start = f"starting from {printable(cfg.weights)}" if cfg.weights else "starting from scratch (random weights)"
+        lines.append(start + ("" if cfg.scratch or not cfg.weights else " (--scratch: random weights)"))
         if self.probe_steps:
-            scale = cfg.recipe_defaults.backbone_lr_scale
+            scale, steps = cfg.recipe_defaults.backbone_lr_scale, self.probe_steps
             lines.append(
-                f"fine-tuning: the classifier alone for the first {self.probe_steps} steps (linear probe), "
+                f"fine-tuning: the classifier alone for the first {steps} step{'s' * (steps != 1)} (linear probe), "
                 f"then the whole network, the backbone at {scale:g}x the classifier's lr"
             )
         if self.teacher is not None:
