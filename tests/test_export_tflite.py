@@ -182,3 +182,25 @@ def test_truncated_or_foreign_file_is_one_line(float_file, tmp_path):
         assert "\n" not in str(info.value)
     with pytest.raises(FileNotFoundError):
         load_tflite_model(tmp_path / "missing.tflite")
+
+
+def test_cli_eval_model_tflite_matches_int8_exact(shared_data, tmp_path, capsys):
+    """``eval --model x.tflite`` runs our int8 file under LiteRT with its own preprocessing
+    and gives what ``--int8-exact`` gives for Google's weights (the same arithmetic)."""
+    from mobilenet_v1.cli import main
+
+    model, info = load_weights("mobilenet_v1_0.25_128_quant")
+    path = tmp_path / "q.tflite"
+    export_tflite(model, path, info.preprocessing, labels=info.classes, int8=True, grids=int8_grids(info))
+    val = tmp_path / "val"
+    for wnid in ("n01440764", "n03888257"):
+        (val / wnid).mkdir(parents=True)
+        for image in sorted((shared_data / "imagenette" / "val" / wnid).iterdir())[:3]:
+            (val / wnid / image.name).symlink_to(image)
+    results = []
+    for extra in (["--model", str(path)], ["--weights", "mobilenet_v1_0.25_128_quant", "--int8-exact"]):
+        code = main(["eval", str(val), "--json", "--workers", "0", *extra])
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        results.append(json.loads(captured.out.strip().splitlines()[-1]))
+    assert results[0]["top1"] == results[1]["top1"] and results[0]["per_class"] == results[1]["per_class"]

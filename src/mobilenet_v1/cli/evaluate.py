@@ -11,7 +11,7 @@ from ..classify import Classifier
 from ..measure.evaluate import EvalResult, evaluate_folder
 from ..weights import DEFAULT_WEIGHTS, read_wnids
 from . import args as types
-from .predict import INT8_HELP, WEIGHTS_HELP
+from .predict import INT8_HELP, MODEL_HELP, WEIGHTS_HELP, from_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--weights", default=DEFAULT_WEIGHTS.value.name, help=WEIGHTS_HELP)
-    p.add_argument("--model", type=Path, help="an exported .onnx file, run by ONNX Runtime with its preprocessing")
+    p.add_argument(
+        "--model",
+        type=Path,
+        help=MODEL_HELP,
+    )
     p.add_argument("--batch-size", type=types.positive_int, default=64)
     p.add_argument("--workers", type=int, default=2, help="data loading processes (0: in this process)")
     p.add_argument("--wnids", type=Path, help="ImageNet WordNet ids, one per line (default: the data directory's)")
@@ -35,12 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     if args.model:
-        from ..deploy.onnx import load_onnx
-
-        if args.int8_exact:
-            raise ValueError("--int8-exact runs Google's interpreter arithmetic; it does not apply to --model")
-        model, info = load_onnx(args.model)
-        classifier = Classifier(model, info.preprocessing, info.classes, info.ignore)
+        classifier = from_model(args.model, args.int8_exact)
         args.weights = str(args.model)  # reported in place of the weights
     else:
         classifier = Classifier.from_weights(args.weights, int8_exact=args.int8_exact)
