@@ -2,11 +2,14 @@
 
 For each of the four configurations 0.25/128, 0.5/160, 0.75/192 and 1.0/224 (Google's
 quantized checkpoints), in one run: PyTorch eager, PyTorch compiled
-(``compile_for_inference``, float32 and bfloat16), ONNX Runtime fp32, ONNX Runtime int8 (our exports), Google's
-int8 ``.tflite`` under LiteRT (XNNPACK, its default CPU path) and timm's MobileNet V1 of
-the same width exported to ONNX fp32. Batch-1 latency (median, p90 over ``--runs`` timed
-runs after warm-up, runtimes interleaved in 10 rounds) and batch-32 throughput at 1 and
-2 threads, then ORT's per-layer profile (depthwise vs pointwise) at 2 threads.
+(``compile_for_inference``, float32 and bfloat16), our AOTInductor packages (``pt2``,
+float32 and bfloat16), ONNX Runtime fp32 and int8, ExecuTorch fp32 and int8 (XNNPACK),
+Google's int8 ``.tflite`` and ours under LiteRT (XNNPACK, its default CPU path) and
+timm's MobileNet V1 of the same width exported to ONNX fp32 (``--no-exports`` leaves
+out the pt2, ExecuTorch and our LiteRT files, whose exports take minutes). Batch-1
+latency (median, p90 over ``--runs`` timed runs after warm-up, runtimes interleaved in
+10 rounds) and batch-32 throughput at 1 and 2 threads, then ORT's per-layer profile
+(depthwise vs pointwise) at 2 threads.
 
     python benchmarks/latency.py [--runs 200] [--threads 1 2] [--configs 0.25/128 ...]
 
@@ -35,7 +38,8 @@ from common import DATA
 
 from mobilenet_v1.cli.bench import format_table
 from mobilenet_v1.deploy.quantize import calibration_files
-from mobilenet_v1.measure.bench import cpu_name, layer_profile, prepare, run_config
+from mobilenet_v1.measure.bench import cpu_name, layer_profile, run_config
+from mobilenet_v1.measure.subjects import prepare
 
 CONFIGS = {
     "0.25/128": "mobilenet_v1_0.25_128_quant",
@@ -64,10 +68,15 @@ def targets(result: dict, statistic: str) -> dict[str, float]:
         return t[a]["latency"][statistic] / t[b]["latency"][statistic] if a in t and b in t else None
 
     return {
-        "int8_vs_litert": ratio("ort-int8", "litert-int8"),  # target <= 0.6
+        "int8_vs_litert": ratio("ort-int8", "litert-int8"),  # target <= 0.5 at 0.25/128
         "fp32_vs_timm": ratio("ort-fp32", "timm-ort-fp32"),  # target <= 1.0
-        "compiled_vs_ort_fp32": ratio("torch-compiled", "ort-fp32"),  # target <= 1.3
+        "compiled_vs_ort_fp32": ratio("torch-compiled", "ort-fp32"),
         "compiled_bf16_vs_ort_fp32": ratio("torch-compiled-bf16", "ort-fp32"),
+        "pt2_vs_ort_fp32": ratio("pt2-fp32", "ort-fp32"),  # target <= 1.3
+        "pt2_bf16_vs_ort_fp32": ratio("pt2-bf16", "ort-fp32"),
+        "ours_tflite_int8_vs_litert": ratio("ours-tflite-int8", "litert-int8"),  # target <= 1.05
+        "executorch_int8_vs_litert": ratio("executorch-int8", "litert-int8"),
+        "executorch_fp32_vs_ort_fp32": ratio("executorch-fp32", "ort-fp32"),
     }
 
 
@@ -79,6 +88,7 @@ def main() -> None:
     parser.add_argument("--batch-runs", type=int, default=10)
     parser.add_argument("--torch-backend", default="inductor", choices=("inductor", "jit"))
     parser.add_argument("--no-spin", action="store_true", help="idle threads sleep (for a shared machine)")
+    parser.add_argument("--no-exports", action="store_true", help="leave out the pt2, ExecuTorch and our LiteRT files")
     parser.add_argument("--calibration", type=Path, default=DATA / "imagenette" / "train")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "latency.json")
     args = parser.parse_args()
@@ -87,7 +97,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for label in args.configs:
             start = time.time()
-            setup = prepare(CONFIGS[label], Path(tmp), files)
+            setup = prepare(CONFIGS[label], Path(tmp), files, exports=not args.no_exports)
             setup.torch_backend = args.torch_backend
             setup.ort_spin = not args.no_spin
             result = run_config(setup, threads=tuple(args.threads), runs=args.runs, batch_runs=args.batch_runs)

@@ -1,4 +1,5 @@
-"""``mobilenet-v1 bench``: latency and throughput of every deployment path, side by side."""
+"""``mobilenet-v1 bench``: latency and throughput of every deployment path, side by side
+(:data:`~mobilenet_v1.measure.subjects.SUBJECTS`), in one process."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ DEFAULT_WEIGHTS = ("mobilenet_v1_0.25_128_quant",)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="CPU latency/throughput: PyTorch, ONNX Runtime fp32/int8, Google's LiteRT")
+    p = sub.add_parser(
+        "bench", help="CPU latency/throughput: PyTorch, pt2, ONNX Runtime, ExecuTorch, LiteRT (ours, Google's)"
+    )
     p.add_argument("--weights", nargs="+", default=list(DEFAULT_WEIGHTS), help="one or more weights specs")
     p.add_argument("--calibration", type=Path, required=True, help="image folder for the int8 export")
     p.add_argument("--calibration-images", type=types.positive_int, default=100)
@@ -22,6 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", type=types.positive_int, default=200, help="timed batch-1 runs per subject (>= 10)")
     p.add_argument("--batch", type=types.positive_int, default=32, help="batch size of the throughput runs")
     p.add_argument("--no-timm", action="store_true", help="skip timm's MobileNet V1 under ONNX Runtime")
+    p.add_argument(
+        "--no-exports",
+        action="store_true",
+        help="skip the pt2, ExecuTorch and our LiteRT subjects (their exports take minutes)",
+    )
     p.add_argument("--torch-backend", choices=("inductor", "jit"), default="inductor")
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
     p.set_defaults(func=run)
@@ -30,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..deploy.quantize import calibration_files
     from ..files import check_writable, write_text
-    from ..measure.bench import prepare, run_config
+    from ..measure.bench import run_config
+    from ..measure.subjects import prepare
 
     if args.runs < 10:
         raise ValueError(f"--runs must be at least 10 (10 interleaved rounds), got {args.runs}")
@@ -40,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for weights in args.weights:
-            setup = prepare(weights, Path(tmp), files, timm=not args.no_timm)
+            setup = prepare(weights, Path(tmp), files, timm=not args.no_timm, exports=not args.no_exports)
             setup.torch_backend = args.torch_backend
             result = run_config(setup, threads=tuple(args.threads), runs=args.runs, batch=args.batch)
             print(format_table([result]), flush=True)

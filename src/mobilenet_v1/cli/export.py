@@ -1,4 +1,4 @@
-"""``mobilenet-v1 export``: a checkpoint to ONNX (float32) or static int8 ONNX."""
+"""``mobilenet-v1 export``: a checkpoint to ONNX, LiteRT, ExecuTorch or an AOTInductor package."""
 
 from __future__ import annotations
 
@@ -6,22 +6,27 @@ import argparse
 import json
 from pathlib import Path
 
+from ..deploy.exported import FORMATS
 from . import args as types
 
-FORMATS = ("onnx", "onnx-int8")
+INT8 = ("onnx-int8", "tflite-int8", "executorch-int8")
+FORMAT_HELP = (
+    "onnx (float32), onnx-int8 (static PTQ), tflite / tflite-int8 (LiteRT), executorch / executorch-int8 "
+    "(.pte lowered to XNNPACK), pt2 / pt2-bf16 (torch.export + AOTInductor package)"
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export weights to ONNX (fp32) or int8 ONNX, numerics checked")
+    p = sub.add_parser("export", help="export weights to ONNX, LiteRT, ExecuTorch or pt2 (fp32/int8), numerics checked")
     p.add_argument("--weights", required=True, help="Google model name, enum name, or .tflite/.safetensors file")
-    p.add_argument("--format", choices=FORMATS, default="onnx", help="onnx (float32) or onnx-int8 (static PTQ)")
+    p.add_argument("--format", choices=FORMATS, default="onnx", help=FORMAT_HELP)
     p.add_argument("--calibration", type=Path, help="image folder for int8 calibration (e.g. imagenette/train)")
     p.add_argument("--calibration-images", type=types.positive_int, default=200, help="images drawn from it")
     p.add_argument(
         "--float-layers",
         type=int,
         default=None,
-        help="leading convolutions kept in float in int8 exports (default 2: stem and first depthwise)",
+        help="leading convolutions kept in float in onnx-int8 exports (default 2: stem and first depthwise)",
     )
     p.add_argument(
         "--quantization",
@@ -33,54 +38,63 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--qat-steps",
         type=types.non_negative_int,
         default=0,
-        help="onnx-int8, calibrated: quantization-aware fine-tuning steps on the calibration images first (default 0)",
+        help="onnx-int8/tflite-int8, calibrated: quantization-aware fine-tuning steps on the calibration images first",
     )
     p.add_argument(
         "--dynamic-size",
         action="store_true",
         help="onnx: any input height/width >= 32, not only the weights' resolution (SAME pads computed in the graph)",
     )
-    p.add_argument("-o", "--output", type=Path, required=True, help="the .onnx file to write")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the file to write (.onnx, .tflite, .pte, .pt2)")
     p.add_argument("--json", action="store_true", help="print the export report as JSON")
     p.set_defaults(func=run)
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """Each option only where its format takes it; the output named for its format."""
+    fmt = args.format
+    suffix = FORMATS[fmt]
+    if args.output.suffix.lower() != suffix:
+        raise ValueError(f"--format {fmt} writes a {suffix} file, got --output {args.output}")
+    if args.dynamic_size and fmt != "onnx":
+        raise ValueError(
+            f"--dynamic-size only applies to --format onnx (others have a static size), got --format {fmt}"
+        )
+    if fmt in ("onnx-int8", "executorch-int8") and args.calibration is None:
+        raise ValueError(f"--format {fmt} needs --calibration DIR (a folder of images)")
+    if fmt not in INT8 and args.calibration is not None:
+        raise ValueError(f"--calibration only applies to the int8 formats ({', '.join(INT8)}), got --format {fmt}")
+    if args.float_layers is not None and fmt != "onnx-int8":
+        raise ValueError(f"--float-layers only applies to --format onnx-int8, got --format {fmt}")
+    if args.float_layers is not None and args.float_layers < 0:
+        raise ValueError(f"--float-layers must be >= 0, got {args.float_layers}")
+    if args.qat_steps and fmt not in ("onnx-int8", "tflite-int8"):
+        raise ValueError(f"--qat-steps only applies to --format onnx-int8 or tflite-int8, got --format {fmt}")
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..deploy.onnx import export_onnx
-    from ..deploy.quantize import DEFAULT_FLOAT_LAYERS, calibration_files, export_int8, int8_grids, load_batch
+    from ..deploy.exported import export_as
+    from ..deploy.quantize import calibration_files, int8_grids, load_batch
     from ..files import check_writable
     from ..weights import load_weights
 
-    if args.dynamic_size and args.format != "onnx":
-        raise ValueError(
-            f"--dynamic-size only applies to --format onnx (int8 files have a static size), got --format {args.format}"
-        )
-    if args.format == "onnx-int8" and args.calibration is None:
-        raise ValueError("--format onnx-int8 needs --calibration DIR (a folder of images)")
-    if args.format == "onnx" and (args.calibration is not None or args.float_layers is not None):
-        raise ValueError("--calibration and --float-layers only apply to --format onnx-int8")
-    float_layers = DEFAULT_FLOAT_LAYERS if args.float_layers is None else args.float_layers
-    if float_layers < 0:
-        raise ValueError(f"--float-layers must be >= 0, got {float_layers}")
-    if args.qat_steps and args.format != "onnx-int8":
-        raise ValueError(f"--qat-steps only applies to --format onnx-int8, got --format {args.format}")
-    check_writable(args.output)
+    check_writable(args.output)  # first: a directory or a device is named as such
+    check_options(args)
     files = calibration_files(args.calibration, args.calibration_images) if args.calibration else []
     model, loaded = load_weights(args.weights)
-    pre, labels = loaded.preprocessing, loaded.classes
-    if args.format == "onnx":
-        report = export_onnx(model, args.output, pre, labels=labels, dynamic_size=args.dynamic_size)
-    else:
-        report = export_int8(
-            model,
-            args.output,
-            pre,
-            load_batch(files, pre),
-            labels=labels,
-            grids=int8_grids(loaded, args.quantization),
-            float_layers=float_layers,
-            qat_steps=args.qat_steps,
-        )
+    int8 = args.format in INT8
+    report = export_as(
+        args.format,
+        model,
+        args.output,
+        loaded.preprocessing,
+        labels=loaded.classes,
+        calibration=load_batch(files, loaded.preprocessing) if files else None,
+        grids=int8_grids(loaded, args.quantization) if int8 else (),
+        float_layers=args.float_layers,
+        qat_steps=args.qat_steps,
+        dynamic_size=args.dynamic_size,
+    )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import torch
 
@@ -14,6 +15,7 @@ from ..weights import DEFAULT_WEIGHTS
 from . import args as types
 
 WEIGHTS_HELP = "Google's model name, an enum name, or a .tflite/.safetensors file (default: %(default)s)"
+MODEL_HELP = "an exported .onnx, .tflite, .pte or .pt2 file, run by its runtime with its preprocessing"
 INT8_HELP = "run Google's uint8 model with TFLite's integer arithmetic (byte-identical to LiteRT's default CPU path)"
 
 
@@ -21,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="classify images with Google's or your weights (top-k with probabilities)")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--weights", default=DEFAULT_WEIGHTS.value.name, help=WEIGHTS_HELP)
+    p.add_argument("--model", type=Path, help=MODEL_HELP)
     p.add_argument("--topk", type=types.positive_int, default=5)
     p.add_argument("--plot", metavar="PNG", help="save each image beside a bar chart of its top-k")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -29,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    classifier = Classifier.from_weights(args.weights, int8_exact=args.int8_exact)
+    classifier = from_model(args.model, args.int8_exact) if args.model else None
+    classifier = classifier or Classifier.from_weights(args.weights, int8_exact=args.int8_exact)
     images = [load_image(path) for path in args.images]  # every file is checked before any work
     top = classifier.top(torch.stack([classifier.transform(img) for img in images]), args.topk)
     if args.json:
@@ -48,3 +52,14 @@ def run(args: argparse.Namespace) -> int:
         crops = [eval_transform(classifier.preprocessing, to_float=False)(img) for img in images]
         print(f"wrote {plot_predictions(crops, args.images, top, args.plot)}")
     return 0
+
+
+def from_model(path: Path, int8_exact: bool) -> Classifier:
+    """The classifier of an exported file, run by its runtime (``--model``, in place of ``--weights``)."""
+    from ..deploy.exported import load_exported
+
+    if int8_exact:
+        raise ValueError("--int8-exact runs Google's interpreter arithmetic; it does not apply to --model")
+    model, info = load_exported(path)
+    uint8 = getattr(model, "uint8", False)  # a uint8 .tflite takes the uint8 crops
+    return Classifier(model, info.preprocessing, info.classes, info.ignore, uint8=uint8)

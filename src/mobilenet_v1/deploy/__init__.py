@@ -1,7 +1,9 @@
 """Deployment: batch norm folded (:mod:`.fold`), ONNX export and the one ONNX Runtime
 wrapper (:mod:`.onnx`), int8 (:mod:`.quantize`: the one ``export_int8``, with
-quantization-aware fine-tuning from :mod:`.qat`), and the PyTorch-native compiled path
-(:mod:`.compiled`).
+quantization-aware fine-tuning from :mod:`.qat`), the PyTorch-native compiled path
+(:mod:`.compiled`) and AOTInductor package (:mod:`.pt2`), ExecuTorch for phones
+(:mod:`.executorch`), and every format by name with the one loader of exported files
+(:mod:`.exported`).
 
 May import: the model, ``data``, ``weights``, ``files`` and ``untrusted``; nothing of ``train``,
 ``measure`` or ``cli``.

@@ -1,7 +1,7 @@
 """Measuring models: accuracy on image folders (:mod:`.evaluate`), latency of every
-runtime (:mod:`.bench`), the accuracy/latency trade-off of alpha and rho
-(:mod:`.tradeoff`, :mod:`.report`), fidelity to Google's interpreter (:mod:`.fidelity`)
-and figures (:mod:`.plots`).
+runtime (:mod:`.bench`; the subjects and their files in :mod:`.subjects`), the
+accuracy/latency trade-off of alpha and rho (:mod:`.tradeoff`, :mod:`.report`), fidelity
+to Google's interpreter (:mod:`.fidelity`) and figures (:mod:`.plots`).
 
 May import: everything but ``train`` and ``cli``.
 """

@@ -26,16 +26,15 @@ import numpy as np
 
 from ..config import layer_plan
 from ..deploy.onnx import OnnxModel, onnx_session
+from .subjects import SUBJECTS, BenchSetup
 
 __all__ = [
-    "SUBJECTS",
-    "BenchSetup",
     "Timing",
     "cpu_name",
     "layer_profile",
+    "make_runners",
     "measure",
     "onnx_runner",
-    "prepare",
     "run_config",
 ]
 
@@ -154,32 +153,6 @@ def layer_profile(
     return {"total_us": total, "by_kind": shares, "layers": layers, "convs_matched": conv_index == len(plan)}
 
 
-SUBJECTS = (
-    "torch-eager",
-    "torch-compiled",
-    "torch-compiled-bf16",
-    "ort-fp32",
-    "ort-int8",
-    "litert-int8",
-    "timm-ort-fp32",
-)
-
-
-@dataclass
-class BenchSetup:
-    """The files and model of one configuration (e.g. Google's 0.25/128)."""
-
-    label: str
-    model: Any  # MobileNetV1, folded
-    resolution: int
-    fp32: Path
-    int8: Path
-    tflite: list[Path]
-    timm_fp32: Path | None = None
-    torch_backend: str = "inductor"
-    ort_spin: bool = True  # False on a shared machine, like OMP_WAIT_POLICY=PASSIVE for PyTorch
-
-
 def _torch_runners(setup: BenchSetup, x: Any) -> dict[str, Runner]:
     import torch
 
@@ -216,6 +189,18 @@ def _litert_runner(paths: list[Path], batch: int, resolution: int, threads: int)
     return run
 
 
+def _exported_runner(path: Path, x: Any, threads: int) -> Runner:
+    """An exported file under its runtime (:func:`~mobilenet_v1.deploy.exported.load_exported`);
+    a uint8 ``.tflite`` is given uint8 pixels (NHWC) as on a phone."""
+    from ..deploy.exported import load_exported
+
+    model, _ = load_exported(path, threads)
+    if getattr(model, "uint8", False):
+        pixels = np.random.default_rng(0).integers(0, 256, (len(x), *x.shape[2:], 3), dtype=np.uint8)
+        return lambda: model.run(pixels)
+    return lambda: model(x)
+
+
 def make_runners(setup: BenchSetup, threads: int, batch: int) -> dict[str, Runner]:
     """All subjects for one thread count and batch size, in :data:`SUBJECTS` order."""
     import torch
@@ -230,7 +215,9 @@ def make_runners(setup: BenchSetup, threads: int, batch: int) -> dict[str, Runne
         runners["litert-int8"] = _litert_runner(setup.tflite, batch, setup.resolution, threads)
     if setup.timm_fp32 is not None:
         runners["timm-ort-fp32"] = onnx_runner(setup.timm_fp32, x, threads, setup.ort_spin)
-    return runners
+    for name, path in setup.exported.items():
+        runners[name] = _exported_runner(path, torch.from_numpy(x), threads)
+    return {name: runners[name] for name in SUBJECTS if name in runners}
 
 
 def run_config(
@@ -247,37 +234,3 @@ def run_config(
             name: {"latency": latency[name].to_dict(), "throughput": throughput[name].to_dict()} for name in latency
         }
     return out
-
-
-def export_timm(alpha: float, resolution: int, path: Path) -> Path:
-    """timm's MobileNet V1 (``mobilenetv1_100`` at width ``alpha``, random weights: speed
-    does not depend on them) exported to float32 ONNX like ours."""
-    import torch
-
-    from ..deploy.onnx import save_onnx_graph
-
-    try:
-        from timm.models.efficientnet import _gen_mobilenet_v1
-    except ImportError:
-        raise ImportError("the timm comparison needs timm: pip install 'mobilenet-v1[dev]'") from None
-    model = _gen_mobilenet_v1("mobilenetv1_100", alpha, pretrained=False).eval()
-    with torch.no_grad():
-        save_onnx_graph(model, path, resolution)
-    return path
-
-
-def prepare(weights: str, workdir: Path, calibration: list[Path], *, timm: bool = True) -> BenchSetup:
-    """Load ``weights``, export fp32 and int8 ONNX (and timm's) into ``workdir``."""
-    from ..deploy.onnx import export_onnx
-    from ..deploy.quantize import export_int8, int8_grids, load_batch
-    from ..weights import load_weights
-
-    model, loaded = load_weights(weights)
-    pre = loaded.preprocessing
-    grids = int8_grids(loaded)
-    label = f"{model.config.alpha:g}/{pre.resolution}"
-    fp32, int8 = workdir / f"{label.replace('/', '_')}_fp32.onnx", workdir / f"{label.replace('/', '_')}_int8.onnx"
-    export_onnx(model, fp32, pre, labels=loaded.classes)
-    export_int8(model, int8, pre, load_batch(calibration, pre), labels=loaded.classes, grids=grids)
-    timm_path = export_timm(model.config.alpha, pre.resolution, workdir / f"timm_{fp32.name}") if timm else None
-    return BenchSetup(label, model, pre.resolution, fp32, int8, grids, timm_path)

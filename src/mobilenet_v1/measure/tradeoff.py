@@ -45,11 +45,15 @@ __all__ = ["GRID", "RUNTIMES", "Point", "best_under_budget", "measure_grid", "pa
 ALPHAS = (1.0, 0.75, 0.5, 0.25)
 RESOLUTIONS = (224, 192, 160, 128)
 GRID = tuple((a, r) for a in ALPHAS for r in RESOLUTIONS)
-RUNTIMES = ("onnx-int8", "onnx", "torch")
+RUNTIMES = ("onnx-int8", "onnx", "torch", "pt2", "pt2-bf16", "executorch", "executorch-int8", "tflite-int8")
 CACHE_VERSION = 1
 MAX_CACHE_BYTES = 16 << 20  # ~40,000 entries of ~400 bytes: far more than any grid and settings give
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
+
+
+def is_int8(runtime: str) -> bool:
+    return runtime.endswith("int8")
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,7 @@ class Point:
 
     def google_top1(self, runtime: str) -> float:
         """The reported accuracy that matches the runtime: quantized for int8, else float."""
-        return self.google_top1_quant if runtime == "onnx-int8" else self.google_top1_float
+        return self.google_top1_quant if is_int8(runtime) else self.google_top1_float
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,7 +116,7 @@ def best_under_budget(
 
 def _local_weights(alpha: float, resolution: int, runtime: str, download: bool) -> tuple[MobileNetV1, Any] | None:
     """Google's weights for this configuration, if they can be had (locally or by download)."""
-    name = f"mobilenet_v1_{alpha}_{resolution}" + ("_quant" if runtime == "onnx-int8" else "")
+    name = f"mobilenet_v1_{alpha}_{resolution}" + ("_quant" if is_int8(runtime) else "")
     for candidate in (name, f"mobilenet_v1_{alpha}_{resolution}_quant"):
         try:
             return load_weights(get_weights(candidate), download=download)
@@ -130,15 +134,11 @@ def _predictor(
         from ..deploy.compiled import compile_for_inference
 
         return compile_for_inference(model, preset.resolution)
-    from ..deploy.onnx import OnnxModel, export_onnx
-    from ..deploy.quantize import export_int8
+    from ..deploy.exported import FORMATS, export_as, load_exported
 
-    path = workdir / f"{runtime}.onnx"
-    if runtime == "onnx-int8":
-        export_int8(model, path, preset, calibration)
-    else:
-        export_onnx(model, path, preset)
-    return OnnxModel(path, threads)
+    path = workdir / f"{runtime}{FORMATS[runtime]}"
+    export_as(runtime, model, path, preset, calibration=calibration)
+    return load_exported(path, threads)[0]
 
 
 def _latency(predict: Predictor, resolution: int, runs: int) -> tuple[float, float]:
@@ -303,7 +303,7 @@ def _measure_one(
     loaded = _local_weights(alpha, resolution, runtime, download) if data else None
     model, info = loaded if loaded else (MobileNetV1(google_config(alpha)).eval(), None)
     preset = info.preprocessing if info else Preprocessing(resolution)
-    images = _calibration_batch(calibration, preset) if runtime == "onnx-int8" else torch.empty(0)
+    images = _calibration_batch(calibration, preset) if is_int8(runtime) else torch.empty(0)
     with tempfile.TemporaryDirectory() as tmp:
         predict = _predictor(model, preset, runtime, threads, Path(tmp), images)
         median, p90 = _latency(predict, resolution, runs)

@@ -1,0 +1,226 @@
+"""Export to ExecuTorch (``.pte``) lowered to XNNPACK: float32, or int8 with PT2E.
+
+ExecuTorch is PyTorch's on-device runtime (Android, iOS, embedded); XNNPACK is its CPU
+backend, the same kernels LiteRT runs on a phone. The folded model (Section 3.1's
+conv-BN-ReLU as conv+bias+ReLU) is ``torch.export``-ed with a dynamic batch and every
+layer is delegated to XNNPACK; a layer XNNPACK cannot take is an error, not a silent
+fallback to ExecuTorch's slow portable kernels. int8 is PyTorch's PT2E flow with
+XNNPACK's quantizer: int8 weights per output channel (symmetric), int8 activations per
+tensor from min/max over calibration images
+(:func:`~mobilenet_v1.deploy.quantize.load_batch`).
+
+The labels and preprocessing travel inside the program, as a constant method
+(``mobilenet_v1_metadata``, returning :func:`~.onnx.metadata_props` as JSON) that the
+runtime can call without running the network. The file is untrusted input when read:
+bounded size, ExecuTorch's identifier checked before the runtime sees it, the metadata
+parsed as an ONNX file's is (:func:`~.onnx.read_metadata`), and the runtime's own log
+lines kept off the terminal (one line per error).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data.transforms import Preprocessing
+from ..files import atomic_write
+from ..model import MobileNetV1
+from ..untrusted import parse_json, printable
+from ..weights import LoadedWeights
+from .fold import fuse_bn
+from .onnx import (
+    FP32_TOLERANCE,
+    ExportReport,
+    compare_with_torch,
+    metadata_props,
+    read_metadata,
+    require,
+)
+
+__all__ = ["ExecuTorchModel", "export_executorch", "load_executorch"]
+
+METADATA_METHOD = "mobilenet_v1_metadata"
+MAX_PTE_BYTES = 256 << 20  # a 1.0/224 float32 program is ~17 MB
+# what a fully delegated graph may call outside XNNPACK: the delegate, and reshapes of a dynamic batch
+OUTSIDE_OPS = ("executorch_call_delegate", "getitem", "sym_size", "view_copy")
+MAX_BATCH = 16  # the runtime plans its memory for the largest batch; larger batches run in chunks
+EXTRA = "mobile"  # pip install 'mobilenet-v1[mobile]'
+
+
+class _Lowerable(nn.Module):
+    """The model with its global average pooling kept 4-D (``keepdim``), the form
+    XNNPACK's mean takes; the same arithmetic as ``MobileNetV1.forward``."""
+
+    def __init__(self, model: MobileNetV1) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.model.forward_features(x).mean((2, 3), keepdim=True).flatten(1)
+        return self.model.classifier(pooled)
+
+
+def _batch_dim() -> tuple[dict[int, Any]]:
+    return ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
+
+
+def _quantize(model: nn.Module, calibration: torch.Tensor) -> torch.nn.Module:
+    """PT2E: observers placed by XNNPACK's quantizer, calibrated, converted to q/dq form."""
+    pt2e = require("torchao.quantization.pt2e.quantize_pt2e", EXTRA)
+    xnnpack = require("executorch.backends.xnnpack.quantizer.xnnpack_quantizer", EXTRA)
+    quantizer = xnnpack.XNNPACKQuantizer().set_global(xnnpack.get_symmetric_quantization_config(is_per_channel=True))
+    example = (calibration[:2],)
+    prepared = pt2e.prepare_pt2e(torch.export.export(model, example, dynamic_shapes=_batch_dim()).module(), quantizer)
+    with torch.no_grad():
+        for batch in calibration.split(16):
+            prepared(batch)
+    return pt2e.convert_pt2e(prepared)
+
+
+def _lower(module: torch.nn.Module, resolution: int, metadata: dict[str, str]) -> bytes:
+    """``torch.export`` (dynamic batch), every layer delegated to XNNPACK, serialized."""
+    exir = require("executorch.exir", EXTRA)
+    partitioner = require("executorch.backends.xnnpack.partition.xnnpack_partitioner", EXTRA)
+    example = (torch.randn(2, 3, resolution, resolution),)
+    program = torch.export.export(module, example, dynamic_shapes=_batch_dim())
+    edge = exir.to_edge_transform_and_lower(
+        program,
+        partitioner=[partitioner.XnnpackPartitioner()],
+        constant_methods={METADATA_METHOD: json.dumps(metadata)},
+    )
+    graph = edge.exported_program().graph
+    names = {getattr(n.target, "__name__", str(n.target)) for n in graph.nodes if n.op == "call_function"}
+    left = sorted(name for name in names if not any(op in name for op in OUTSIDE_OPS))
+    if left:
+        raise ValueError(f"XNNPACK cannot take every layer of this model (left: {', '.join(left)})")
+    return edge.to_executorch().buffer
+
+
+def export_executorch(
+    model: MobileNetV1,
+    path: str | Path,
+    preprocessing: Preprocessing,
+    *,
+    labels: Sequence[str] | None = None,
+    int8: bool = False,
+    calibration: torch.Tensor | None = None,
+) -> ExportReport:
+    """``model`` to an ExecuTorch program at ``path`` (``.pte``), lowered to XNNPACK.
+
+    float32 is checked against the folded PyTorch model on ``calibration`` (or 4 random
+    images): max |logit diff| <= ``FP32_TOLERANCE``, else ``ValueError`` and nothing is
+    written. int8 needs ``calibration`` (a preprocessed batch, e.g. 100-200 images) and
+    reports its difference and top-1 agreement with the float model on it.
+    """
+    if int8 and (calibration is None or len(calibration) == 0):
+        raise ValueError("an int8 ExecuTorch export needs calibration images")
+    folded = fuse_bn(model)
+    res = preprocessing.resolution
+    given = calibration is not None
+    inputs = calibration if given else torch.randn(4, 3, res, res, generator=torch.Generator().manual_seed(0))
+    fmt = "executorch-int8" if int8 else "executorch"
+    meta = metadata_props(preprocessing, labels, folded.config, fmt)
+    lowerable = _Lowerable(folded).eval()
+    module = _quantize(lowerable, inputs) if int8 else lowerable
+    buffer = _lower(module, res, meta)
+    with atomic_write(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(buffer)
+        diff, agree = compare_with_torch(ExecuTorchModel(tmp, metadata=False), folded, inputs)
+        if not int8 and not diff <= FP32_TOLERANCE:
+            raise ValueError(f"exported program differs from PyTorch: max |logit diff| {diff:.3g} > {FP32_TOLERANCE:g}")
+    return ExportReport(Path(path), fmt, diff, agree, f"{len(inputs)} {'calibration' if given else 'random'} inputs")
+
+
+@contextlib.contextmanager
+def _runtime_log() -> Iterator[list[str]]:
+    """Keep the runtime's log lines off the terminal: the C++ runtime writes to file
+    descriptor 2, its Python bindings to ``sys.stderr``. Yields a list that holds the
+    lines once the block ends (the caller's reason when loading fails)."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as native, contextlib.redirect_stderr(io.StringIO()) as python:
+        os.dup2(native.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            native.seek(0)
+            text = native.read(1 << 16).decode("utf-8", "replace") + python.getvalue()[: 1 << 16]
+            lines += [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _load_program(path: Path) -> Any:
+    runtime = require("executorch.runtime", EXTRA)
+    if not path.is_file():
+        raise FileNotFoundError(f"ExecuTorch program not found: {path}")
+    size = path.stat().st_size
+    if size > MAX_PTE_BYTES:
+        raise ValueError(f"{path}: {size} bytes, more than the {MAX_PTE_BYTES} a MobileNet V1 program can be")
+    data = path.read_bytes()
+    if len(data) < 8 or data[4:8] != b"ET12":
+        raise ValueError(f"{path}: not an ExecuTorch program (no 'ET12' identifier)")
+    with _runtime_log() as log:
+        try:
+            program = runtime.Runtime.get().load_program(data)
+            return program, program.load_method("forward")
+        except (RuntimeError, ValueError) as exc:
+            failure = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    reason = printable((log[-1] if log else failure)[:200])
+    raise ValueError(f"cannot load ExecuTorch program {path} (truncated or corrupt?): {reason}")
+
+
+class ExecuTorchModel:
+    """A ``.pte`` under ExecuTorch's runtime (XNNPACK on ``threads`` threads: the
+    runtime's one thread pool) as a ``batch -> logits`` callable, as
+    :class:`~mobilenet_v1.deploy.onnx.OnnxModel` is for ONNX Runtime. ``metadata`` reads
+    our metadata (labels, preprocessing), which an exported file always has."""
+
+    def __init__(self, path: str | Path, threads: int = 2, *, metadata: bool = True) -> None:
+        pybindings = require("executorch.extension.pybindings.portable_lib", EXTRA)
+        with _runtime_log():  # creating the thread pool logs what it finds of the CPU
+            if pybindings._threadpool_get_thread_count() != threads:
+                pybindings._unsafe_reset_threadpool(threads)
+        self.path = Path(path)
+        self.program, self.method = _load_program(self.path)
+        self.max_batch = max(1, int(self.method.metadata.input_tensor_meta(0).sizes()[0]))
+        self.metadata = read_metadata(self._session(), name=self.path) if metadata else {}
+
+    def _session(self) -> Any:
+        """What :func:`~.onnx.read_metadata` reads: the metadata strings and the output shape."""
+        if METADATA_METHOD not in self.program.method_names:
+            raise ValueError(f"{self.path}: no mobilenet_v1 metadata (was it exported by `mobilenet-v1 export`?)")
+        raw = self.program.load_method(METADATA_METHOD).execute([])[0]
+        props = parse_json(str(raw), what=f"{self.path}: '{METADATA_METHOD}'", max_depth=1)
+        if not isinstance(props, dict) or not all(isinstance(v, str) for v in props.values()):
+            raise ValueError(f"{self.path}: bad '{METADATA_METHOD}' (expected a JSON object of strings)")
+        shape = list(self.method.metadata.output_tensor_meta(0).sizes())
+        meta = SimpleNamespace(custom_metadata_map=props)
+        return SimpleNamespace(get_modelmeta=lambda: meta, get_outputs=lambda: [SimpleNamespace(shape=shape)])
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        chunks = batch.float().split(self.max_batch)
+        outs = [self.method.execute([chunk.contiguous()])[0] for chunk in chunks]
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def load_executorch(path: str | Path, threads: int = 2) -> tuple[ExecuTorchModel, LoadedWeights]:
+    """``(model, info)`` like ``weights.load_weights``, from the program's metadata."""
+    model = ExecuTorchModel(path, threads)
+    meta = model.metadata
+    classes = meta["labels"] if meta["labels"] is not None else [str(i) for i in range(meta["outputs"])]
+    strings = {k: v for k, v in meta.items() if isinstance(v, str)}
+    return model, LoadedWeights(classes, meta["preprocessing"], strings)

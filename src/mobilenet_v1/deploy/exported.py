@@ -1,0 +1,120 @@
+"""Every export format by name (:func:`export_as`) and the one way to run an exported
+file (:func:`load_exported`, which picks the runtime by suffix).
+
+``.onnx`` runs under ONNX Runtime, ``.tflite`` under LiteRT, ``.pte`` under ExecuTorch
+and ``.pt2`` under AOTInductor; each returns a ``batch -> logits`` callable and the
+labels and preprocessing the file carries, so ``mobilenet-v1 eval/predict --model``
+need nothing else. Each exporter and runtime is imported only when asked for (the
+optional extras: ``export``, ``tflite``/``litert``, ``mobile``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..data.transforms import Preprocessing
+from ..model import MobileNetV1
+from ..weights import LoadedWeights
+
+if TYPE_CHECKING:  # the CLI reads FORMATS at start-up: no exporter is imported before it is used
+    from .onnx import ExportReport
+
+__all__ = ["FORMATS", "SUFFIXES", "export_as", "load_exported"]
+
+SUFFIXES = (".onnx", ".tflite", ".pte", ".pt2")
+FORMATS = {  # format -> the suffix of its files
+    "onnx": ".onnx",
+    "onnx-int8": ".onnx",
+    "tflite": ".tflite",
+    "tflite-int8": ".tflite",
+    "executorch": ".pte",
+    "executorch-int8": ".pte",
+    "pt2": ".pt2",
+    "pt2-bf16": ".pt2",
+}
+
+
+def export_as(
+    fmt: str,
+    model: MobileNetV1,
+    path: str | Path,
+    preprocessing: Preprocessing,
+    *,
+    labels: Sequence[str] | None = None,
+    calibration: torch.Tensor | None = None,
+    grids: Sequence[Path] = (),
+    float_layers: int | None = None,
+    qat_steps: int = 0,
+    dynamic_size: bool = False,
+) -> ExportReport:
+    """``model`` exported to ``path`` in format ``fmt`` (:data:`FORMATS`) by that format's
+    one exporter; ``calibration`` (a preprocessed batch) and ``grids`` (Google's
+    ``.tflite`` files, :func:`~.quantize.int8_grids`) serve the int8 formats,
+    ``float_layers`` onnx-int8, ``qat_steps`` onnx-int8/tflite-int8, ``dynamic_size`` onnx."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if fmt == "onnx":
+        from .onnx import export_onnx
+
+        return export_onnx(model, path, preprocessing, labels=labels, dynamic_size=dynamic_size)
+    if fmt == "onnx-int8":
+        from .quantize import DEFAULT_FLOAT_LAYERS, export_int8
+
+        if calibration is None:
+            raise ValueError("--format onnx-int8 needs calibration images")
+        layers = DEFAULT_FLOAT_LAYERS if float_layers is None else float_layers
+        return export_int8(
+            model,
+            path,
+            preprocessing,
+            calibration,
+            labels=labels,
+            grids=grids,
+            float_layers=layers,
+            qat_steps=qat_steps,
+        )
+    if fmt.startswith("tflite"):
+        from .tflite import export_tflite
+
+        int8 = fmt == "tflite-int8"
+        return export_tflite(
+            model, path, preprocessing, labels=labels, int8=int8, calibration=calibration,
+            grids=list(grids) if int8 and grids else None, qat_steps=qat_steps,
+        )  # fmt: skip
+    if fmt.startswith("executorch"):
+        from .executorch import export_executorch
+
+        int8 = fmt == "executorch-int8"
+        return export_executorch(model, path, preprocessing, labels=labels, int8=int8, calibration=calibration)
+    from .pt2 import DTYPES, export_pt2
+
+    dtype = DTYPES["bf16" if fmt == "pt2-bf16" else "fp32"]
+    return export_pt2(model, path, preprocessing, labels=labels, dtype=dtype)
+
+
+def load_exported(path: str | Path, threads: int = 2) -> tuple[Callable[[torch.Tensor], torch.Tensor], LoadedWeights]:
+    """``(model, info)`` of an exported file, as ``weights.load_weights`` gives for a
+    checkpoint; an unknown suffix is a ``ValueError`` naming the ones known."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        from .onnx import load_onnx
+
+        return load_onnx(path, threads)
+    if suffix == ".tflite":
+        from .tflite import load_tflite_model
+
+        return load_tflite_model(path, threads)
+    if suffix == ".pte":
+        from .executorch import load_executorch
+
+        return load_executorch(path, threads)
+    if suffix == ".pt2":
+        from .pt2 import load_pt2
+
+        return load_pt2(path, threads)
+    raise ValueError(f"cannot tell the runtime of {path}: the file name must end in {', '.join(SUFFIXES)}")

@@ -1,0 +1,214 @@
+"""A PyTorch-native package: ``torch.export`` + AOTInductor (``.pt2``), float32 or bfloat16.
+
+Why not the model as it is: AOTInductor cannot fuse or generate code for convolutions, so
+each of Table 1's 27 convolutions becomes one call into oneDNN, which at batch 1 costs
+tens of microseconds of weight reordering and primitive lookup per call, more than the
+arithmetic of most of MobileNet's small layers (Section 3.2: 95% of the time is in 1x1
+convolutions that are tiny at alpha 0.25). The package is therefore compiled from an
+equivalent *GEMM form* of the folded network (:class:`GemmForm`), laid out NHWC:
+
+* a 1x1 convolution is one matrix product of the (N*H*W, C) activation, a free view in
+  NHWC, with its bias added in the same call (``addmm``);
+* a 3x3 depthwise convolution is nine shifted multiply-adds, which Inductor fuses with
+  the SAME padding, the bias, ReLU6 and the previous layer's ReLU6 into one vectorized
+  C++ loop over the channels;
+* a full 3x3 convolution (the stem, Table 4's Conv MobileNet) is its nine shifted
+  inputs concatenated along the channels (im2col) times the weight matrix.
+
+docs/deployment.md measures this against the convolution form, freezing,
+channels_last and max-autotune. The batch is dynamic; the height and width are the
+preprocessing's. The labels and preprocessing travel inside the compiled library
+(AOTInductor's ``aot_inductor.metadata``). A ``.pt2`` holds a native shared library that
+loading runs: load only packages you trust.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.transforms import Preprocessing
+from ..files import atomic_write
+from ..model import Conv2dSame, ConvBNAct, MobileNetV1, same_padding
+from ..weights import LoadedWeights
+from .fold import fuse_bn
+from .onnx import FP32_TOLERANCE, ExportReport, compare_with_torch, dynamic_shapes, metadata_props, read_metadata
+
+__all__ = ["BF16_TOLERANCE", "DTYPES", "GemmForm", "Pt2Model", "export_pt2", "load_pt2"]
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+BF16_TOLERANCE = 0.05  # max |logit diff| / max |logit|: bfloat16 keeps 8 bits of mantissa per layer
+MAX_PT2_BYTES = 256 << 20  # a 1.0/224 float32 package is ~20 MB
+
+
+class _GemmLayer(nn.Module):
+    """One conv + bias + ReLU/ReLU6 of the folded network, on NHWC activations."""
+
+    def __init__(self, layer: ConvBNAct, high: float, dtype: torch.dtype) -> None:
+        super().__init__()
+        conv = layer.conv
+        self.kernel, self.stride = conv.kernel_size[0], conv.stride[0]
+        self.same = isinstance(conv, Conv2dSame)
+        self.pad = 0 if self.same else conv.padding[0]
+        self.depthwise = conv.groups > 1
+        self.high = high
+        w = conv.weight.detach()
+        # depthwise: (C, 1, k, k) -> (k*k, C); dense: (Cout, Cin, k, k) -> (k*k*Cin, Cout), im2col's order
+        w = w[:, 0].permute(1, 2, 0).reshape(-1, w.shape[0]) if self.depthwise else w.permute(2, 3, 1, 0)
+        self.register_buffer("weight", w.reshape(-1, conv.out_channels).to(dtype).contiguous())
+        self.register_buffer("bias", conv.bias.detach().to(dtype).clone())
+
+    def taps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The k*k shifted (strided) views of the padded input, row by row."""
+        k, s = self.kernel, self.stride
+        if self.same:
+            (top, bottom), (left, right) = same_padding(x.shape[1], k, s), same_padding(x.shape[2], k, s)
+        else:
+            top = bottom = left = right = self.pad
+        x = F.pad(x, [0, 0, left, right, top, bottom])
+        rows, cols = (x.shape[1] - k) // s + 1, (x.shape[2] - k) // s + 1
+        return [
+            x[:, i : i + (rows - 1) * s + 1 : s, j : j + (cols - 1) * s + 1 : s] for i in range(k) for j in range(k)
+        ]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.depthwise:
+            y = self.bias + sum(tap * w for tap, w in zip(self.taps(x), self.weight, strict=True))
+        else:
+            cols = x if self.kernel == 1 and self.stride == 1 else torch.cat(self.taps(x), dim=-1)
+            n, h, w, c = cols.shape
+            y = torch.addmm(self.bias, cols.reshape(-1, c), self.weight).reshape(n, h, w, -1)
+        return y.clamp(0, self.high)
+
+
+class GemmForm(nn.Module):
+    """The folded ``model`` as NHWC GEMMs and fused depthwise loops (see the module's
+    docstring), in ``dtype``: float32 NCHW in, float32 logits out, as the model."""
+
+    def __init__(self, model: MobileNetV1, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        folded = fuse_bn(model)
+        high = 6.0 if folded.config.activation == "relu6" else float("inf")
+        layers = [m for m in folded.features.modules() if isinstance(m, ConvBNAct)]
+        self.layers = nn.Sequential(*(_GemmLayer(m, high, dtype) for m in layers))
+        self.classifier = folded.classifier.to(dtype)
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layers(x.to(self.dtype).permute(0, 2, 3, 1))
+        return self.classifier(x.mean((1, 2))).float()
+
+
+def _compile(form: GemmForm, path: Path, resolution: int, metadata: dict[str, str]) -> None:
+    example = (torch.randn(2, 3, resolution, resolution),)
+    with torch.no_grad():
+        program = torch.export.export(form, example, dynamic_shapes=dynamic_shapes(False))
+        # freezing is left off: it turns each addmm back into a oneDNN call with packed weights
+        options = {"aot_inductor.metadata": metadata}
+        torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=options)
+
+
+def export_pt2(
+    model: MobileNetV1,
+    path: str | Path,
+    preprocessing: Preprocessing,
+    *,
+    labels: Sequence[str] | None = None,
+    dtype: torch.dtype = torch.float32,
+    check_inputs: torch.Tensor | None = None,
+) -> ExportReport:
+    """``model`` to an AOTInductor package at ``path`` (``.pt2``), dynamic batch, in
+    ``dtype`` (float32 or bfloat16: oneDNN's AVX-512 BF16/AMX kernels where the CPU has
+    them), compiled for this machine's CPU (minutes for 1.0/224).
+
+    The package is loaded and checked against the folded PyTorch model on
+    ``check_inputs`` (default: 4 random images) before it is renamed into place: max
+    |logit diff| <= ``FP32_TOLERANCE`` in float32, <= ``BF16_TOLERANCE`` times the largest
+    logit in bfloat16; otherwise ``ValueError`` and nothing is written.
+    """
+    name = next((k for k, v in DTYPES.items() if v == dtype), None)
+    if name is None:
+        raise ValueError(f"unsupported pt2 dtype {dtype}; choose torch.float32 or torch.bfloat16")
+    if not str(path).endswith(".pt2"):
+        raise ValueError(f"an AOTInductor package must be named *.pt2, got {path}")
+    form = GemmForm(model, dtype).eval()
+    res = preprocessing.resolution
+    inputs = (
+        check_inputs
+        if check_inputs is not None
+        else torch.randn(4, 3, res, res, generator=torch.Generator().manual_seed(0))
+    )
+    reference = fuse_bn(model)
+    meta = metadata_props(preprocessing, labels, reference.config, f"pt2-{name}")
+    with atomic_write(path) as tmp:
+        _compile(form, tmp, res, meta)
+        diff, agree = compare_with_torch(Pt2Model(tmp, metadata=False), reference, inputs)
+        with torch.no_grad():
+            limit = FP32_TOLERANCE if name == "fp32" else BF16_TOLERANCE * float(reference(inputs).abs().max())
+        if not diff <= limit:
+            raise ValueError(f"exported pt2 ({name}) differs from PyTorch: max |logit diff| {diff:.3g} > {limit:.3g}")
+    checked = f"{len(inputs)} {'given' if check_inputs is not None else 'random'} inputs"
+    return ExportReport(Path(path), f"pt2-{name}", diff, agree, checked)
+
+
+def _check_package(path: Path) -> None:
+    """A readable zip of bounded size holding an AOTInductor model, else one line."""
+    if not path.is_file():
+        raise FileNotFoundError(f"pt2 package not found: {path}")
+    size = path.stat().st_size
+    if size > MAX_PT2_BYTES:
+        raise ValueError(f"{path}: {size} bytes, more than the {MAX_PT2_BYTES} a MobileNet V1 package can be")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise ValueError(f"{path}: not a pt2 package (not a readable zip archive: {type(exc).__name__})") from None
+    if not any("/data/aotinductor/" in n and n.endswith(".so") for n in names):
+        raise ValueError(f"{path}: not an AOTInductor package (no compiled model inside)")
+
+
+class Pt2Model:
+    """An AOTInductor package as a ``batch -> logits`` callable, as
+    :class:`~mobilenet_v1.deploy.onnx.OnnxModel` is for ONNX Runtime. ``threads`` sets
+    PyTorch's intra-op threads (the package runs on them). The compiled model is called
+    directly (``boxed_run``): ``aoti_load_package``'s wrapper re-parses its input spec
+    on every call, a tenth of a millisecond at batch 1."""
+
+    def __init__(self, path: str | Path, threads: int = 2, *, metadata: bool = True) -> None:
+        self.path = Path(path)
+        _check_package(self.path)
+        torch.set_num_threads(threads)
+        try:
+            self.package = torch._inductor.aoti_load_package(str(self.path))
+        except (RuntimeError, ValueError, KeyError, OSError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"cannot load pt2 package {self.path}: {reason}") from None
+        self.metadata = read_metadata(self._session(), name=self.path) if metadata else {}
+
+    def _session(self) -> Any:
+        """What :func:`~.onnx.read_metadata` reads: the metadata strings (no fixed output shape)."""
+        meta = SimpleNamespace(custom_metadata_map=dict(self.package.get_metadata()))
+        return SimpleNamespace(get_modelmeta=lambda: meta, get_outputs=lambda: [SimpleNamespace(shape=["batch", None])])
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.package.loader.boxed_run([batch.float().contiguous()])[0]
+
+
+def load_pt2(path: str | Path, threads: int = 2) -> tuple[Pt2Model, LoadedWeights]:
+    """``(model, info)`` like ``weights.load_weights``, from the package's metadata."""
+    model = Pt2Model(path, threads)
+    meta = model.metadata
+    count = meta["config"].get("num_classes")
+    if meta["labels"] is None and count is None:
+        raise ValueError(f"{path}: neither labels nor a number of classes in the package's metadata")
+    classes = meta["labels"] if meta["labels"] is not None else [str(i) for i in range(count)]
+    strings = {k: v for k, v in meta.items() if isinstance(v, str)}
+    return model, LoadedWeights(classes, meta["preprocessing"], strings)
