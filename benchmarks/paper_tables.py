@@ -10,7 +10,7 @@ verdicts and figures (``paper_report.py``). The plans and their measured costs: 
 
 python benchmarks/paper_tables.py --table 4 [--seeds 0 1 2] [--epochs 30] [--plan cpu|full] [-- TRAIN OPTIONS]
 python benchmarks/paper_tables.py --report
-python benchmarks/paper_tables.py --table all --smoke --results /tmp/smoke.json   # tiny data, one step per model
+python benchmarks/paper_tables.py --table all --smoke --results /tmp/smoke.json   # 1 image per class, 1 step
 """
 
 from __future__ import annotations
@@ -39,11 +39,13 @@ from mobilenet_v1.measure.evaluate import evaluate_folder
 from mobilenet_v1.train.checkpoint import LAST
 
 RESULTS = ROOT / "benchmarks" / "results" / "paper_tables.json"
+DOC = ROOT / "docs" / "paper.md"
 WORK = Path(os.environ.get("MOBILENET_V1_CACHE") or Path.home() / ".cache" / "mobilenet-v1") / "paper-runs"
 # One recipe for every model, from scratch (docs/paper.md says why "modern" and lr 0.1).
 RECIPE_ARGS = ["--scratch", "--recipe", "modern", "--lr", "0.1", "--batch-size", "64", "--bf16", "--channels-last"]
 MODEL_KEY = ("plan", "variant", "alpha", "resolution", "seed", "epochs")
 KEY = ("table", *MODEL_KEY)
+IMAGENETTE_CLASSES = 10
 
 
 @dataclass(frozen=True)
@@ -87,13 +89,14 @@ PLANS: dict[str, dict[str, Table]] = {
 
 
 def planned_runs(plan: str, tables: list[str], seeds: list[int] | None, epochs: int | None) -> list[dict[str, Any]]:
-    """The runs of ``tables`` in ``plan``, each with its exact cost (10 classes)."""
+    """The runs of ``tables`` in ``plan``, each with its exact cost (for Imagenette's head)."""
     runs = []
     for name in tables:
         table = PLANS[plan][name]
         for seed in table.seeds if seeds is None else seeds:
             for m in table.models:
-                cost = model_cost(MobileNetV1Config(alpha=m.alpha, variant=m.variant, num_classes=10), m.resolution)
+                config = MobileNetV1Config(alpha=m.alpha, variant=m.variant, num_classes=IMAGENETTE_CLASSES)
+                cost = model_cost(config, m.resolution)
                 runs.append(
                     {"plan": plan, "table": name, "variant": m.variant, "alpha": m.alpha}
                     | {"resolution": m.resolution, "mult_adds": cost.mult_adds, "params": cost.params}
@@ -139,31 +142,27 @@ def train(argv: list[str], run_dir: Path, extra: list[str]) -> bool:
     return resume
 
 
-def train_and_evaluate(run: dict[str, Any], data: Path, work: Path, extra: list[str]) -> dict[str, Any]:
+def train_and_evaluate(run: dict[str, Any], data: Path, work: Path, extra: list[str], workers: int) -> dict[str, Any]:
     """Train ``run`` (unless its final model exists) and measure its final model's val top-1."""
     run_dir = work / run_name(run)
     final = run_dir / "model-final.safetensors"
     start = time.perf_counter()
     argv = train_command(run, data, run_dir, extra)
     resumed = final.is_file() or train(argv, run_dir, extra)
-    result = evaluate_folder(Classifier.from_weights(final), data / "val", workers=min(2, os.cpu_count() or 1))
+    result = evaluate_folder(Classifier.from_weights(final), data / "val", workers=workers)
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     evaluation = f"mobilenet-v1 eval {data / 'val'} --weights {final} --json"
-    return (
-        run
-        | {
-            "trained_for_table": run["table"],
-            "top1": round(result.top1_ties_split, 4),
-            "final_val_acc": summary["final_val_acc"],
-            "steps": summary["steps"],
-            "train_seconds": summary["train_seconds"],
-            "wall_seconds": time.perf_counter() - start,
-            "resumed": resumed,  # then wall_seconds counts this session only; train_seconds all of it
-            "machine": machine(),
-            "command": f"mobilenet-v1 {' '.join(argv)} && {evaluation}",
-            "runner": " ".join(["python", "benchmarks/paper_tables.py", *sys.argv[1:]]),
-        }
-    )
+    return run | {
+        "trained_for_table": run["table"],
+        "top1": round(result.top1_ties_split, 4),
+        "final_val_acc": summary["final_val_acc"],
+        "steps": summary["steps"],
+        "train_seconds": summary["train_seconds"],
+        "wall_seconds": time.perf_counter() - start,
+        "resumed": resumed,  # then wall_seconds counts this session only; train_seconds all of it
+        "machine": machine(),
+        "command": f"mobilenet-v1 {' '.join(argv)} && {evaluation}",
+    }
 
 
 def load_results(path: Path) -> list[dict[str, Any]]:
@@ -199,7 +198,10 @@ def run_plan(args: argparse.Namespace, data: Path, work: Path, extra: list[str])
             continue
         same = [r for r in done if run_key(r, MODEL_KEY) == run_key(run, MODEL_KEY)]
         print(f"[{i}/{len(runs)}] table {run['table']} {run_name(run)}", file=sys.stderr)
-        record = same[0] | {"table": run["table"]} if same else train_and_evaluate(run, data, work, extra)
+        if same:
+            record = same[0] | {"table": run["table"]}
+        else:
+            record = train_and_evaluate(run, data, work, extra, args.workers) | {"runner": args.runner}
         save_result(args.results, record)
         print(f"{run_name(run)}: top-1 {record['top1']:.2f}%, {record['wall_seconds']:.0f} s", file=sys.stderr)
 
@@ -215,14 +217,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=DATA / "imagenette")
     parser.add_argument("--work", type=Path, default=WORK, help=f"run folders (default {WORK})")
     parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--smoke", action="store_true", help="2 images per class, one step per model")
+    parser.add_argument("--smoke", action="store_true", help="1 image per class, one step per model")
     parser.add_argument("--report", action="store_true", help="write the tables and figures of --doc")
-    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "paper.md")
+    parser.add_argument("--doc", type=Path, default=DOC)
     args = parser.parse_args(argv)
     if args.table is None and not args.report:
         parser.error("nothing to do: give --table and/or --report")
     if args.smoke and args.results.resolve() == RESULTS.resolve():
         parser.error(f"--smoke would overwrite {RESULTS}: give --results")
+    if args.smoke and args.report and args.doc.resolve() == DOC.resolve():
+        parser.error(f"--smoke --report would overwrite {DOC}: give --doc")
     return args
 
 
@@ -230,11 +234,12 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
     args = parse_args(argv[:split])
+    args.runner = " ".join(["python", "benchmarks/paper_tables.py", *argv])
     extra = ["--device", args.device, "--workers", str(args.workers), *argv[split + 1 :]]
     if args.table and args.smoke:
         with tempfile.TemporaryDirectory(prefix="paper-smoke-") as tmp:
-            data = tiny_imagenette(args.data, Path(tmp) / "data", per_class=2)
-            run_plan(args, data, Path(tmp) / "runs", [*extra, "--batch-size", "20"])
+            data = tiny_imagenette(args.data, Path(tmp) / "data", per_class=1)
+            run_plan(args, data, Path(tmp) / "runs", [*extra, "--batch-size", str(IMAGENETTE_CLASSES)])
     elif args.table:
         run_plan(args, args.data, args.work, extra)
     if args.report:
@@ -244,4 +249,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, OSError) as exc:  # a bad --results/--doc: one line, as the CLI does
+        print(f"paper_tables.py: error: {exc}", file=sys.stderr)
+        sys.exit(2)

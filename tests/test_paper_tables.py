@@ -1,5 +1,5 @@
 """benchmarks/paper_tables.py in its smoke mode: every model of the cpu plan trained one step
-on 2 images per class, the JSON's fields, skipping runs already recorded, and the report
+on 1 image per class, the JSON's fields, skipping runs already recorded, and the report
 (tables beside the paper's, verdicts from the numbers, Figures 4 and 5)."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def test_smoke_runs_every_model_of_the_plan_once(paper_tables, smoke_results: Pa
     assert sorted(map(paper_tables.run_key, runs)) == sorted(map(paper_tables.run_key, planned))  # each once
     for run in runs:
         assert FIELDS <= run.keys()
-        assert run["epochs"] == 1 and run["steps"] == 1  # 20 images, batch 20
+        assert run["epochs"] == 1 and run["steps"] == 1  # 10 images, batch 10
         assert 0.0 <= run["top1"] <= 100.0
         assert run["wall_seconds"] > 0 and run["command"].startswith("mobilenet-v1 train --data ")
         assert f"--variant {run['variant']}" in run["command"] and f"--seed {run['seed']}" in run["command"]
