@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
-__all__ = ["MAX_JSON_BYTES", "MAX_JSON_DEPTH", "parse_json", "printable"]
+__all__ = ["MAX_JSON_BYTES", "MAX_JSON_DEPTH", "parse_json", "printable", "read_bounded"]
 
 MAX_JSON_BYTES = 1 << 20  # 1 MiB: the largest metadata value we write (1001 class names) is ~30 KB
 MAX_JSON_DEPTH = 16  # our metadata nests at most 3 levels
@@ -81,3 +82,20 @@ def printable(text: object) -> str:
 def _escape(match: re.Match[str]) -> str:
     code = ord(match.group())
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def read_bounded(path: str | Path, what: str, max_bytes: int, identifier: bytes | None = None) -> bytes:
+    """The bytes of the untrusted file ``path`` (a ``what``, e.g. "TFLite flatbuffer"):
+    ``FileNotFoundError`` if it is missing, ``ValueError`` if it is larger than
+    ``max_bytes`` (checked before reading) or lacks the file ``identifier`` that
+    flatbuffers and ExecuTorch programs carry at bytes 4-8."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ValueError(f"{path}: {size} bytes, more than the {max_bytes} a MobileNet V1 {what} can be")
+    data = path.read_bytes()
+    if identifier is not None and (len(data) < 8 or data[4:8] != identifier):
+        raise ValueError(f"{path}: not a {what} (no {identifier.decode()!r} file identifier)")
+    return data

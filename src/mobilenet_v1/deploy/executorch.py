@@ -36,7 +36,7 @@ from torch import nn
 from ..data.transforms import Preprocessing
 from ..files import atomic_write
 from ..model import MobileNetV1
-from ..untrusted import parse_json, printable
+from ..untrusted import parse_json, printable, read_bounded
 from ..weights import LoadedWeights
 from .fold import fuse_bn
 from .onnx import (
@@ -165,14 +165,7 @@ def _runtime_log() -> Iterator[list[str]]:
 
 def _load_program(path: Path) -> Any:
     runtime = require("executorch.runtime", EXTRA)
-    if not path.is_file():
-        raise FileNotFoundError(f"ExecuTorch program not found: {path}")
-    size = path.stat().st_size
-    if size > MAX_PTE_BYTES:
-        raise ValueError(f"{path}: {size} bytes, more than the {MAX_PTE_BYTES} a MobileNet V1 program can be")
-    data = path.read_bytes()
-    if len(data) < 8 or data[4:8] != b"ET12":
-        raise ValueError(f"{path}: not an ExecuTorch program (no 'ET12' identifier)")
+    data = read_bounded(path, "ExecuTorch program", MAX_PTE_BYTES, b"ET12")
     with _runtime_log() as log:
         try:
             program = runtime.Runtime.get().load_program(data)

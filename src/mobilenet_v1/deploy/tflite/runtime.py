@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...untrusted import parse_json
+from ...untrusted import parse_json, read_bounded
 from ...weights import LoadedWeights
 from ...weights.tflite.reader import MAX_TFLITE_BYTES
 from ..onnx import read_metadata, require
@@ -31,15 +31,7 @@ MAX_METADATA_BYTES = 1 << 20  # as untrusted.MAX_JSON_BYTES: 1001 labels are ~30
 
 
 def _read(path: Path) -> bytes:
-    if not path.is_file():
-        raise FileNotFoundError(f"TFLite model not found: {path}")
-    size = path.stat().st_size
-    if size > MAX_TFLITE_BYTES:
-        raise ValueError(f"{path}: {size} bytes, more than the {MAX_TFLITE_BYTES} a MobileNet V1 .tflite can hold")
-    data = path.read_bytes()
-    if len(data) < 8 or data[4:8] != b"TFL3":
-        raise ValueError(f"{path}: not a TFLite flatbuffer (no 'TFL3' file identifier)")
-    return data
+    return read_bounded(path, "TFLite flatbuffer", MAX_TFLITE_BYTES, b"TFL3")
 
 
 def tflite_metadata(path: str | Path) -> dict[str, str]:

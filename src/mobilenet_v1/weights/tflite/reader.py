@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ...untrusted import printable
+from ...untrusted import printable, read_bounded
 
 __all__ = ["TFLiteOp", "TFLiteTensor", "dequantize", "join_ops", "read_tflite", "read_tflite_files", "with_head"]
 
@@ -107,14 +107,7 @@ def read_tflite(path: str | Path) -> list[TFLiteOp]:
     the file for anything that is not a complete TFLite flatbuffer.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"TFLite file not found: {path}")
-    size = path.stat().st_size
-    if size > MAX_TFLITE_BYTES:
-        raise ValueError(f"{path}: {size} bytes, more than the {MAX_TFLITE_BYTES} a MobileNet V1 .tflite can hold")
-    data = path.read_bytes()
-    if len(data) < 8 or data[4:8] != b"TFL3":
-        raise ValueError(f"{path}: not a TFLite flatbuffer (no 'TFL3' file identifier)")
+    data = read_bounded(path, "TFLite flatbuffer", MAX_TFLITE_BYTES, b"TFL3")
     try:
         ops, end = _parse(_tflite(), data)
     except (IndexError, struct.error, ValueError, TypeError, AttributeError, KeyError) as exc:
