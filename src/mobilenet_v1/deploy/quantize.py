@@ -7,8 +7,9 @@ activations, int8 weights) that it fuses into ``QLinearConv`` on VNNI kernels:
   activations uint8 per tensor from min/max over calibration images;
 * ``tflite`` (Google's QAT models): the activation scales and zero points stored in
   Google's ``.tflite`` file, i.e. the quantization the network was trained with, and its
-  weight grids as symmetric per-channel int8 (exact for 98.5% of the channels of
-  0.25/128, see :func:`_int8_weight`); calibration images then only check the result.
+  convolution weight grids as symmetric per-channel int8 (exact for 98.5% of the
+  channels of 0.25/128, see :func:`_int8_weight`) and the classifier's as per-tensor
+  int8 (exact, :func:`_classifier_weight`); calibration images then only check the result.
 
 The first ``float_layers`` convolutions (the 3x3 stem and the first depthwise layer,
 Table 1's widest maps with the fewest channels) stay in float: ORT's int8 kernels are
@@ -121,6 +122,19 @@ def _int8_weight(tensor: Any, values: np.ndarray) -> list[dict[str, Any]]:
     return channels
 
 
+def _classifier_weight(tensor: Any) -> list[dict[str, Any]]:
+    """Google's per-tensor uint8 grid ``s * (q - z)`` of the classifier as per-tensor int8
+    ``s * ((q - 128) - (z - 128))``: exact for every weight (22 of the 1001 rows of
+    0.25/128 reach past 127 steps and would lose it per channel), and ORT's ``QGemm``
+    runs a per-tensor weight faster: one requantization scale for all 1001 outputs
+    instead of a scale per output (3.5 µs of ~7 at batch 1; convolutions show no such
+    difference, docs/deployment.md)."""
+    if tensor.scale.size != 1:
+        raise ValueError(f"expected per-tensor TFLite weights, got {tensor.scale.size} scales for {tensor.name}")
+    zero = int(tensor.zero_point[0]) - 128
+    return [{"scale": np.array(tensor.scale[0], np.float32), "zero_point": np.array(zero, np.int8)}]
+
+
 def tflite_overrides(fp32: str | Path, tflite: Sequence[str | Path]) -> dict[str, list[dict[str, Any]]]:
     """Google's own quantization (weights and activations), as ORT ``TensorQuantOverrides``.
 
@@ -129,7 +143,7 @@ def tflite_overrides(fp32: str | Path, tflite: Sequence[str | Path]) -> dict[str
     channel symmetrically doubles the step wherever a channel's range is lopsided and
     costs about 1 pt of top-1 (docs/deployment.md); keeping Google's grid costs nothing. The k-th Conv (and
     its Clip) of our graph is the k-th conv of the TFLite file; the pooled features and
-    the logits map to AVERAGE_POOL_2D and the classifier conv.
+    the logits map to AVERAGE_POOL_2D and the classifier conv (our Gemm).
     """
     onnx = require("onnx")
     ops = read_tflite_files(list(tflite))
@@ -145,7 +159,10 @@ def tflite_overrides(fp32: str | Path, tflite: Sequence[str | Path]) -> dict[str
     after = {n.input[0]: n.output[0] for n in graph.node if n.op_type in ("Clip", "Relu")}
     for node, op in zip(ours, convs, strict=True):
         out[node.output[0]] = params(op.outputs[0])
-        out[node.input[1]] = _int8_weight(op.inputs[1], weights[node.input[1]])
+        if node.op_type == "Gemm":
+            out[node.input[1]] = _classifier_weight(op.inputs[1])
+        else:
+            out[node.input[1]] = _int8_weight(op.inputs[1], weights[node.input[1]])
         if node.output[0] in after:
             out[after[node.output[0]]] = params(op.outputs[0])
     means = [n for n in graph.node if n.op_type in ("ReduceMean", "GlobalAveragePool", "Reshape", "Flatten")]
