@@ -4,11 +4,12 @@ per-tensor classifier, in one process.
 For each configuration (Google's quantized checkpoints; 0.25/128 by default, the one
 where ORT's fixed costs matter most): Google's grids carried over by the one int8 export
 (``export_int8``, "after": the classifier's weights per tensor), the same file with the
-classifier per output channel ("before": ORT's per-channel symmetric weights, the form
-the export had), and Google's own file under LiteRT (XNNPACK). Batch 1, 2 threads, the
-runtimes interleaved in 20 rounds (``measure``), ``--repeats`` times to show the spread;
-ours at 1 thread beside them (ORT's parallel-for costs more than it gains on the smallest
-layers). Then ORT's per-layer profile of both files, summed by Table 2's layer kinds.
+classifier per output channel ("before": ORT's symmetric per-channel weights, the kernels
+the export used before), and Google's own file under LiteRT (XNNPACK). Batch 1, 2
+threads, the runtimes interleaved in 20 rounds (``measure``), ``--repeats`` times to show
+the spread; ours at 1 thread beside them (when the second core is busy, ORT's
+parallel-for on layers of a few µs costs more than it gains). Then ORT's per-layer
+profile of both files, summed by Table 2's layer kinds.
 
     python benchmarks/onnx_int8_small.py [--configs 0.25/128 0.5/160 ...] [--runs 400] [--repeats 3]
 
