@@ -14,6 +14,9 @@ from safetensors.torch import load_file
 from mobilenet_v1.cli import main
 from mobilenet_v1.train.config import DISTILL_TEMPERATURE, DISTILL_WEIGHT, TrainConfig
 from mobilenet_v1.train.distill import distillation_loss, teacher_rows
+from mobilenet_v1.train.distributed import DistEnv
+from mobilenet_v1.train.setup import prepare_run
+from mobilenet_v1.train.trainer import Trainer
 from mobilenet_v1.weights import load_weights
 
 GOOGLE = "mobilenet_v1_0.25_128_quant"
@@ -59,20 +62,14 @@ def test_default_finetune_keeps_up_with_the_classifier_alone(photos, tmp_path):
     assert not torch.equal(start[stem], tuned[stem])
 
 
-def test_finetune_recipe_probes_first_then_trains_the_backbone_slower(photos, tmp_path, capsys):
-    from mobilenet_v1.train.setup import prepare_run
-    from mobilenet_v1.train.trainer import Trainer
-
+def test_finetune_recipe_probes_first_then_trains_the_backbone_slower(photos, tmp_path):
     config = TrainConfig(data=str(photos), output=str(tmp_path / "r"), weights=GOOGLE, epochs=3, batch_size=16)
-    assert config.recipe == "finetune" and config.resolved_lr(16) == pytest.approx(0.024 * 16 / 256)
-    plan = prepare_run(config)
-    from mobilenet_v1.train import distributed as dist
-
-    trainer = Trainer(plan, dist.DistEnv(), torch.device("cpu"))
+    assert config.recipe == "finetune" and config.resolved_lr(16) == pytest.approx(0.0045 * 16 / 32)
+    trainer = Trainer(prepare_run(config), DistEnv(), torch.device("cpu"))
     assert trainer.probe_steps == 4  # a third of 3 epochs x 4 steps
     assert not any(p.requires_grad for p in trainer.model_without_ddp.features.parameters())
     head_lr, backbone_lr = (trainer.optimizer.param_groups[i]["lr"] for i in (0, -1))
-    assert backbone_lr == 0 and head_lr == pytest.approx(0.0015)
+    assert backbone_lr == 0 and head_lr == pytest.approx(0.00225)
     images, labels, _ = next(iter(trainer.train_loader))
     for _ in range(4):
         trainer.train_step(images, labels)
