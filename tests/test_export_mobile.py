@@ -113,6 +113,36 @@ def test_executorch_fp32_and_int8_run_under_the_runtime(tiny_checkpoint, val_fol
     assert not (tmp_path / "none.pte").exists()
 
 
+def test_executorch_int8_quantizes_relu6_after_the_activation(shared_data, monkeypatch):
+    """Google's 0.25/128 (ReLU6, SAME) through the int8 path's PT2E graph (what XNNPACK
+    then computes): each ReLU6 has its own int8 grid over at most [0, 6], not its
+    convolution's wider pre-activation grid, and the logits on real photos stay within
+    13% RMS of float (XNNPACK's quantizer alone: 18%)."""
+    from mobilenet_v1.deploy.executorch import _Lowerable, _quantize
+    from mobilenet_v1.deploy.fold import fuse_bn
+    from mobilenet_v1.deploy.quantize import calibration_files, load_batch
+    from mobilenet_v1.weights import load_weights
+
+    imagenette = shared_data / "imagenette"
+    if not (shared_data / "pretrained" / "mobilenet_v1_0.25_128_quant.tflite").is_file() or not imagenette.is_dir():
+        pytest.skip("shared data has no mobilenet_v1_0.25_128_quant.tflite or imagenette/")
+    monkeypatch.setenv("MOBILENET_V1_DATA", str(shared_data))
+    model, info = load_weights("mobilenet_v1_0.25_128_quant")
+    folded = _Lowerable(fuse_bn(model)).eval()
+    calibration = load_batch(calibration_files(imagenette / "train", 16), info.preprocessing)
+    quantized = _quantize(folded, calibration)
+    relu6 = [n for n in quantized.graph.nodes if n.target == torch.ops.aten.hardtanh_.default]
+    assert len(relu6) == 27 and all(n.args[0].target == torch.ops.aten.conv2d.default for n in relu6)
+    for node in relu6:
+        (quantize,) = node.users
+        scale, zero_point = quantize.args[1:3]
+        assert zero_point == -128 and scale * 255 <= 6 * (1 + 1e-6), (node, scale, zero_point)
+    photos = load_batch(calibration_files(imagenette / "val", 16), info.preprocessing)
+    with torch.no_grad():
+        ref, out = folded(photos), quantized(photos)
+    assert (out - ref).pow(2).mean().sqrt() < 0.13 * ref.std()
+
+
 def test_cli_pt2_export_then_eval_and_predict(tiny_checkpoint, val_folder, tmp_path, capsys):
     """``export --format pt2`` writes a package that ``aoti_load_package`` loads, with a
     dynamic batch; ``eval --model``/``predict --model`` give what the checkpoint gives."""

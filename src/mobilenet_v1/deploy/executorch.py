@@ -6,8 +6,9 @@ conv-BN-ReLU as conv+bias+ReLU) is ``torch.export``-ed with a dynamic batch and 
 layer is delegated to XNNPACK; a layer XNNPACK cannot take is an error, not a silent
 fallback to ExecuTorch's slow portable kernels. int8 is PyTorch's PT2E flow with
 XNNPACK's quantizer: int8 weights per output channel (symmetric), int8 activations per
-tensor from min/max over calibration images
-(:func:`~mobilenet_v1.deploy.quantize.load_batch`).
+tensor from a histogram over calibration images
+(:func:`~mobilenet_v1.deploy.quantize.load_batch`), each convolution and its ReLU or
+ReLU6 quantized as one op (:func:`_annotate_activations`).
 
 The labels and preprocessing travel inside the program, as a constant method
 (``mobilenet_v1_metadata``, returning :func:`~.onnx.metadata_props` as JSON) that the
@@ -56,6 +57,9 @@ MAX_PTE_BYTES = 256 << 20  # a 1.0/224 float32 program is ~17 MB
 OUTSIDE_OPS = ("executorch_call_delegate", "getitem", "sym_size", "view_copy")
 MAX_BATCH = 16  # the runtime plans its memory for the largest batch; larger batches run in chunks
 EXTRA = "mobile"  # pip install 'mobilenet-v1[mobile]'
+_CONVS = (torch.ops.aten.conv2d.default, torch.ops.aten.convolution.default)
+_ACTIVATIONS = (torch.ops.aten.relu.default, torch.ops.aten.relu_.default, torch.ops.aten.hardtanh.default,
+                torch.ops.aten.hardtanh_.default)  # fmt: skip
 
 
 class _Lowerable(nn.Module):
@@ -75,11 +79,54 @@ def _batch_dim() -> tuple[dict[int, Any]]:
     return ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
 
 
-def _quantize(model: nn.Module, calibration: torch.Tensor) -> torch.nn.Module:
-    """PT2E: observers placed by XNNPACK's quantizer, calibrated, converted to q/dq form."""
-    pt2e = require("torchao.quantization.pt2e.quantize_pt2e", EXTRA)
+def _annotate_activations(graph: torch.fx.Graph, config: Any) -> None:
+    """Quantize each convolution and the ReLU or ReLU6 after it as one op: observed after
+    the activation, as Google's int8 files quantize Section 3.1's conv-BN-ReLU6.
+
+    XNNPACK's quantizer does so for ReLU only. After a ReLU6 it observes the convolution's
+    output, whose pre-activation range is wide (-17 to 47 after a pointwise layer of
+    0.25/128), and the ReLU6 shares that grid: some 24 of its 256 levels fall in [0, 6],
+    and Google's 0.25/128 lost 0.9 pt of top-1 (docs/deployment.md). The zero padding of
+    a SAME stride-2 layer keeps its input's grid (zero lies on it): no second rounding.
+    """
+    spec = require("torchao.quantization.pt2e.quantizer", EXTRA)
+    key = spec.quantizer.Q_ANNOTATION_KEY  # where PT2E's quantizers annotate a node
+    quantized: set[torch.fx.Node] = set()  # activations given their own grid
+    for act in graph.nodes:
+        conv = act.args[0] if act.op == "call_function" and act.target in _ACTIVATIONS else None
+        if not isinstance(conv, torch.fx.Node) or conv.target not in _CONVS or len(conv.users) > 1:
+            continue
+        x, weight, bias = (*conv.args[:3], None)[:3]  # a convolution without bias: None
+        padded = x.op == "call_function" and x.target == torch.ops.aten.pad.default and x.args[0] in quantized
+        inputs = {
+            x: spec.SharedQuantizationSpec(x.args[0]) if padded else spec.get_input_act_qspec(config),
+            weight: spec.get_weight_qspec(config),
+        }
+        if isinstance(bias, torch.fx.Node):
+            inputs[bias] = spec.get_bias_qspec(config)
+        conv.meta[key] = spec.QuantizationAnnotation(input_qspec_map=inputs, _annotated=True)
+        act.meta[key] = spec.QuantizationAnnotation(output_qspec=spec.get_output_act_qspec(config), _annotated=True)
+        quantized.add(act)
+
+
+def _quantizer() -> Any:
+    """XNNPACK's quantizer (per-channel symmetric int8 weights, int8 activations), with
+    :func:`_annotate_activations` first; it quantizes the rest (pooling, classifier)."""
     xnnpack = require("executorch.backends.xnnpack.quantizer.xnnpack_quantizer", EXTRA)
-    quantizer = xnnpack.XNNPACKQuantizer().set_global(xnnpack.get_symmetric_quantization_config(is_per_channel=True))
+    config = xnnpack.get_symmetric_quantization_config(is_per_channel=True)
+
+    class Quantizer(xnnpack.XNNPACKQuantizer):
+        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            _annotate_activations(model.graph, config)
+            return super().annotate(model)  # skips the nodes annotated above
+
+    return Quantizer().set_global(config)
+
+
+def _quantize(model: nn.Module, calibration: torch.Tensor) -> torch.nn.Module:
+    """PT2E: observers placed by :func:`_quantizer`, calibrated, converted to q/dq form."""
+    pt2e = require("torchao.quantization.pt2e.quantize_pt2e", EXTRA)
+    quantizer = _quantizer()
     example = (calibration[:2],)
     prepared = pt2e.prepare_pt2e(torch.export.export(model, example, dynamic_shapes=_batch_dim()).module(), quantizer)
     with torch.no_grad():
