@@ -337,7 +337,7 @@ class Trainer:
         """What this run does beyond the plain recipe, said once at its start."""
         lines, cfg = [], self.config
         start = f"starting from {printable(cfg.weights)}" if cfg.weights else "starting from scratch (random weights)"
-        lines.append(start + ("" if cfg.scratch or not cfg.weights else " (--scratch: random weights)"))
+        lines.append(start + ("" if not cfg.weights else " (--scratch for random weights)"))
         if self.probe_steps:
             scale, steps = cfg.recipe_defaults.backbone_lr_scale, self.probe_steps
             lines.append(
