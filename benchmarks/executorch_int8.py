@@ -47,6 +47,16 @@ def export(model, path: Path, info, calibration: torch.Tensor, baseline: bool) -
     return time.perf_counter() - start
 
 
+def paired_standard_error(a, b) -> float:
+    """Standard error (pt) of top-1(b) - top-1(a) over the same images: only the images
+    that one gets right and the other wrong move it, so it is what separates a real
+    difference from the luck of which predictions rounding flips."""
+    right_a = a.predictions[:, 0] == a.targets
+    right_b = b.predictions[:, 0] == b.targets
+    moves = right_b.astype(float) - right_a.astype(float)
+    return 100.0 * float(moves.std(ddof=1)) / len(moves) ** 0.5
+
+
 def model_row(name: str, args: argparse.Namespace, tmp: Path) -> dict:
     model, info = load_weights(name)
     pre = info.preprocessing
@@ -65,6 +75,7 @@ def model_row(name: str, args: argparse.Namespace, tmp: Path) -> dict:
         row[f"{kind}_minus_float_pt"] = result.top1_ties_split - reference.top1_ties_split
         same = result.predictions[:, 0] == reference.predictions[:, 0]
         row[f"{kind}_agreement_percent"] = 100.0 * float(same.mean())
+        row[f"{kind}_paired_se_pt"] = paired_standard_error(reference, result)
         x = torch.randn(1, 3, pre.resolution, pre.resolution)
         runners[kind] = lambda program=program, x=x: program(x)
     timings = measure(runners, runs=args.runs, warmup=20, rounds=10)
@@ -90,11 +101,12 @@ def main() -> None:
     result = {"cpu": cpu_name(), "threads": args.threads, "torch": torch.__version__, "rows": rows}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     kinds = ("int8", "baseline_int8") if args.baseline else ("int8",)
-    print("| model | float | " + " | ".join(f"{k} (pt vs float, agreement, median ms)" for k in kinds) + " |")
+    print("| model | float | " + " | ".join(f"{k} (pt vs float ± s.e., agreement, median ms)" for k in kinds) + " |")
     print("|---" * (2 + len(kinds)) + "|")
     for r in rows:
         cells = [
-            f"{r[f'top1_{k}']:.2f} ({r[f'{k}_minus_float_pt']:+.2f}, {r[f'{k}_agreement_percent']:.1f}%, "
+            f"{r[f'top1_{k}']:.2f} ({r[f'{k}_minus_float_pt']:+.2f} ± {r[f'{k}_paired_se_pt']:.2f}, "
+            f"{r[f'{k}_agreement_percent']:.1f}%, "
             f"{r[f'{k}_median_ms']:.3f})"
             for k in kinds
         ]
