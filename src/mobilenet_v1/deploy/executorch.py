@@ -6,7 +6,7 @@ conv-BN-ReLU as conv+bias+ReLU) is ``torch.export``-ed with a dynamic batch and 
 layer is delegated to XNNPACK; a layer XNNPACK cannot take is an error, not a silent
 fallback to ExecuTorch's slow portable kernels. int8 is PyTorch's PT2E flow with
 XNNPACK's quantizer: int8 weights per output channel (symmetric), int8 activations per
-tensor from a histogram over calibration images
+tensor from their min/max over calibration images
 (:func:`~mobilenet_v1.deploy.quantize.load_batch`), each convolution and its ReLU or
 ReLU6 quantized as one op (:func:`_annotate_activations`).
 
@@ -21,6 +21,7 @@ lines kept off the terminal (one line per error).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -111,9 +112,18 @@ def _annotate_activations(graph: torch.fx.Graph, config: Any) -> None:
 
 def _quantizer() -> Any:
     """XNNPACK's quantizer (per-channel symmetric int8 weights, int8 activations), with
-    :func:`_annotate_activations` first; it quantizes the rest (pooling, classifier)."""
+    :func:`_annotate_activations` first; it quantizes the rest (pooling, classifier).
+
+    Activations take their min/max range, not XNNPACK's default histogram search: once
+    observed after the activation, each range is bounded ([0, 6] after ReLU6, as Google's
+    grids are) and clipping its top cost top-1 agreement with float (docs/deployment.md).
+    """
     xnnpack = require("executorch.backends.xnnpack.quantizer.xnnpack_quantizer", EXTRA)
+    observer = require("torchao.quantization.pt2e.observer", EXTRA)
     config = xnnpack.get_symmetric_quantization_config(is_per_channel=True)
+    minmax = observer.MinMaxObserver.with_args(eps=2**-12)  # the smallest scale, as XNNPACK configures
+    activations = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=minmax)
+    config = dataclasses.replace(config, input_activation=activations, output_activation=activations)
 
     class Quantizer(xnnpack.XNNPACKQuantizer):
         def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
