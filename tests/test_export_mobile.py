@@ -199,7 +199,7 @@ def _bad_files(tmp_path):
     with zipfile.ZipFile(empty_zip, "w") as archive:
         archive.writestr("readme.txt", "hello")
     return {
-        garbage: "no 'ET12' identifier",
+        garbage: "no 'ET12' file identifier",
         fake_header: "cannot load ExecuTorch program",
         not_zip: "not a pt2 package",
         empty_zip: "no compiled model inside",

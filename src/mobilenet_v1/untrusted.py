@@ -97,5 +97,6 @@ def read_bounded(path: str | Path, what: str, max_bytes: int, identifier: bytes 
         raise ValueError(f"{path}: {size} bytes, more than the {max_bytes} a MobileNet V1 {what} can be")
     data = path.read_bytes()
     if identifier is not None and (len(data) < 8 or data[4:8] != identifier):
-        raise ValueError(f"{path}: not a {what} (no {identifier.decode()!r} file identifier)")
+        article = "an" if what[0] in "AEIOUaeiou" else "a"
+        raise ValueError(f"{path}: not {article} {what} (no {identifier.decode()!r} file identifier)")
     return data

@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -90,7 +91,7 @@ def _annotate_activations(graph: torch.fx.Graph, config: Any) -> None:
     and Google's 0.25/128 lost 0.9 pt of top-1 (docs/deployment.md). The zero padding of
     a SAME stride-2 layer keeps its input's grid (zero lies on it): no second rounding.
     """
-    spec = require("torchao.quantization.pt2e.quantizer", EXTRA)
+    spec = _require("torchao.quantization.pt2e.quantizer")
     key = spec.quantizer.Q_ANNOTATION_KEY  # where PT2E's quantizers annotate a node
     quantized: set[torch.fx.Node] = set()  # activations given their own grid
     for act in graph.nodes:
@@ -118,8 +119,8 @@ def _quantizer() -> Any:
     observed after the activation, each range is bounded ([0, 6] after ReLU6, as Google's
     grids are) and clipping its top cost top-1 agreement with float (docs/deployment.md).
     """
-    xnnpack = require("executorch.backends.xnnpack.quantizer.xnnpack_quantizer", EXTRA)
-    observer = require("torchao.quantization.pt2e.observer", EXTRA)
+    xnnpack = _require("executorch.backends.xnnpack.quantizer.xnnpack_quantizer")
+    observer = _require("torchao.quantization.pt2e.observer")
     config = xnnpack.get_symmetric_quantization_config(is_per_channel=True)
     minmax = observer.MinMaxObserver.with_args(eps=2**-12)  # the smallest scale, as XNNPACK configures
     activations = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=minmax)
@@ -135,7 +136,7 @@ def _quantizer() -> Any:
 
 def _quantize(model: nn.Module, calibration: torch.Tensor) -> torch.nn.Module:
     """PT2E: observers placed by :func:`_quantizer`, calibrated, converted to q/dq form."""
-    pt2e = require("torchao.quantization.pt2e.quantize_pt2e", EXTRA)
+    pt2e = _require("torchao.quantization.pt2e.quantize_pt2e")
     quantizer = _quantizer()
     example = (calibration[:2],)
     prepared = pt2e.prepare_pt2e(torch.export.export(model, example, dynamic_shapes=_batch_dim()).module(), quantizer)
@@ -147,8 +148,8 @@ def _quantize(model: nn.Module, calibration: torch.Tensor) -> torch.nn.Module:
 
 def _lower(module: torch.nn.Module, resolution: int, metadata: dict[str, str]) -> bytes:
     """``torch.export`` (dynamic batch), every layer delegated to XNNPACK, serialized."""
-    exir = require("executorch.exir", EXTRA)
-    partitioner = require("executorch.backends.xnnpack.partition.xnnpack_partitioner", EXTRA)
+    exir = _require("executorch.exir")
+    partitioner = _require("executorch.backends.xnnpack.partition.xnnpack_partitioner")
     example = (torch.randn(2, 3, resolution, resolution),)
     program = torch.export.export(module, example, dynamic_shapes=_batch_dim())
     edge = exir.to_edge_transform_and_lower(
@@ -200,6 +201,18 @@ def export_executorch(
     return ExportReport(Path(path), fmt, diff, agree, f"{len(inputs)} {'calibration' if given else 'random'} inputs")
 
 
+def _require(module: str) -> Any:
+    """``require`` for ExecuTorch and torchao modules: importing them makes torch's pytree
+    registry log a deprecation warning on stderr, a line that is not ours to print."""
+    pytree_log = logging.getLogger("torch.utils._pytree")
+    level = pytree_log.level
+    pytree_log.setLevel(logging.ERROR)
+    try:
+        return require(module, EXTRA)
+    finally:
+        pytree_log.setLevel(level)
+
+
 @contextlib.contextmanager
 def _runtime_log() -> Iterator[list[str]]:
     """Keep the runtime's log lines off the terminal: the C++ runtime writes to file
@@ -221,8 +234,8 @@ def _runtime_log() -> Iterator[list[str]]:
 
 
 def _load_program(path: Path) -> Any:
-    runtime = require("executorch.runtime", EXTRA)
     data = read_bounded(path, "ExecuTorch program", MAX_PTE_BYTES, b"ET12")
+    runtime = _require("executorch.runtime")
     with _runtime_log() as log:
         try:
             program = runtime.Runtime.get().load_program(data)
@@ -240,7 +253,7 @@ class ExecuTorchModel:
     our metadata (labels, preprocessing), which an exported file always has."""
 
     def __init__(self, path: str | Path, threads: int = 2, *, metadata: bool = True) -> None:
-        pybindings = require("executorch.extension.pybindings.portable_lib", EXTRA)
+        pybindings = _require("executorch.extension.pybindings.portable_lib")
         with _runtime_log():  # creating the thread pool logs what it finds of the CPU
             if pybindings._threadpool_get_thread_count() != threads:
                 pybindings._unsafe_reset_threadpool(threads)
