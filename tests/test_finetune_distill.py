@@ -1,8 +1,6 @@
 """Fine-tuning by default (the finetune recipe) and distillation (Section 4.5), on tiny real photos."""
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -10,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from test_train import run_cli
 
 from mobilenet_v1.cli import main
 from mobilenet_v1.train.config import DISTILL_TEMPERATURE, DISTILL_WEIGHT, TrainConfig
@@ -106,15 +105,6 @@ def test_distillation_settings_default_and_validate():
     config = TrainConfig(data="d", output="o", teacher="t")
     assert (config.distill_temperature, config.distill_weight) == (DISTILL_TEMPERATURE, DISTILL_WEIGHT)
     assert TrainConfig(data="d", output="o").distill_weight is None
-
-
-def run_cli(args, signal_at: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    env.pop("MOBILENET_V1_TEST_SIGNAL", None)
-    if signal_at:
-        env["MOBILENET_V1_TEST_SIGNAL"] = signal_at
-    cmd = [sys.executable, "-m", "mobilenet_v1", "train", *map(str, args)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_distillation_end_to_end_and_exact_resume(photos, tmp_path):
