@@ -138,6 +138,7 @@ def test_distillation_end_to_end_and_exact_resume(photos, tmp_path):
         (["--teacher", GOOGLE, "--distill-weight", "1.5"], "distill_weight must be a finite number in [0, 1]"),
         (["--distill-weight", "0.5"], "distill_weight needs a teacher (--teacher WEIGHTS)"),
         (["--recipe", "finetune"], "recipe 'finetune' needs pretrained weights"),
+        (["--scratch", "--weights", GOOGLE], f"scratch and weights {GOOGLE} exclude each other"),
     ],
 )
 def test_bad_distillation_input_one_line_exit_2_nothing_written(photos, tmp_path, capsys, args, needle):
