@@ -102,13 +102,10 @@ class Trainer:
         """The model as the steps call it (DDP under torchrun). During the linear probe the
         backbone takes no gradient, so its backward pass is skipped; DDP is wrapped again
         when it starts to train, to reduce its gradients too."""
+        self.probing = self.progress.global_step < self.probe_steps
         if self.probe_steps:
-            probing = self.progress.global_step < self.probe_steps
-            self.model_without_ddp.features.requires_grad_(not probing)
+            self.model_without_ddp.features.requires_grad_(not self.probing)
         return dist.wrap_model(self.model_without_ddp, self.env, self.device, sync_bn=self.config.sync_bn)
-
-    def _backbone_trains(self) -> bool:
-        return any(p.requires_grad for p in self.model_without_ddp.features.parameters())
 
     def _build_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
         cfg = self.config
@@ -177,7 +174,7 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.probe_steps and self.progress.global_step >= self.probe_steps and not self._backbone_trains():
+        if self.probing and self.progress.global_step >= self.probe_steps:
             self.model = self._wrap()  # the probe is over: the backbone trains from here
         images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
         targets = self.teacher(images) if self.teacher is not None else None
