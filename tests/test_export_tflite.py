@@ -64,6 +64,7 @@ def test_google_int8_export_is_googles_file_byte_for_byte(shared_data, tmp_path)
     )
     assert report.format == "tflite-int8" and "equal to the int8-exact emulation on 100.00%" in report.checked_on
     assert report.top1_agreement >= 0.75  # int8 against the float import of the same weights
+    assert report.compared == "probability" and 0 <= report.max_abs_diff <= 1  # uint8 scores, not logits
     ours = TFLiteModel(path)
     nhwc = ours.to_pixels(batch).permute(0, 2, 3, 1).contiguous()
     litert = torch.from_numpy(ours.run(nhwc.numpy()))

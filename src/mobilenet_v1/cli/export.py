@@ -99,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(
-            f"wrote {report.path} ({report.format}): max |logit diff| vs PyTorch {report.max_abs_diff:.3g}, "
+            f"wrote {report.path} ({report.format}): "
+            f"max |{report.compared} diff| vs PyTorch {report.max_abs_diff:.3g}, "
             f"top-1 agreement {100 * report.top1_agreement:.1f}% on {report.checked_on}"
         )
     return 0

@@ -57,13 +57,15 @@ MAX_SIZE = 4096
 
 @dataclass(frozen=True)
 class ExportReport:
-    """What an export produced: the file, its precision and the numerics check."""
+    """What an export produced: the file, its precision and the numerics check (the largest
+    absolute difference of ``compared``, logits or probabilities, from float PyTorch)."""
 
     path: Path
     format: str
     max_abs_diff: float
     top1_agreement: float
     checked_on: str
+    compared: str = "logit"
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "path": str(self.path)}

@@ -138,4 +138,4 @@ def _check_int8(
         f"{len(inputs)} {given_text} images: LiteRT (XNNPACK) bytes equal to the int8-exact emulation on "
         f"{100 * float((bytes_diff == 0).double().mean()):.2f}%; max |probability diff| and top-1 vs float PyTorch"
     )
-    return ExportReport(path, "tflite-int8", diff, agree, checked)
+    return ExportReport(path, "tflite-int8", diff, agree, checked, compared="probability")
