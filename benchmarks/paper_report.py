@@ -103,19 +103,28 @@ def pair_verdict(table: str, configs: list[Config]) -> str:
     first, second = configs[:2]
     p1, p2 = paper_rows(table)[:2]
     diff, paper_diff = first.mean - second.mean, p1.top1 - p2.top1
-    spread = max(first.range, second.range)
     held = "reproduced" if (diff > 0) == (paper_diff > 0) else "**not reproduced**"
-    size = "larger" if abs(diff) > spread else "**not larger**"
     if min(len(first.top1), len(second.top1)) < 2:
-        size, spread = "not comparable with a seed spread (one seed) as", math.nan
+        noise = "one seed of a model: no seed-to-seed spread to compare it with"
+    else:
+        spread = max(first.range, second.range)
+        size = "larger" if abs(diff) > spread else "**not larger**"
+        noise = f"the difference is {size} than the seed-to-seed spread (largest range over seeds {spread:.2f} points)"
     cost = first.run["mult_adds"] / second.run["mult_adds"]
     return (
         f"**Table {table}** ({CLAIMS[table]}): paper {p1.label} {p1.top1:.1f}% vs {p2.label} {p2.top1:.1f}% "
         f"({paper_diff:+.1f} points at {p1.mult_adds_m / p2.mult_adds_m:.2f}x the mult-adds); ours {first.label} "
         f"{first.mean:.2f}% vs {second.label} {second.mean:.2f}% ({diff:+.2f} points at {cost:.2f}x the mult-adds, "
-        f"{len(first.top1)} and {len(second.top1)} seeds). Ordering {held}; the difference is {size} than the "
-        f"seed-to-seed spread (largest range over seeds {spread:.2f} points)."
+        f"{len(first.top1)} and {len(second.top1)} seeds). Ordering {held}; the gap is {_times(diff, paper_diff)} "
+        f"the paper's; {noise}."
     )
+
+
+def _times(ours: float, paper: float) -> str:
+    """How our gap compares with the paper's, in words."""
+    if (ours > 0) != (paper > 0):
+        return "of the opposite sign to"
+    return f"{abs(ours) / abs(paper):.1f}x"
 
 
 def sweep_verdict(table: str, configs: list[Config], sd: float) -> str:
