@@ -55,14 +55,15 @@ class Config:
         return f"{self.mean:.2f} ± {self.sd:.2f} ({', '.join(f'{t:.1f}' for t in self.top1)})"
 
 
-def group(runs: list[dict[str, Any]]) -> dict[tuple[str, str], list[Config]]:
-    """(plan, table) -> its models, each with all its seeds."""
+def group(runs: list[dict[str, Any]]) -> dict[tuple[str, str, int], list[Config]]:
+    """(plan, table, epochs) -> its models, each with all its seeds: a table trained for
+    another number of epochs than the plan's (``--epochs``) is a table of its own."""
     by_model: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in runs:
         by_model[(r["plan"], r["table"], r["epochs"], r["variant"], r["alpha"], r["resolution"])].append(r)
-    tables: dict[tuple[str, str], list[Config]] = defaultdict(list)
+    tables: dict[tuple[str, str, int], list[Config]] = defaultdict(list)
     for key, seeds in by_model.items():
-        tables[key[:2]].append(Config(seeds))
+        tables[key[:3]].append(Config(seeds))
     # The paper lists each table's rows from the most to the least mult-adds, and so do we.
     return {key: sorted(c, key=lambda c: -c.run["mult_adds"]) for key, c in sorted(tables.items())}
 
@@ -213,19 +214,24 @@ def paper_row_params(row: PaperRow) -> float:
 
 
 def report(runs: list[dict[str, Any]], figures: Path, link: str) -> str:
-    """The generated markdown: per plan, each table, its verdict, then both figures."""
+    """The generated markdown: per plan, each table, its verdict, then both figures (the
+    figures and the Figure 4 fit take the runs of the plan's usual number of epochs)."""
     out = []
     for plan in sorted({r["plan"] for r in runs}):
-        tables = {t: c for (p, t), c in group(runs).items() if p == plan}
+        tables = {(t, e): c for (p, t, e), c in group(runs).items() if p == plan}
+        usual = statistics.mode(r["epochs"] for r in runs if r["plan"] == plan)
         sd = pooled_sd([c for cs in tables.values() for c in cs])
         out.append(f"### Plan `{plan}`: {runs_of(runs, plan)}")
-        for table, configs in tables.items():
-            out += [f"#### Table {table}", table_markdown(table, configs)]
+        for (table, epochs), configs in tables.items():
+            out += [
+                f"#### Table {table}" + ("" if epochs == usual else f", {epochs} epochs"),
+                table_markdown(table, configs),
+            ]
             if len(configs) > 1:
                 out.append(pair_verdict(table, configs) if table in "45" else sweep_verdict(table, configs, sd))
-        standard = [c for t, cs in tables.items() if t in "67" for c in cs]
+        standard = [c for (t, e), cs in tables.items() if t in "67" and e == usual for c in cs]
         out.append(figure4_verdict(standard))
-        everything = [c for cs in tables.values() for c in cs]
+        everything = [c for (_, e), cs in tables.items() if e == usual for c in cs]
         for number, key in (("4", "mult_adds"), ("5", "params")):
             png = plot(everything, key, figures / f"figure{number}_{plan}.png")
             out.append(f"![Figure {number}, plan {plan}]({link}/{png.name})")
