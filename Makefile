@@ -11,12 +11,14 @@ export MOBILENET_V1_DATA ?= $(abspath ../shared/data)
 install: $(STAMP)
 
 # Reinstall only when the project's dependencies change: a second `make` is quick.
+# pyproject.toml declares ranges (the package installs into any environment that meets
+# them); constraints.txt pins the versions tested here, so the venv is the same everywhere.
 # The venv's interpreter also gets MOBILENET_V1_DATA as its default (a .pth line), so the
 # commands in README find the shared data from this checkout without an export.
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
 	echo "import os; os.environ.setdefault('MOBILENET_V1_DATA', '$(MOBILENET_V1_DATA)')" \
 		> "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/mobilenet_v1_data.pth"
 	touch $(STAMP)

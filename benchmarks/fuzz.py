@@ -56,7 +56,7 @@ from test_fuzz import (
 TARGETS: dict[str, tuple[int, str]] = {
     "tflite_reader": (3000, "tflite_reader.read_tflite: shared 0.25/128 model, tables or anywhere"),
     "tflite_import": (400, "weights.load_weights(.tflite): reader + converter, tables mutated"),
-    "safetensors": (2000, "weights_io.load_safetensors: JSON header or anywhere"),
+    "safetensors": (2000, "weights.load_safetensors: JSON header or anywhere"),
     "random_bytes": (1000, "load_weights/load_image on random bytes (.tflite/.safetensors/images)"),
     **{f"image{ext}": (1000, f"transforms.load_image: mutated {fmt}") for ext, fmt in IMAGE_FORMATS.items()},
     "image.png-crc": (1000, "transforms.load_image: mutated PNG, chunk CRCs recomputed"),

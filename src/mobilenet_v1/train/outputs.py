@@ -89,7 +89,7 @@ def format_row(row: dict[str, Any]) -> str:
 
 
 def model_metadata(config: TrainConfig, classes: list[str], preprocessing: Preprocessing) -> dict[str, Any]:
-    """What ``weights_io.save_safetensors`` stores beside the weights of a trained model."""
+    """What ``weights.save_safetensors`` stores beside the weights of a trained model."""
     return {
         "resolution": preprocessing.resolution,
         "classes": classes,

@@ -38,7 +38,7 @@ from ..files import write_text
 from ..untrusted import printable
 from ..weights import save_safetensors
 from . import distributed as dist
-from .accel import accelerate
+from .accel import accelerate, kernels_summary
 from .checkpoint import (
     BEST,
     LAST,
@@ -304,7 +304,7 @@ class Trainer:
 
     def save_model(self, path: Path) -> None:
         """The evaluated weights (EMA when enabled) as ``.safetensors`` with the metadata that
-        ``predict``, ``eval`` and ``export`` read (``weights_io`` format)."""
+        ``predict``, ``eval`` and ``export`` read (:func:`~mobilenet_v1.weights.save_safetensors`)."""
         model = self.ema.module if self.ema is not None else self.model_without_ddp
         save_safetensors(model, path, model_metadata(self.config, self.classes, self.preprocessing))
 
@@ -343,6 +343,8 @@ class Trainer:
             )
         if self.teacher is not None:
             lines.append(self.teacher.describe())
+        if self.device.type == "cpu":
+            lines.append(kernels_summary())
         return lines
 
     def _on_sigint(self, signum: int, frame: object) -> None:

@@ -16,8 +16,9 @@ from torch import nn
 
 from ...model import Conv2dSame, ConvBNAct
 from .layers import BatchNorm2d, DepthwiseConv2d, DepthwiseConv2dSame, FusedConvBNAct
+from .native import kernels_summary
 
-__all__ = ["accelerate"]
+__all__ = ["accelerate", "kernels_summary"]
 
 
 def _is_depthwise_3x3(conv: nn.Conv2d) -> bool:

@@ -6,7 +6,8 @@
 with ctypes. The build takes about a second, once per machine; concurrent processes (e.g.
 torchrun's) each write their own temporary file and rename it into place. Where there is no
 compiler, or ``MOBILENET_V1_NATIVE=0``, it returns ``None`` and the layers keep PyTorch's
-kernels: same results, slower training.
+kernels: same results, slower training; :func:`kernels_summary` says which, and why, in
+one line that a training run prints among its first.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 from ...files import atomic_write
 from ...weights.download import cache_dir
 
-__all__ = ["bn_act_kernels"]
+__all__ = ["bn_act_kernels", "kernels_summary"]
 
 log = logging.getLogger(__name__)
 
@@ -73,20 +74,33 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
 
 
 @functools.cache
-def bn_act_kernels() -> ctypes.CDLL | None:
-    """The compiled BN + activation kernels, or ``None`` where they cannot be had."""
+def _load() -> tuple[ctypes.CDLL | None, str]:
+    """The kernels (or ``None``) and what was used, said once."""
     if os.environ.get(DISABLE_ENV, "1") == "0":
-        return None
+        return None, f"{DISABLE_ENV}=0"
     compiler = shutil.which(os.environ.get("CC", "cc"))
     if compiler is None:
-        log.warning("no C compiler (cc): batch norm + ReLU trains with PyTorch's slower kernels")
-        return None
-    target = _library_path(compiler)
+        return None, f"no C compiler ({os.environ.get('CC', 'cc')}) on PATH"
     try:
+        target = _library_path(compiler)
         if not target.exists():
             _build(compiler, target)
-        return _declare(ctypes.CDLL(str(target)))
+        return _declare(ctypes.CDLL(str(target))), f"built with {compiler}, cached in {target.parent}"
     except (OSError, subprocess.SubprocessError) as err:
         detail = getattr(err, "stderr", None) or err
-        log.warning("could not build %s (%s): batch norm + ReLU trains with PyTorch's kernels", target.name, detail)
-        return None
+        reason = " ".join(str(detail).split())[:200]
+        log.debug("building the fused kernels failed: %s", detail)
+        return None, f"could not build them: {reason}"
+
+
+def bn_act_kernels() -> ctypes.CDLL | None:
+    """The compiled BN + activation kernels, or ``None`` where they cannot be had."""
+    return _load()[0]
+
+
+def kernels_summary() -> str:
+    """Which batch norm + ReLU kernels CPU training uses, and why, in one line."""
+    lib, how = _load()
+    if lib is not None:
+        return f"CPU training kernels: fused C batch norm + ReLU ({how})"
+    return f"CPU training kernels: PyTorch's ({how}; the fused C kernels train 1.2-1.5x faster)"
