@@ -70,6 +70,18 @@ def test_plain_torch_export_above_the_minimum_size():
     _check(program.module(), model, [(3, 97, 113), (1, 224, 161), (2, 33, 64)])
 
 
+def test_plain_torch_export_from_32_px_size_obliviously():
+    """From 32 px a user's own ``torch.export`` needs PyTorch's size-oblivious tracing (as
+    :func:`export_program` uses): the 1x1 map at stride 32 is then not specialized on."""
+    from torch.fx.experimental import _config as fx_config
+
+    model = _model("standard")
+    dims = {2: torch.export.Dim("h", min=32, max=512), 3: torch.export.Dim("w", min=32, max=512)}
+    with fx_config.patch(backed_size_oblivious=True):
+        program = torch.export.export(model, (torch.randn(2, 3, 64, 64),), dynamic_shapes=({0: None, **dims},))
+    _check(program.module(), model, [(2, 32, 32), (2, 33, 97), (2, 224, 160)])
+
+
 def test_jit_trace_of_same_padding_follows_the_input_size():
     """SAME pads are plain integer arithmetic on ``x.shape``, which the tracer records."""
     model = _model("google")

@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint_sequential
 
 from .config import MIN_INPUT_SIZE, LayerSpec, MobileNetV1Config, check_choice, layer_plan, validate_num_classes
 
-__all__ = ["ConvBNAct", "MobileNetV1", "MobileNetV1Features", "same_padding", "take_indices"]
+__all__ = ["ConvBNAct", "MobileNetV1", "MobileNetV1Features", "Stem", "same_padding", "take_indices"]
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -79,6 +79,60 @@ class ConvBNAct(nn.Module):
         return self.act(self.bn(self.conv(x)))
 
 
+class Stem(ConvBNAct):
+    """Table 1's first layer, a full 3x3 convolution with stride 2. It is the only layer
+    that sees the image, so it refuses an input the network cannot take
+    (:meth:`check_input`), on every path: ``forward``, ``forward_intermediates``, the
+    feature extractor and timm's wrappers, which call the layers themselves."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.act(self.bn(self.conv(x)))
+
+    def check_input(self, x: torch.Tensor, min_size: int = MIN_INPUT_SIZE) -> None:
+        """Refuse, with a ``ValueError`` naming what is wrong, an input the network cannot take:
+        anything but a dense floating-point tensor of shape (N, 3, H, W) with H, W >= 32
+        (Section 3.4's smallest input, a 1x1 map at stride 32), on the device of the stem's
+        weight and of its dtype. Under ``torch.autocast`` float16, bfloat16 and float32
+        inputs all fit a float16, bfloat16 or float32 model (autocast casts them for each layer;
+        it never casts float64).
+
+        Only metadata is read (type, layout, dtype, device, shape): no data, no host sync. The
+        check belongs to eager use: under FX tracing (``symbolic_trace``, ``prepare_fx``),
+        ``torch.jit.trace``, ``torch.compile`` and ``torch.export`` it does nothing, so the
+        captured graph is the network alone; under ``torch.jit.script`` it is compiled (the type
+        is then the annotation's, and autocast is not consulted).
+        """
+        if not torch.jit.is_scripting():
+            if _capturing():
+                return
+            if not isinstance(x, torch.Tensor):
+                kind = "None" if x is None else f"{type(x).__module__}.{type(x).__qualname__}".removeprefix("builtins.")
+                raise ValueError(f"expected a torch.Tensor of shape (N, 3, H, W), got {kind}")
+        if x.is_sparse or x.is_nested or x.layout != torch.strided:
+            raise ValueError(f"expected a dense (strided) tensor, got layout {x.layout}")
+        if not x.is_floating_point():
+            raise ValueError(
+                f"expected a floating-point input (normalized images), got dtype {x.dtype}; convert it, e.g. x.float()"
+            )
+        like = self.conv.weight  # read only here: a captured graph holds no use of it
+        if x.device != like.device:
+            what = "the meta device (shapes only, no data)" if x.device.type == "meta" else str(x.device)
+            raise ValueError(f"input is on {what} but the model's parameters are on {like.device}")
+        if x.dtype != like.dtype and like.is_floating_point():
+            # autocast casts float16/bfloat16/float32 tensors for each layer, never float64
+            castable = x.dtype != torch.float64 and like.dtype != torch.float64
+            if torch.jit.is_scripting() or not castable or not _autocasting(x.device.type):
+                raise ValueError(
+                    f"input dtype {x.dtype} differs from the model's parameters ({like.dtype}): convert the "
+                    f"input or the model, or run under torch.autocast"
+                )
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected input of shape (N, 3, H, W), got {x.shape}")
+        if min(x.shape[2], x.shape[3]) < min_size:
+            raise ValueError(f"input must be at least {min_size}x{min_size} pixels, got {x.shape[2]}x{x.shape[3]}")
+
+
 class DepthwiseSeparable(nn.Module):
     """3x3 depthwise conv + BN + act, then 1x1 pointwise conv + BN + act (Section 3.1)."""
 
@@ -92,7 +146,7 @@ class DepthwiseSeparable(nn.Module):
 
 
 def _build_features(plan: list[LayerSpec], config: MobileNetV1Config) -> nn.Sequential:
-    layers: list[nn.Module] = [ConvBNAct(plan[0], config)]
+    layers: list[nn.Module] = [Stem(plan[0], config)]
     i = 1
     while i < len(plan):
         if plan[i].kind == "depthwise":
@@ -144,10 +198,6 @@ class MobileNetV1(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_scripting():
-            _check_input(x, self.features[0].conv.weight)
-        else:
-            _check_input(x, _parameter_like(self.features))
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_sequential(self.features, len(self.features), x, use_reentrant=False)
         return self.features(x)
@@ -180,10 +230,6 @@ class MobileNetV1(nn.Module):
         take, _ = take_indices(len(self.feature_info), indices)
         taps = [self.feature_info[i]["index"] for i in take]
         last = max(taps) if stop_early or intermediates_only else len(self.features) - 1
-        if torch.jit.is_scripting():
-            _check_input(x, self.features[0].conv.weight)
-        else:
-            _check_input(x, _parameter_like(self.features))
         intermediates = []
         for i, layer in enumerate(self.features[: last + 1]):
             x = layer(x)
@@ -242,10 +288,6 @@ class MobileNetV1Features(nn.Module):
         self.config = model.config
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        if torch.jit.is_scripting():
-            _check_input(x, self.features[0].conv.weight)
-        else:
-            _check_input(x, _parameter_like(self.features))
         outs = []
         for i, layer in enumerate(self.features):
             x = layer(x)
@@ -291,55 +333,15 @@ def _default_cfg(config: MobileNetV1Config) -> dict[str, Any]:
     }
 
 
-def _parameter_like(module: nn.Module) -> torch.Tensor | None:
-    """The first parameter of ``module`` (else its first buffer): the device and dtype
-    the input must have. ``None`` for a module without tensors."""
-    for tensor in module.parameters():
-        return tensor
-    for tensor in module.buffers():
-        return tensor
-    return None
+@torch.jit.unused
+def _capturing():
+    # type: () -> bool
+    """Whether a graph is being captured rather than the model run (see :func:`check_input`)."""
+    return _fx_tracing() or torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
-@torch.fx.wrap
-def _check_input(x: torch.Tensor, like: torch.Tensor | None = None, min_size: int = MIN_INPUT_SIZE) -> None:
-    """Refuse, with a ``ValueError`` naming what is wrong, an input the network cannot take:
-    anything but a dense floating-point tensor of shape (N, 3, H, W) with H, W >= 32, on
-    the device of ``like`` (the model's first parameter) and of its dtype. Under
-    ``torch.autocast`` float16, bfloat16 and float32 inputs all fit a float16, bfloat16
-    or float32 model (autocast casts them for each layer; it never casts float64).
-
-    Only metadata is read (type, layout, dtype, device, shape): no data, no host sync.
-    ``torch.fx.wrap``: a traced model keeps the check as one call (and the parameter as
-    a ``get_attr``); under ``torch.jit.script`` the type is the annotation's and autocast
-    is not consulted.
-    """
-    if not torch.jit.is_scripting():
-        if not isinstance(x, torch.Tensor):
-            kind = "None" if x is None else f"{type(x).__module__}.{type(x).__qualname__}".removeprefix("builtins.")
-            raise ValueError(f"expected a torch.Tensor of shape (N, 3, H, W), got {kind}")
-    if x.is_sparse or x.is_nested or x.layout != torch.strided:
-        raise ValueError(f"expected a dense (strided) tensor, got layout {x.layout}")
-    if not x.is_floating_point():
-        raise ValueError(
-            f"expected a floating-point input (normalized images), got dtype {x.dtype}; convert it, e.g. x.float()"
-        )
-    if like is not None:
-        if x.device != like.device:
-            what = "the meta device (shapes only, no data)" if x.device.type == "meta" else str(x.device)
-            raise ValueError(f"input is on {what} but the model's parameters are on {like.device}")
-        if x.dtype != like.dtype and like.is_floating_point():
-            # autocast casts float16/bfloat16/float32 tensors for each layer, never float64
-            castable = x.dtype != torch.float64 and like.dtype != torch.float64
-            if torch.jit.is_scripting() or not castable or not _autocasting(x.device.type):
-                raise ValueError(
-                    f"input dtype {x.dtype} differs from the model's parameters ({like.dtype}): convert the "
-                    f"input or the model, or run under torch.autocast"
-                )
-    if x.dim() != 4 or x.shape[1] != 3:
-        raise ValueError(f"expected input of shape (N, 3, H, W), got {x.shape}")
-    if min(x.shape[2], x.shape[3]) < min_size:
-        raise ValueError(f"input must be at least {min_size}x{min_size} pixels, got {x.shape[2]}x{x.shape[3]}")
+# FX's symbolic tracing alone (newer PyTorch; its older is_fx_tracing is also true under torch.export)
+_fx_tracing = getattr(torch.fx._symbolic_trace, "is_fx_symbolic_tracing", torch.fx._symbolic_trace.is_fx_tracing)
 
 
 @torch.jit.unused

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ...model import Conv2dSame, ConvBNAct
+from ...model import Conv2dSame, ConvBNAct, Stem
 from .layers import BatchNorm2d, DepthwiseConv2d, DepthwiseConv2dSame, FusedConvBNAct
 from .native import kernels_summary
 
@@ -29,6 +29,7 @@ def accelerate(model: nn.Module) -> nn.Module:
     """Swap the training kernels into ``model`` (in place) and return it."""
     swaps: dict[type, type] = {
         ConvBNAct: FusedConvBNAct,
+        Stem: FusedConvBNAct,  # the stem's input check is for eager use; the trainer feeds its own batches
         nn.BatchNorm2d: BatchNorm2d,
         nn.Conv2d: DepthwiseConv2d,
         Conv2dSame: DepthwiseConv2dSame,
