@@ -30,8 +30,8 @@ test: install
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples hubconf.py
+	$(BIN)/ruff format --check src tests benchmarks examples hubconf.py
 
 # The quick benchmarks; the long ones (fidelity, int8_fidelity, train_*, fuzz, kill) are
 # run one by one with the commands recorded in docs/.

@@ -29,8 +29,8 @@ from mobilenet_v1.measure.bench import cpu_name
 from mobilenet_v1.measure.fidelity import EVALUATORS, compare
 from mobilenet_v1.model import ConvBNAct
 from mobilenet_v1.weights import WNIDS_FILE, MobileNetV1Weights
-from mobilenet_v1.weights.tflite.convert import load_tflite
-from mobilenet_v1.weights.tflite.reader import read_tflite_files
+from mobilenet_v1.weights.google_tflite.convert import load_tflite
+from mobilenet_v1.weights.google_tflite.reader import read_tflite_files
 
 
 def shared_models(pretrained: Path) -> dict[str, list[Path]]:

@@ -84,7 +84,7 @@ def make_case(target: str, index: int, seeds: dict[str, Any]) -> tuple[str, byte
 
         return ".json", metadata_case(rng, seeds["safetensors"]), lambda p: parse_json(p.read_bytes(), what=p.name)
     if target == "tflite_reader":
-        from mobilenet_v1.weights.tflite.reader import read_tflite
+        from mobilenet_v1.weights.google_tflite.reader import read_tflite
 
         data, structure = seeds["tflite"]
         return ".tflite", mutate(data, random_edits(rng), structure if rng.random() < 0.8 else None), read_tflite

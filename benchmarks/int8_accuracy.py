@@ -22,11 +22,11 @@ from common import DATA
 
 from mobilenet_v1.data.folders import find_samples
 from mobilenet_v1.deploy.compiled import compile_for_inference
+from mobilenet_v1.deploy.litert import LiteRTModel
 from mobilenet_v1.deploy.onnx import OnnxModel, export_onnx
 from mobilenet_v1.deploy.quantize import calibration_files, load_batch, quantize_onnx, tflite_overrides
 from mobilenet_v1.measure.evaluate import evaluate_samples
 from mobilenet_v1.weights import load_weights, read_wnids
-from mobilenet_v1.weights.tflite.litert import LiteRTModel
 
 MODELS = (
     "mobilenet_v1_0.25_128_quant",

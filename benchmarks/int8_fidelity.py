@@ -1,7 +1,7 @@
 """int8-exact level on Imagenette val: our integer emulation vs LiteRT.
 
 For each of Google's four shared uint8 models, every val image's uint8 centre crop goes
-through LiteRT and through :class:`mobilenet_v1.weights.tflite.int8.Int8MobileNetV1`, and the 1001 output
+through LiteRT and through :class:`mobilenet_v1.weights.google_tflite.int8.Int8MobileNetV1`, and the 1001 output
 bytes are compared: Imagenette top-1 of each (1000-way), same top-1, bytes within ±1,
 exact bytes. Against LiteRT's default kernels (XNNPACK; ours ``kernels="xnnpack"``) on
 every ``--every``-th image, and against its reference kernels (BUILTIN_REF; ours
@@ -21,16 +21,15 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
-import numpy as np
 import torch
 from common import DATA, ROOT
 
 from mobilenet_v1.data.folders import ImageFolder, find_samples
 from mobilenet_v1.data.transforms import Preprocessing, eval_transform
+from mobilenet_v1.deploy.litert import LiteRTModel
 from mobilenet_v1.measure.bench import cpu_name
 from mobilenet_v1.measure.evaluate import make_loader
-from mobilenet_v1.weights.tflite.int8 import Int8MobileNetV1, compare_outputs
-from mobilenet_v1.weights.tflite.litert import LiteRTModel
+from mobilenet_v1.weights.google_tflite.int8 import Int8MobileNetV1, compare_outputs
 
 MODELS = {  # Google's model name: (files, resolution)
     "mobilenet_v1_0.25_128_quant": (["mobilenet_v1_0.25_128_quant.tflite"], 128),
@@ -46,7 +45,7 @@ PAIRS = {"default": "xnnpack", "reference": "reference"}  # LiteRT kernels -> ou
 
 def litert_bytes(model: LiteRTModel, batch: torch.Tensor) -> torch.Tensor:
     nhwc = batch.permute(0, 2, 3, 1).contiguous().numpy()
-    return torch.from_numpy(np.concatenate([model.run_uint8(nhwc[i : i + 1]) for i in range(len(nhwc))]))
+    return torch.from_numpy(model.run(nhwc))
 
 
 def run_model(paths: list[Path], resolution: int, samples: list, every: dict[str, int], batch_size: int) -> dict:

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from common import DATA
 
+from mobilenet_v1.deploy.litert import LiteRTModel
 from mobilenet_v1.deploy.onnx import OnnxModel, export_onnx
 from mobilenet_v1.deploy.quantize import (
     calibration_files,
@@ -42,7 +43,6 @@ from mobilenet_v1.deploy.quantize import (
 from mobilenet_v1.files import write_text
 from mobilenet_v1.measure.bench import cpu_name, layer_profile, measure
 from mobilenet_v1.weights import load_weights
-from mobilenet_v1.weights.tflite.litert import LiteRTModel
 
 CONFIGS = {
     "0.25/128": "mobilenet_v1_0.25_128_quant",
@@ -76,7 +76,7 @@ def runners(resolution: int, grids: list[Path], before: Path, after: Path) -> di
     files = {"ours-before": (before, 2), "ours-after": (after, 2), "ours-after-1thread": (after, 1)}
     out = {name: OnnxModel(path, threads, metadata=False).run for name, (path, threads) in files.items()}
     litert = LiteRTModel(grids, threads=2)
-    return {**{name: partial(run, x) for name, run in out.items()}, "litert": partial(litert.run_uint8, pixels)}
+    return {**{name: partial(run, x) for name, run in out.items()}, "litert": partial(litert.run, pixels)}
 
 
 def run_config(label: str, runs: int, repeats: int, images_folder: Path) -> dict:

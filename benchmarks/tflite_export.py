@@ -24,13 +24,12 @@ import torch
 from common import DATA
 
 from mobilenet_v1.data.folders import find_samples
+from mobilenet_v1.deploy.litert import LiteRTModel, export_tflite
 from mobilenet_v1.deploy.quantize import calibration_files, int8_grids, load_batch
-from mobilenet_v1.deploy.tflite import TFLiteModel, export_tflite
 from mobilenet_v1.measure.bench import cpu_name, measure
 from mobilenet_v1.measure.evaluate import evaluate_samples
 from mobilenet_v1.weights import load_weights, read_wnids
-from mobilenet_v1.weights.tflite.int8 import load_int8
-from mobilenet_v1.weights.tflite.litert import LiteRTModel
+from mobilenet_v1.weights.google_tflite.int8 import load_int8
 
 MODELS = (
     "mobilenet_v1_0.25_128_quant",
@@ -74,15 +73,15 @@ def google_row(name: str, args: argparse.Namespace, tmp: Path) -> dict:
     start = time.perf_counter()
     report = export_tflite(model, ours_path, pre, labels=info.classes, int8=True, calibration=calibration, grids=grids)
     row = {"model": name, "images": len(samples), "export_s": time.perf_counter() - start, "report": report.checked_on}
-    ours, google = TFLiteModel(ours_path, args.threads), LiteRTModel(grids, threads=args.threads)
+    ours, google = LiteRTModel(ours_path, args.threads), LiteRTModel(grids, threads=args.threads)
     crops = uint8_crops(samples, pre, EMULATION_IMAGES)
     ours_bytes = ours(crops)
-    row["vs_google"] = byte_agreement(ours_bytes, (google(crops) / google.output_scale).round().to(torch.uint8))
+    row["vs_google"] = byte_agreement(ours_bytes, google(crops))
     row["vs_emulation"] = byte_agreement(ours_bytes, load_int8(ours_path)[0](crops))
     row["top1_ours"] = accuracy(ours, samples, folders, pre, info.ignore, uint8=True)
     row["top1_google"] = accuracy(google, samples, folders, pre, info.ignore, uint8=True)
     image = crops[:1].permute(0, 2, 3, 1).contiguous().numpy()
-    row |= latency({"ours": lambda: ours.run(image), "google": lambda: google.run_uint8(image)}, args)
+    row |= latency({"ours": lambda: ours.run(image), "google": lambda: google.run(image)}, args)
     row["latency_ratio"] = row["ours_median_ms"] / row["google_median_ms"]
     print(json.dumps(row), flush=True)
     return row
@@ -101,7 +100,7 @@ def finetuned_row(path: Path, args: argparse.Namespace, tmp: Path) -> dict:
     row["top1_float_torch"] = accuracy(model.eval(), samples, folders, pre, info.ignore, uint8=False)
     runners = {}
     for fmt, file in files.items():
-        exported = TFLiteModel(file, args.threads)
+        exported = LiteRTModel(file, args.threads)
         uint8 = exported.uint8
         row[f"top1_{fmt}"] = accuracy(exported, samples, folders, pre, info.ignore, uint8=uint8)
         x = uint8_crops(samples, pre, 1) if uint8 else torch.randn(1, 3, pre.resolution, pre.resolution)

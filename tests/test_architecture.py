@@ -120,7 +120,7 @@ def test_import_graph_helpers_see_relative_and_nested_imports():
     # imports inside functions (lazy imports of the CLI and measurements)
     assert "mobilenet_v1.measure.plots" in _edges("mobilenet_v1.cli.predict")
     assert "mobilenet_v1.measure.bench" in _edges("mobilenet_v1.measure.tradeoff")
-    assert "mobilenet_v1.weights.tflite.int8" in _edges("mobilenet_v1.measure.fidelity")
+    assert "mobilenet_v1.weights.google_tflite.int8" in _edges("mobilenet_v1.measure.fidelity")
     # an import of a package's attribute goes to the package, of a submodule to the submodule
     assert set(_edges("mobilenet_v1")) == {
         "mobilenet_v1.builders",

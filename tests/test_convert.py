@@ -12,8 +12,8 @@ import torch
 
 pytest.importorskip("tflite", reason="the 'tflite' package is not installed")
 
-from mobilenet_v1.weights.tflite.convert import check_ops, import_table, load_tflite, tflite_state_dict
-from mobilenet_v1.weights.tflite.reader import dequantize, join_ops, read_tflite
+from mobilenet_v1.weights.google_tflite.convert import check_ops, import_table, load_tflite, tflite_state_dict
+from mobilenet_v1.weights.google_tflite.reader import dequantize, join_ops, read_tflite
 
 MODELS = {  # file name -> (alpha, resolution)
     "mobilenet_v1_0.25_128_quant.tflite": (0.25, 128),

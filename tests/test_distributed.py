@@ -146,7 +146,7 @@ def test_eval_shards_cover_every_sample_once(n, world):
 
 
 def test_sync_bn_on_cpu_is_a_clear_error():
-    with pytest.raises(ValueError, match="--sync-bn needs CUDA"):
+    with pytest.raises(ValueError, match="sync_bn=True needs CUDA"):
         wrap_model(nn.BatchNorm2d(3), TWO, "cpu", sync_bn=True)
 
 

@@ -54,7 +54,7 @@ def test_fp32_export_numerics_dynamic_batch_and_metadata(fp32_file):
     path, report = fp32_file
     assert report.max_abs_diff <= 1e-4 and report.top1_agreement == 1.0
     meta = read_metadata(path)
-    assert meta["preprocessing"] == Preprocessing(96) and meta["labels"][3] == "c3" and meta["format"] == "fp32"
+    assert meta["preprocessing"] == Preprocessing(96) and meta["labels"][3] == "c3" and meta["format"] == "onnx"
     assert meta["config"]["alpha"] == 0.25 and meta["config"]["folded_bn"] is True
     onnx = OnnxModel(path)
     x = torch.randn(5, 3, 96, 96)  # a batch size never seen at export
@@ -78,7 +78,7 @@ def test_int8_calibrated_export(fp32_file, shared_data, tmp_path):
     report = quantize_onnx(path, out, load_batch(files, Preprocessing(96)), reference=fuse_bn(_bn_model()))
     assert report.format == "onnx-int8" and np.isfinite(report.max_abs_diff)
     meta = read_metadata(out)
-    assert meta["format"] == "int8" and meta["quantization"] == "calibrated" and meta["labels"][0] == "c0"
+    assert meta["format"] == "onnx-int8" and meta["quantization"] == "calibrated" and meta["labels"][0] == "c0"
     session = onnx_session(out)
     ops = {n.op_type for n in __import__("onnx").load(str(out)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops

@@ -16,7 +16,7 @@ import torch
 
 from mobilenet_v1 import mobilenet_v1
 from mobilenet_v1.data.transforms import Preprocessing
-from mobilenet_v1.deploy.onnx import export_program
+from mobilenet_v1.deploy.common import export_program
 from mobilenet_v1.model import MobileNetV1
 from mobilenet_v1.weights import google_config
 

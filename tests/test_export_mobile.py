@@ -17,7 +17,7 @@ from conftest import randomize_batch_norm, run_main
 
 from mobilenet_v1 import mobilenet_v1
 from mobilenet_v1.data.transforms import Preprocessing
-from mobilenet_v1.deploy.exported import FORMATS, export_as, load_exported
+from mobilenet_v1.deploy.formats import FORMATS, export_as, load_exported
 from mobilenet_v1.deploy.pt2 import BF16_TOLERANCE, GemmForm
 from mobilenet_v1.weights import save_safetensors
 
@@ -168,7 +168,7 @@ def test_cli_pt2_export_then_eval_and_predict(tiny_checkpoint, val_folder, tmp_p
     for source in (["--model", str(out)], ["--weights", str(tiny_checkpoint)]):
         code, stdout, err = _cli(["predict", image, "--json", "--topk", "3", *source], capsys)
         assert code == 0, err
-        predictions.append(json.loads(stdout)[image])
+        predictions.append(json.loads(stdout)["predictions"][image])
     assert [p["label"] for p in predictions[0]] == [p["label"] for p in predictions[1]]
 
 
@@ -261,5 +261,5 @@ def test_missing_extra_names_the_pip_extra(tiny_checkpoint, tmp_path, capsys, mo
 
 def test_every_format_has_a_runtime():
     assert set(FORMATS.values()) == {".onnx", ".tflite", ".pte", ".pt2"}
-    with pytest.raises(ValueError, match="unknown export format"):
+    with pytest.raises(ValueError, match="unknown fmt='coreml'"):
         export_as("coreml", _tiny(), "m.mlmodel", Preprocessing(RES))

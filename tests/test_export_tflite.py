@@ -13,17 +13,16 @@ from conftest import randomize_batch_norm
 
 from mobilenet_v1 import Classifier, mobilenet_v1
 from mobilenet_v1.data.transforms import Preprocessing
-from mobilenet_v1.deploy.onnx import FP32_TOLERANCE
+from mobilenet_v1.deploy.common import FP32_TOLERANCE
 from mobilenet_v1.deploy.quantize import calibration_files, int8_grids, load_batch
 
 pytest.importorskip("ai_edge_litert")
 pytest.importorskip("tflite")
 
-from mobilenet_v1.deploy.tflite import TFLiteModel, export_tflite, load_tflite_model
+from mobilenet_v1.deploy.litert import LiteRTModel, export_tflite, load_litert
 from mobilenet_v1.weights import load_weights
-from mobilenet_v1.weights.tflite.int8 import load_int8
-from mobilenet_v1.weights.tflite.litert import LiteRTModel
-from mobilenet_v1.weights.tflite.reader import read_tflite
+from mobilenet_v1.weights.google_tflite.int8 import load_int8
+from mobilenet_v1.weights.google_tflite.reader import read_tflite
 
 LABELS = [f"class {i}" for i in range(10)]
 PRESET = Preprocessing(64)
@@ -48,7 +47,7 @@ def test_float_export_matches_pytorch_and_carries_its_metadata(padding, tmp_path
     # symmetric padding at stride 2 on an even map is an explicit PAD; SAME is the ops' own
     assert ("PAD" in ops) == (padding == "symmetric")
     assert ops[-3:] == ["AVERAGE_POOL_2D", "CONV_2D", "RESHAPE"]
-    loaded, info = load_tflite_model(path)
+    loaded, info = load_litert(path)
     assert info.classes == LABELS and info.preprocessing == PRESET
     x = images()
     assert (loaded(x) - model(x)).abs().max() <= FP32_TOLERANCE
@@ -65,11 +64,11 @@ def test_google_int8_export_is_googles_file_byte_for_byte(shared_data, tmp_path)
     assert report.format == "tflite-int8" and "equal to the int8-exact emulation on 100.00%" in report.checked_on
     assert report.top1_agreement >= 0.75  # int8 against the float import of the same weights
     assert report.compared == "probability" and 0 <= report.max_abs_diff <= 1  # uint8 scores, not logits
-    ours = TFLiteModel(path)
+    ours = LiteRTModel(path)
     nhwc = ours.to_pixels(batch).permute(0, 2, 3, 1).contiguous()
     litert = torch.from_numpy(ours.run(nhwc.numpy()))
     google = LiteRTModel(int8_grids(info))
-    expected = torch.cat([torch.from_numpy(google.run_uint8(image[None].numpy())) for image in nhwc])
+    expected = torch.from_numpy(google.run(nhwc.numpy()))
     assert torch.equal(litert, expected)  # every weight, bias and grid is Google's
     emulation, _ = load_int8(path)  # the brief's check: the project's emulation of our file
     assert torch.equal(emulation(nhwc), litert)
@@ -92,7 +91,7 @@ def test_calibrated_int8_export_of_any_checkpoint(tmp_path):
     assert "100.00%" in report.checked_on  # else export_tflite raises: LiteRT == emulation, byte for byte
     ops = read_tflite(path)
     assert {op.outputs[0].dtype for op in ops} == {"uint8"} and ops[-1].name == "SOFTMAX"
-    model_out, info = load_tflite_model(path)
+    model_out, info = load_litert(path)
     assert info.classes == LABELS
     probs = torch.softmax(model_out(x), 1)
     assert (probs.sum(1) - 1).abs().max() < 0.05  # the file's own uint8 probabilities, renormalized
@@ -103,7 +102,7 @@ def test_calibrated_int8_export_of_any_checkpoint(tmp_path):
     ("kwargs", "needle"),
     [
         ({"int8": True}, "needs calibration images"),
-        ({"qat_steps": 2}, "--qat-steps needs calibrated int8"),
+        ({"qat_steps": 2}, "qat_steps=2 needs calibrated int8"),
         ({"int8": True, "calibration": images(2), "model": {"padding": "symmetric"}}, "needs TensorFlow SAME padding"),
         ({"int8": True, "calibration": images(2), "preset": Preprocessing(64, mean=(0.485, 0.456, 0.406))}, "one grid"),
     ],
@@ -170,7 +169,7 @@ def _with_metadata(source: Path, out: Path, text: bytes) -> Path:
 def test_hostile_metadata_is_one_line(float_file, tmp_path, text, needle):
     path = _with_metadata(float_file, tmp_path / "bad.tflite", text)
     with pytest.raises(ValueError, match=needle) as info:
-        load_tflite_model(path)
+        load_litert(path)
     assert "\n" not in str(info.value)
 
 
@@ -179,10 +178,10 @@ def test_truncated_or_foreign_file_is_one_line(float_file, tmp_path):
     truncated.write_bytes(float_file.read_bytes()[:200])
     for path in (truncated, Path(__file__)):
         with pytest.raises(ValueError) as info:
-            load_tflite_model(path)
+            load_litert(path)
         assert "\n" not in str(info.value)
     with pytest.raises(FileNotFoundError):
-        load_tflite_model(tmp_path / "missing.tflite")
+        load_litert(tmp_path / "missing.tflite")
 
 
 def test_cli_eval_model_tflite_matches_int8_exact(shared_data, tmp_path, capsys):

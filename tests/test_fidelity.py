@@ -17,9 +17,9 @@ pytest.importorskip("tflite", reason="the 'tflite' package is not installed")
 from mobilenet_v1.data.folders import find_samples
 from mobilenet_v1.data.images import load_image
 from mobilenet_v1.data.transforms import Preprocessing, eval_transform, float_input
+from mobilenet_v1.deploy.litert import LiteRTModel
 from mobilenet_v1.measure.fidelity import compare
-from mobilenet_v1.weights.tflite.convert import load_tflite
-from mobilenet_v1.weights.tflite.litert import LiteRTModel
+from mobilenet_v1.weights.google_tflite.convert import load_tflite
 
 MODELS = {
     "0.25_128": ["mobilenet_v1_0.25_128_quant.tflite"],
@@ -44,7 +44,7 @@ def test_shared_photos_match_litert(shared_data: Path, key: str) -> None:
     preset = Preprocessing(info["resolution"])
     photos = sorted((shared_data / "images").iterdir())
     batch = torch.stack([eval_transform(preset, to_float=False)(load_image(p)) for p in photos])
-    reference = LiteRTModel(paths)(batch)
+    reference = LiteRTModel(paths).scores(batch)
     with torch.no_grad():
         ours = torch.softmax(model(float_input(batch, preset)), dim=1)
     top1 = ours[:, 1:].argmax(dim=1) + 1
@@ -71,7 +71,9 @@ def test_imagenette_subset_agrees_with_litert(shared_data: Path, key: str) -> No
 
 def test_litert_rejects_wrong_input(shared_data: Path) -> None:
     runner = LiteRTModel(_paths(shared_data, "0.25_128"))
-    with pytest.raises(ValueError, match=r"expected a uint8 batch .* got torch.float32 \(1, 3, 128, 128\)"):
-        runner(torch.zeros(1, 3, 128, 128))
+    with pytest.raises(ValueError, match=r"a float batch for a uint8 model needs the file's preprocessing"):
+        runner(torch.zeros(1, 3, 128, 128))  # Google's files carry no preset to undo
+    with pytest.raises(ValueError, match=r"expected a batch \(N, 3, 128, 128\), got \(1, 3, 96, 96\)"):
+        runner(torch.zeros(1, 3, 96, 96, dtype=torch.uint8))
     with pytest.raises(FileNotFoundError, match=r"missing\.tflite"):
         LiteRTModel(shared_data / "missing.tflite")

@@ -342,7 +342,7 @@ def st_seed(tmp_path_factory) -> bytes:
 @fuzz(150)
 @given(edits=mutations, structural=st.booleans())
 def test_tflite_reader(tflite_seed, tmp_path, edits, structural):
-    from mobilenet_v1.weights.tflite.reader import read_tflite
+    from mobilenet_v1.weights.google_tflite.reader import read_tflite
 
     data, structure = tflite_seed
     outcome(read_tflite, tmp_path / "m.tflite", mutate(data, edits, structure if structural else None))

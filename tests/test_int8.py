@@ -17,7 +17,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mobilenet_v1.weights.tflite.fixed_point import (
+from mobilenet_v1.weights.google_tflite.fixed_point import (
     exp_on_negative_values,
     multiply_by_quantized_multiplier,
     quantize_multiplier,
@@ -25,7 +25,7 @@ from mobilenet_v1.weights.tflite.fixed_point import (
     saturating_rounding_doubling_high_mul,
     softmax_uint8,
 )
-from mobilenet_v1.weights.tflite.int8 import Int8MobileNetV1, compare_outputs
+from mobilenet_v1.weights.google_tflite.int8 import Int8MobileNetV1, compare_outputs
 
 INT32 = st.integers(-(2**31), 2**31 - 1)
 MODELS = {  # name: (files, resolution)
@@ -133,11 +133,11 @@ def _images(shared: Path, resolution: int, val_every: int = 200) -> torch.Tensor
 
 
 def _litert_bytes(litert: object, paths: list[Path], batch: torch.Tensor, resolver: str) -> torch.Tensor:
-    from mobilenet_v1.weights.tflite.litert import LiteRTModel
+    from mobilenet_v1.deploy.litert import LiteRTModel
 
     model = LiteRTModel(paths, kernels=resolver)
     nhwc = batch.permute(0, 2, 3, 1).contiguous().numpy()
-    return torch.from_numpy(np.concatenate([model.run_uint8(nhwc[i : i + 1]) for i in range(len(nhwc))]))
+    return torch.from_numpy(model.run(nhwc))
 
 
 @pytest.mark.slow
@@ -218,7 +218,7 @@ def test_bad_input_is_a_one_line_error(small: Int8MobileNetV1) -> None:
 
 
 def test_unsupported_graphs_are_rejected(shared_data: Path) -> None:
-    from mobilenet_v1.weights.tflite.reader import read_tflite
+    from mobilenet_v1.weights.google_tflite.reader import read_tflite
 
     ops = read_tflite(shared_data / "pretrained" / MODELS["0.25_128"][0][0])
     with pytest.raises(ValueError, match="unsupported operator ADD"):
@@ -238,7 +238,7 @@ def test_cli_predict_int8_exact(shared_data: Path, litert: object, capsys: pytes
     model = shared_data / "pretrained" / MODELS["0.25_128"][0][0]
     photo = shared_data / "images" / "parrot.jpg"
     assert main(["predict", str(photo), "--weights", str(model), "--int8-exact", "--topk", "1000", "--json"]) == 0
-    top = json.loads(capsys.readouterr().out)[str(photo)]
+    top = json.loads(capsys.readouterr().out)["predictions"][str(photo)]
     batch = _images(shared_data, 128, val_every=10**9)[[7]]  # sorted photos: parrot.jpg is the 8th
     reference = _litert_bytes(litert, [model], batch, "default")[0]
     assert top[0]["probability"] == reference[1:].max().item() / 256

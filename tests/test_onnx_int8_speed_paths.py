@@ -10,7 +10,7 @@ pytest.importorskip("onnxscript")
 
 from mobilenet_v1.deploy.quantize import calibration_files, export_int8, int8_grids, load_batch
 from mobilenet_v1.weights import load_weights
-from mobilenet_v1.weights.tflite.reader import read_tflite_files
+from mobilenet_v1.weights.google_tflite.reader import read_tflite_files
 
 GOOGLE = "mobilenet_v1_0.25_128_quant"
 

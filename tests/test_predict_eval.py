@@ -17,7 +17,8 @@ from mobilenet_v1.data.folders import find_samples
 from mobilenet_v1.measure.evaluate import evaluate
 from mobilenet_v1.weights import save_safetensors
 
-SMALL = "mobilenet_v1_0.25_128_quant.tflite"
+SMALL_NAME = "mobilenet_v1_0.25_128_quant"
+SMALL = f"{SMALL_NAME}.tflite"
 
 
 @pytest.fixture
@@ -35,17 +36,17 @@ def _one_line_error(capsys: pytest.CaptureFixture, argv: list[str], needle: str)
 
 
 def test_predict_prints_topk(env: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["predict", str(env / "images" / "cat.bmp"), "--topk", "3"]) == 0
+    assert main(["predict", str(env / "images" / "cat.bmp"), "--topk", "3", "--weights", SMALL_NAME]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].endswith("cat.bmp") and len(lines) == 4
-    assert "cat" in lines[1]  # Google's 0.25/128 sees an Egyptian or tabby cat
+    assert lines[0] == f"weights {SMALL_NAME}" and lines[1].endswith("cat.bmp") and len(lines) == 5
+    assert "cat" in lines[2]  # Google's 0.25/128 sees an Egyptian or tabby cat
 
 
 def test_predict_json_and_plot(env: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     images = [str(env / "images" / "parrot.jpg"), str(env / "images" / "grace_hopper.bmp")]
     plot = tmp_path / "pred.png"
     assert main(["predict", *images, "--weights", "mobilenet_v1_0.5_160_quant", "--json", "--plot", str(plot)]) == 0
-    out = json.loads(capsys.readouterr().out.splitlines()[0])
+    out = json.loads(capsys.readouterr().out.splitlines()[0])["predictions"]
     assert list(out) == images
     probs = [p["probability"] for p in out[images[0]]]
     assert len(probs) == 5 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
@@ -80,7 +81,7 @@ def test_sha256_mismatch_in_cache(env: Path, tmp_path: Path, capsys: pytest.Capt
     tampered = bytearray((env / "pretrained" / SMALL).read_bytes())
     tampered[-1] ^= 1
     (cache / SMALL).write_bytes(bytes(tampered))
-    err = _one_line_error(capsys, ["predict", str(env / "images" / "cat.bmp")], "sha256 mismatch")
+    err = _one_line_error(capsys, ["predict", str(env / "images" / "cat.bmp"), "--weights", SMALL_NAME], "sha256")
     assert "expected cb273c23ee76374b05b9583177e28aa19744858a7679c56a250e83d0333da785, got " in err
 
 

@@ -257,10 +257,25 @@ API_CASES = [
     ("PNG with a bad row filter", _call("data.images", "load_image", "{d}/bad_filter.png"), ValueError, "bad_filter"),
     ("decompression bomb", _call("data.images", "load_image", "{d}/bomb.png"), ValueError, "decompression bomb"),
     ("crop fraction 0", lambda f: Preprocessing(224, crop_fraction=0), ValueError, "crop_fraction"),
-    ("missing .tflite", _call("weights.tflite.reader", "read_tflite", "{d}/no.tflite"), FileNotFoundError, "no.tflite"),
-    ("random .tflite", _call("weights.tflite.reader", "read_tflite", "{d}/random.tflite"), ValueError, "TFL3"),
-    ("TFL3 + garbage", _call("weights.tflite.reader", "read_tflite", "{d}/tfl3_garbage.tflite"), ValueError, "corrupt"),
-    ("3 .tflite files", _call("weights.tflite.reader", "read_tflite_files", ["a", "b", "c"]), ValueError, "3 paths"),
+    (
+        "missing .tflite",
+        _call("weights.google_tflite.reader", "read_tflite", "{d}/no.tflite"),
+        FileNotFoundError,
+        "no.tflite",
+    ),
+    ("random .tflite", _call("weights.google_tflite.reader", "read_tflite", "{d}/random.tflite"), ValueError, "TFL3"),
+    (
+        "TFL3 + garbage",
+        _call("weights.google_tflite.reader", "read_tflite", "{d}/tfl3_garbage.tflite"),
+        ValueError,
+        "corrupt",
+    ),
+    (
+        "3 .tflite files",
+        _call("weights.google_tflite.reader", "read_tflite_files", ["a", "b", "c"]),
+        ValueError,
+        "3 paths",
+    ),
     ("wrong shapes", _call("weights", "load_safetensors", "{d}/wrong_shape.safetensors"), ValueError, "shape"),
     ("random .safetensors", _call("weights", "load_safetensors", "{d}/random.safetensors"), ValueError, "random"),
     (
@@ -361,7 +376,7 @@ def test_unusual_images_work(f, capsys):
     if "predict" not in registered():
         pytest.skip("predict is not registered")
     assert main(["predict", *map(str, paths), "--weights", str(f.tiny), "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
+    out = json.loads(capsys.readouterr().out)["predictions"]
     assert sorted(out) == sorted(map(str, paths)) and all(len(v) == 3 for v in out.values())
 
 

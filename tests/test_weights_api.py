@@ -22,7 +22,7 @@ from torchvision.transforms.v2 import functional as F
 
 from mobilenet_v1.data.transforms import eval_transform
 from mobilenet_v1.model import MobileNetV1
-from mobilenet_v1.weights import DEFAULT_WEIGHTS, MobileNetV1Weights, get_weights, load_weights
+from mobilenet_v1.weights import FINETUNE_WEIGHTS, MobileNetV1Weights, get_weights, load_weights
 from mobilenet_v1.weights.records import LABELS
 
 W = MobileNetV1Weights
@@ -162,7 +162,7 @@ def test_default_is_an_uncounted_alias() -> None:
     assert "DEFAULT" in W.__members__ and "DEFAULT" not in [m.name for m in W]
     assert len(W) == 32 and W.DEFAULT.name == "ALPHA_1_0_224_QUANT"
     assert get_weights("DEFAULT") is W.verify("DEFAULT") is W.ALPHA_1_0_224_QUANT
-    assert DEFAULT_WEIGHTS is W.ALPHA_0_25_128_QUANT  # the CLI's default stays the smallest verifiable one
+    assert FINETUNE_WEIGHTS is W.ALPHA_0_25_128_QUANT  # the CLI's default stays the smallest verifiable one
 
 
 def test_verify_takes_our_names() -> None:

@@ -306,7 +306,7 @@ def tflite_dir(shared_data, tmp_path) -> Path:
 )
 @pytest.mark.parametrize("command", ["predict", "eval"])
 def test_int8_exact_refuses_a_tflite_that_is_not_a_classifier(tflite_dir, capsys, monkeypatch, name, needle, command):
-    from mobilenet_v1.weights.tflite.int8 import Int8MobileNetV1
+    from mobilenet_v1.weights.google_tflite.int8 import Int8MobileNetV1
 
     path = tflite_dir / f"{name}.tflite"
     with pytest.raises(ValueError, match="MobileNet V1"):
@@ -320,7 +320,7 @@ def test_int8_exact_refuses_a_tflite_that_is_not_a_classifier(tflite_dir, capsys
 
 
 def test_int8_exact_still_runs_googles_files(shared_data):
-    from mobilenet_v1.weights.tflite.int8 import load_int8
+    from mobilenet_v1.weights.google_tflite.int8 import load_int8
 
     model, info = load_int8(SMALL)
     assert model(torch.zeros(1, 128, 128, 3, dtype=torch.uint8)).shape == (1, 1001)
@@ -329,7 +329,7 @@ def test_int8_exact_still_runs_googles_files(shared_data):
 
 
 def test_oversized_tflite_is_refused_before_reading(tmp_path):
-    from mobilenet_v1.weights.tflite.reader import MAX_TFLITE_BYTES, read_tflite
+    from mobilenet_v1.weights.google_tflite.reader import MAX_TFLITE_BYTES, read_tflite
 
     big = tmp_path / "big.tflite"
     with open(big, "wb") as fh:  # sparse: no disk used
@@ -347,7 +347,8 @@ def onnx_files(f, tmp_path_factory):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from mobilenet_v1.deploy.onnx import META_PREFIX, export_onnx
+    from mobilenet_v1.deploy.common import META_PREFIX
+    from mobilenet_v1.deploy.onnx import export_onnx
 
     d = tmp_path_factory.mktemp("onnx-robust")
     good = d / "good.onnx"

@@ -10,12 +10,17 @@ build on them; ``classify``, ``builders`` and ``detection`` on those; ``train``,
 ``deploy`` and ``measure`` on all of these; ``cli`` on everything.
 """
 
+from importlib.util import find_spec
+
 from .builders import mobilenet_v1
 from .classify import Classifier
 from .config import MobileNetV1Config
 from .cost import ModelCost, model_cost
 from .model import MobileNetV1
 from .weights import MobileNetV1Weights, load_weights
+
+if find_spec("timm") is not None:  # timm.create_model("mobilenet_v1_025_128.google_quant", ...)
+    from . import timm_registry  # noqa: F401
 
 __all__ = [
     "Classifier",

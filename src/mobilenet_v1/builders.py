@@ -10,7 +10,6 @@ feature extractor. Annotations stay evaluated (no ``from __future__ import annot
 torchvision finds the weights enum from the ``weights`` annotation.
 """
 
-import math
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -20,9 +19,8 @@ from torch import nn
 from torchvision.models._api import register_model
 
 from .config import MobileNetV1Config
-from .data.transforms import Preprocessing
 from .model import MobileNetV1, MobileNetV1Features
-from .weights import LoadedWeights, MobileNetV1Weights, WeightsRecord, load_weights
+from .weights import MobileNetV1Weights, WeightsRecord, load_weights
 
 __all__ = ["mobilenet_v1"]
 
@@ -109,7 +107,7 @@ def _check_out_indices(out_indices: Any) -> None:
 
 
 def _with_weights(weights: Any, given: dict[str, Any], dropout: float | None) -> MobileNetV1:
-    model, info = load_weights(weights)
+    model, _ = load_weights(weights)
     for name, value in given.items():
         have = getattr(model.config, name)
         if value != have:
@@ -117,27 +115,4 @@ def _with_weights(weights: Any, given: dict[str, Any], dropout: float | None) ->
     if dropout is not None:
         model.config = replace(model.config, dropout=dropout)
         model.dropout.p = dropout
-    model.pretrained_cfg = pretrained_cfg(model.config, info)
     return model.train()  # like any freshly built model; call .eval() for inference
-
-
-def pretrained_cfg(config: MobileNetV1Config, info: LoadedWeights) -> dict[str, Any]:
-    """timm's ``pretrained_cfg`` of loaded weights: their input size and preprocessing,
-    and for Google's checkpoints the download URL and licence."""
-    pre: Preprocessing = info.preprocessing
-    side = math.ceil(pre.resolution / 32)
-    cfg = {
-        "architecture": "mobilenet_v1",
-        "input_size": (3, pre.resolution, pre.resolution),
-        "pool_size": (side, side),
-        "crop_pct": pre.crop_fraction,
-        "interpolation": pre.interpolation,
-        "mean": pre.mean,
-        "std": pre.std,
-        "num_classes": config.num_classes,
-        "first_conv": "features.0.conv",
-        "classifier": "classifier",
-    }
-    if info.record is not None:
-        cfg |= {"tag": info.record.name, "url": info.record.sources[0].url, "license": info.record.license}
-    return cfg

@@ -13,17 +13,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torchvision.transforms import v2
 
-from .data.images import load_image
+from .data.images import to_image
 from .data.transforms import Preprocessing, eval_transform
 from .weights import MobileNetV1Weights, load_weights
-from .weights.tflite.int8 import load_int8
+from .weights.google_tflite.int8 import load_int8
 
 __all__ = ["Classifier", "top_classes"]
 
 Prediction = list[tuple[str, float]]  # (class name, probability), best first
+ImageLike = str | Path | Image.Image | torch.Tensor | np.ndarray
 
 
 def top_classes(scores: torch.Tensor, k: int, *, seed: int = 0) -> torch.Tensor:
@@ -81,8 +84,22 @@ class Classifier:
             for row_p, row_i in zip(probs.gather(1, indices), indices, strict=True)
         ]
 
-    def predict(self, images: Sequence[str | Path], k: int = 5) -> list[Prediction]:
-        """The ``k`` most probable classes of each image file (every file is decoded first,
-        so a bad one fails before any work)."""
-        decoded = [load_image(path) for path in images]
+    def predict(self, images: ImageLike | Sequence[ImageLike], k: int = 5) -> list[Prediction]:
+        """The ``k`` most probable classes of each image: a path, a PIL image, a uint8 or
+        float (in [0, 1]) tensor (3, H, W) or a batch (N, 3, H, W) of them, a NumPy array
+        (H, W, 3), or a list of any of these (:func:`~.data.images.to_image`). Every image is
+        decoded and checked first, so a bad one fails before any work."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        items = _as_list(images)
+        if not items:
+            raise ValueError("images is empty: give at least one image")
+        decoded = [to_image(image) for image in items]
         return self.top(torch.stack([self.transform(image) for image in decoded]), k)
+
+
+def _as_list(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
+    """A batch tensor or array as its images, a list or tuple as a list, anything else as one image."""
+    if isinstance(images, torch.Tensor | np.ndarray):
+        return list(images) if images.ndim == 4 else [images]
+    return list(images) if isinstance(images, list | tuple) else [images]

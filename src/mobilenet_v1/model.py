@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint_sequential
 
 from .config import MIN_INPUT_SIZE, LayerSpec, MobileNetV1Config, check_choice, layer_plan, validate_num_classes
+from .hub import HubMixin
 
 __all__ = ["ConvBNAct", "MobileNetV1", "MobileNetV1Features", "Stem", "same_padding", "take_indices"]
 
@@ -158,8 +159,9 @@ def _build_features(plan: list[LayerSpec], config: MobileNetV1Config) -> nn.Sequ
     return nn.Sequential(*layers)
 
 
-class MobileNetV1(nn.Module):
-    """MobileNet V1 (Table 1) with timm's model contract.
+class MobileNetV1(HubMixin, nn.Module):
+    """MobileNet V1 (Table 1) with timm's model contract, and the Hugging Face Hub's
+    ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` (:class:`~.hub.HubMixin`).
 
     ``features`` holds the stem and the 13 blocks; ``feature_info`` names, for each
     output stride 2, 4, 8, 16 and 32, the last block at that stride (its ``module``,
@@ -167,6 +169,8 @@ class MobileNetV1(nn.Module):
     (Section 4.6). ``num_classes=0`` (or ``reset_classifier(0)``) leaves the pooled
     features as the output, as in timm.
     """
+
+    __jit_unused_properties__ = ["default_cfg"]  # noqa: RUF012 (TorchScript reads this list)
 
     def __init__(self, config: MobileNetV1Config) -> None:
         super().__init__()
@@ -252,6 +256,21 @@ class MobileNetV1(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.classifier
 
+    def group_matcher(self, coarse: bool = False) -> dict[str, str]:
+        """timm's parameter groups (layer-wise lr decay, ``timm.optim``): the stem, then each
+        separable block of Table 1 (its depthwise and pointwise layers together); the
+        classifier, matched by neither, is the last group."""
+        return {"stem": r"^features\.0\.", "blocks": r"^features\.(\d+)\."}
+
+    @property
+    def default_cfg(self) -> dict[str, Any]:
+        """timm's older name of :attr:`pretrained_cfg`."""
+        return self.pretrained_cfg
+
+    @default_cfg.setter
+    def default_cfg(self, cfg: dict[str, Any]) -> None:
+        self.pretrained_cfg = cfg
+
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the classifier with a freshly initialised one (e.g. for fine-tuning);
         ``0`` removes it, so that the model returns its pooled features (timm's rule), and
@@ -268,7 +287,9 @@ class MobileNetV1(nn.Module):
             nn.init.zeros_(self.classifier.bias)
         self.num_classes = num_classes
         self.config = replace(self.config, num_classes=num_classes)
-        self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes}
+        # the class names belonged to the old classifier
+        cfg = {k: v for k, v in self.pretrained_cfg.items() if k != "label_names"}
+        self.pretrained_cfg = {**cfg, "num_classes": num_classes}
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block in the backward pass instead of storing its activations."""

@@ -11,11 +11,16 @@ or a file is bounded before use, so either one means a missing check, a bug (exi
 with the traceback file). Every line printed is one line, whatever the message holds:
 line breaks are joined, a worker's wrapped traceback is reduced to its last line, and
 control characters (a file name or class name with an escape sequence) are escaped.
+
+The library's errors name its parameters (``qat_steps=100``, ``fmt='tflite-int8'``);
+the CLI says the flags that set them instead (``--qat-steps 100``, ``--format
+tflite-int8``): :data:`FLAGS`, applied by :func:`as_flags`.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 import traceback
@@ -28,6 +33,17 @@ from . import bench, cost, evaluate, export, predict, tradeoff, train
 
 PROG = "mobilenet-v1"
 SUBCOMMANDS = (cost, train, export, bench, tradeoff, predict, evaluate)
+# library parameter -> the flag that sets it
+FLAGS = {
+    "fmt": "--format",
+    "qat_steps": "--qat-steps",
+    "float_layers": "--float-layers",
+    "quantization": "--quantization",
+    "sync_bn": "--sync-bn",
+    "device": "--device",
+    "resume": "--resume",
+}
+_PARAMETER = re.compile(r"\b(" + "|".join(FLAGS) + r")=('[^']*'|[^\s,;:)]+)")
 
 
 class Parser(argparse.ArgumentParser):
@@ -76,8 +92,19 @@ def one_line(message: object) -> str:
     return printable(" ".join(lines))
 
 
+def as_flags(message: str) -> str:
+    """``message`` with each ``parameter=value`` of :data:`FLAGS` as the flag that sets it
+    (``--flag value``, a flag alone for ``True``)."""
+
+    def flag(match: re.Match[str]) -> str:
+        value = match[2].strip("'")
+        return FLAGS[match[1]] if value == "True" else f"{FLAGS[match[1]]} {value}"
+
+    return _PARAMETER.sub(flag, message)
+
+
 def _user_error(exc: BaseException) -> int:
-    print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
+    print(f"{PROG}: error: {as_flags(one_line(exc))}", file=sys.stderr)
     return 2
 
 

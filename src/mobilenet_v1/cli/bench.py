@@ -1,5 +1,5 @@
 """``mobilenet-v1 bench``: latency and throughput of every deployment path, side by side
-(:data:`~mobilenet_v1.measure.subjects.SUBJECTS`), in one process."""
+(:data:`~mobilenet_v1.measure.subjects.SUBJECTS`, named by export format), in one process."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ from typing import Any
 
 from . import args as types
 
-DEFAULT_WEIGHTS = ("mobilenet_v1_0.25_128_quant",)
+WEIGHTS = ("mobilenet_v1_0.25_128_quant",)  # the smallest: its exports take the least time
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench", help="CPU latency/throughput: PyTorch, pt2, ONNX Runtime, ExecuTorch, LiteRT (ours, Google's)"
     )
-    p.add_argument("--weights", nargs="+", default=list(DEFAULT_WEIGHTS), help="one or more weights specs")
+    p.add_argument("--weights", nargs="+", default=list(WEIGHTS), help="one or more weights specs")
     p.add_argument("--calibration", type=Path, required=True, help="image folder for the int8 export")
     p.add_argument("--calibration-images", type=types.positive_int, default=100)
     p.add_argument("--threads", type=types.positive_int, nargs="+", default=[1, 2])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..classify import Classifier
 from ..measure.evaluate import EvalResult, evaluate_folder
-from ..weights import DEFAULT_WEIGHTS, read_wnids
+from ..weights import MobileNetV1Weights, read_wnids
 from . import args as types
 from .predict import INT8_HELP, MODEL_HELP, WEIGHTS_HELP, from_model
 
@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="top-1/top-5 on DIR/<class>/*.jpg, classes named by ImageNet WordNet id or the checkpoint's own names",
     )
     p.add_argument("dir", metavar="DIR")
-    p.add_argument("--weights", default=DEFAULT_WEIGHTS.value.name, help=WEIGHTS_HELP)
+    p.add_argument("--weights", default=MobileNetV1Weights.DEFAULT.value.name, help=WEIGHTS_HELP)
     p.add_argument(
         "--model",
         type=Path,

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..deploy.exported import FORMATS
+from ..deploy.formats import FORMATS
 from . import args as types
 
 INT8 = ("onnx-int8", "tflite-int8", "executorch-int8")
@@ -73,7 +73,7 @@ def check_options(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..deploy.exported import export_as
+    from ..deploy.formats import export_as
     from ..deploy.quantize import calibration_files, int8_grids, load_batch
     from ..files import check_writable
     from ..weights import load_weights

@@ -11,7 +11,8 @@ import torch
 from ..classify import Classifier
 from ..data.images import load_image
 from ..data.transforms import eval_transform
-from ..weights import DEFAULT_WEIGHTS
+from ..untrusted import printable
+from ..weights import MobileNetV1Weights
 from . import args as types
 
 WEIGHTS_HELP = "Google's model name, an enum name, or a .tflite/.safetensors file (default: %(default)s)"
@@ -22,7 +23,7 @@ INT8_HELP = "run Google's uint8 model with TFLite's integer arithmetic (byte-ide
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="classify images with Google's or your weights (top-k with probabilities)")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--weights", default=DEFAULT_WEIGHTS.value.name, help=WEIGHTS_HELP)
+    p.add_argument("--weights", default=MobileNetV1Weights.DEFAULT.value.name, help=WEIGHTS_HELP)
     p.add_argument("--model", type=Path, help=MODEL_HELP)
     p.add_argument("--topk", type=types.positive_int, default=5)
     p.add_argument("--plot", metavar="PNG", help="save each image beside a bar chart of its top-k")
@@ -34,16 +35,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     classifier = from_model(args.model, args.int8_exact) if args.model else None
     classifier = classifier or Classifier.from_weights(args.weights, int8_exact=args.int8_exact)
+    used = f"model {args.model}" if args.model else f"weights {args.weights}" + (" (int8-exact)" * args.int8_exact)
     images = [load_image(path) for path in args.images]  # every file is checked before any work
     top = classifier.top(torch.stack([classifier.transform(img) for img in images]), args.topk)
     if args.json:
         by_path = {
             path: [{"label": c, "probability": p} for c, p in t] for path, t in zip(args.images, top, strict=True)
         }
-        print(json.dumps(by_path))
+        source = {"model": str(args.model)} if args.model else {"weights": args.weights, "int8_exact": args.int8_exact}
+        print(json.dumps({**source, "predictions": by_path}))
     else:
+        print(printable(used))
         for path, preds in zip(args.images, top, strict=True):
-            print(path)
+            print(printable(path))
             for rank, (label, p) in enumerate(preds, 1):
                 print(f"  {rank}. {p:6.2%}  {label}")
     if args.plot:
@@ -56,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
 def from_model(path: Path, int8_exact: bool) -> Classifier:
     """The classifier of an exported file, run by its runtime (``--model``, in place of ``--weights``)."""
-    from ..deploy.exported import load_exported
+    from ..deploy.formats import load_exported
 
     if int8_exact:
         raise ValueError("--int8-exact runs Google's interpreter arithmetic; it does not apply to --model")

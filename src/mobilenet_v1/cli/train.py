@@ -21,7 +21,7 @@ from ..train.config import (
     default,
 )
 from ..train.optim import OPTIMIZERS
-from ..weights import DEFAULT_WEIGHTS
+from ..weights import FINETUNE_WEIGHTS
 from . import args as types
 
 if TYPE_CHECKING:
@@ -38,8 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     p.add_argument(
         "--weights",
-        help=f"start from these weights: Google's name, .tflite or .safetensors (default {DEFAULT_WEIGHTS.value.name}, "
-        "unless --scratch, --alpha or --variant)",
+        help="start from these weights: Google's name, .tflite or .safetensors "
+        f"(default {FINETUNE_WEIGHTS.value.name}, unless --scratch, --alpha or --variant)",
     )
     p.add_argument("--scratch", action="store_true", default=None, help="train from scratch (random weights)")
     p.add_argument("--alpha", type=types.alpha, help=f"width multiplier from scratch (default {SCRATCH_ALPHA})")

@@ -20,7 +20,9 @@ import os
 import stat
 import warnings
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import simplejpeg
 import torch
 from torchvision.transforms import v2
@@ -35,6 +37,7 @@ __all__ = [
     "is_skipped_name",
     "list_images",
     "load_image",
+    "to_image",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -332,17 +335,7 @@ def _load_with_pil(data: bytes, path: Path) -> torch.Tensor:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=PIL_FORMATS)
         with img:
-            _check_size(path, *img.size)
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                frame = img.point(lambda v: v / 256).convert("L")
-            else:
-                img.load()
-                frame = img
-            if frame.mode != "RGB":  # (convert would copy an RGB image: 537 MB at the pixel cap)
-                with warnings.catch_warnings():  # a palette's transparency is dropped with the alpha
-                    warnings.simplefilter("ignore", UserWarning)
-                    frame = frame.convert("RGB")
-            image = _upright(v2.functional.pil_to_tensor(frame), _pil_orientation(img))  # (3, H, W) view of HWC
+            image = _from_pil(img, path)
             _warn_first_frame(img, path)
     except UnidentifiedImageError:
         known = "JPEG/PNG/GIF/BMP/WebP/TIFF"
@@ -352,9 +345,59 @@ def _load_with_pil(data: bytes, path: Path) -> torch.Tensor:
     except errors as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
         raise ValueError(f"cannot decode image {printable(path)}: {printable(message)}") from None
-    if image.shape[-2] < 1 or image.shape[-1] < 1:
-        raise ValueError(f"empty image: {printable(path)}")
     return image
+
+
+def _from_pil(img: Any, name: str | Path) -> torch.Tensor:
+    """A PIL image as 8-bit RGB (3, H, W), upright: any mode converted, 16-bit scaled down."""
+    _check_size(Path(name), *img.size)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        frame = img.point(lambda v: v / 256).convert("L")
+    else:
+        img.load()
+        frame = img
+    if frame.mode != "RGB":  # (convert would copy an RGB image: 537 MB at the pixel cap)
+        with warnings.catch_warnings():  # a palette's transparency is dropped with the alpha
+            warnings.simplefilter("ignore", UserWarning)
+            frame = frame.convert("RGB")
+    image = _upright(v2.functional.pil_to_tensor(frame), _pil_orientation(img))  # (3, H, W) view of HWC
+    if image.shape[-2] < 1 or image.shape[-1] < 1:
+        raise ValueError(f"empty image: {printable(name)}")
+    return image
+
+
+def to_image(image: Any) -> torch.Tensor:
+    """Any single image as a uint8 RGB tensor (3, H, W), as :func:`load_image` decodes a file.
+
+    Takes a path (decoded by :func:`load_image`), a PIL image (converted like a decoded
+    file, EXIF orientation applied), a tensor (C, H, W) or a NumPy array (H, W, C) with 1
+    or 3 channels: uint8, or floating point in [0, 1] (torchvision's convention, rounded to
+    8 bits like a photo). Anything else is a ``ValueError`` naming what it got.
+    """
+    from PIL import Image
+
+    if isinstance(image, str | Path):
+        return load_image(image)
+    if isinstance(image, Image.Image):
+        return _from_pil(image, "PIL image")
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3:
+            raise ValueError(f"expected a NumPy image of shape (H, W, C), got shape {image.shape}")
+        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    if not isinstance(image, torch.Tensor):
+        raise ValueError(f"expected an image path, PIL image, tensor or NumPy array, got {type(image).__name__}")
+    if image.dim() != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"expected an image tensor of shape (3, H, W) or (1, H, W), got {tuple(image.shape)}")
+    if min(image.shape[1:]) < 1:
+        raise ValueError(f"empty image tensor of shape {tuple(image.shape)}")
+    _check_size(Path("image tensor"), image.shape[2], image.shape[1])
+    if image.is_floating_point():
+        if not (bool(torch.isfinite(image).all()) and 0 <= float(image.min()) <= float(image.max()) <= 1):
+            raise ValueError("a floating-point image must hold finite values in [0, 1]")
+        image = image.mul(255).round_().to(torch.uint8)
+    elif image.dtype != torch.uint8:
+        raise ValueError(f"expected a uint8 or floating-point image tensor, got {image.dtype}")
+    return image.expand(3, -1, -1) if image.shape[0] == 1 else image
 
 
 def _pil_orientation(img) -> int:

@@ -11,10 +11,10 @@ tensor from their min/max over calibration images
 ReLU6 quantized as one op (:func:`_annotate_activations`).
 
 The labels and preprocessing travel inside the program, as a constant method
-(``mobilenet_v1_metadata``, returning :func:`~.onnx.metadata_props` as JSON) that the
+(``mobilenet_v1_metadata``, returning :func:`~.common.metadata_props` as JSON) that the
 runtime can call without running the network. The file is untrusted input when read:
 bounded size, ExecuTorch's identifier checked before the runtime sees it, the metadata
-parsed as an ONNX file's is (:func:`~.onnx.read_metadata`), and the runtime's own log
+checked as every format's is (:func:`~.common.check_metadata`), and the runtime's own log
 lines kept off the terminal (one line per error).
 """
 
@@ -30,7 +30,6 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -39,17 +38,19 @@ from torch import nn
 from ..data.transforms import Preprocessing
 from ..files import atomic_write
 from ..model import MobileNetV1
+from ..optional import require
 from ..untrusted import parse_json, printable, read_bounded
 from ..weights import LoadedWeights
-from .fold import fuse_bn
-from .onnx import (
+from .common import (
     FP32_TOLERANCE,
     ExportReport,
+    check_metadata,
     compare_with_torch,
+    loaded_weights,
     metadata_props,
-    read_metadata,
-    require,
+    random_inputs,
 )
+from .fold import fuse_bn
 
 __all__ = ["ExecuTorchModel", "export_executorch", "load_executorch"]
 
@@ -186,7 +187,7 @@ def export_executorch(
     folded = fuse_bn(model)
     res = preprocessing.resolution
     given = calibration is not None
-    inputs = calibration if given else torch.randn(4, 3, res, res, generator=torch.Generator().manual_seed(0))
+    inputs = calibration if given else random_inputs(res)
     fmt = "executorch-int8" if int8 else "executorch"
     meta = metadata_props(preprocessing, labels, folded.config, fmt)
     lowerable = _Lowerable(folded).eval()
@@ -208,7 +209,7 @@ def _require(module: str) -> Any:
     level = pytree_log.level
     pytree_log.setLevel(logging.ERROR)
     try:
-        return require(module, EXTRA)
+        return require(module, EXTRA, "ExecuTorch")
     finally:
         pytree_log.setLevel(level)
 
@@ -260,10 +261,10 @@ class ExecuTorchModel:
         self.path = Path(path)
         self.program, self.method = _load_program(self.path)
         self.max_batch = max(1, int(self.method.metadata.input_tensor_meta(0).sizes()[0]))
-        self.metadata = read_metadata(self._session(), name=self.path) if metadata else {}
+        self.metadata = self._metadata() if metadata else {}
 
-    def _session(self) -> Any:
-        """What :func:`~.onnx.read_metadata` reads: the metadata strings and the output shape."""
+    def _metadata(self) -> dict[str, Any]:
+        """The checked metadata (:func:`~.common.check_metadata`) the program's metadata method returns."""
         if METADATA_METHOD not in self.program.method_names:
             raise ValueError(f"{self.path}: no mobilenet_v1 metadata (was it exported by `mobilenet-v1 export`?)")
         raw = self.program.load_method(METADATA_METHOD).execute([])[0]
@@ -271,8 +272,7 @@ class ExecuTorchModel:
         if not isinstance(props, dict) or not all(isinstance(v, str) for v in props.values()):
             raise ValueError(f"{self.path}: bad '{METADATA_METHOD}' (expected a JSON object of strings)")
         shape = list(self.method.metadata.output_tensor_meta(0).sizes())
-        meta = SimpleNamespace(custom_metadata_map=props)
-        return SimpleNamespace(get_modelmeta=lambda: meta, get_outputs=lambda: [SimpleNamespace(shape=shape)])
+        return check_metadata(props, int(shape[-1]) if shape else None, self.path)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         chunks = batch.float().split(self.max_batch)
@@ -283,7 +283,4 @@ class ExecuTorchModel:
 def load_executorch(path: str | Path, threads: int = 2) -> tuple[ExecuTorchModel, LoadedWeights]:
     """``(model, info)`` like ``weights.load_weights``, from the program's metadata."""
     model = ExecuTorchModel(path, threads)
-    meta = model.metadata
-    classes = meta["labels"] if meta["labels"] is not None else [str(i) for i in range(meta["outputs"])]
-    strings = {k: v for k, v in meta.items() if isinstance(v, str)}
-    return model, LoadedWeights(classes, meta["preprocessing"], strings)
+    return model, loaded_weights(model.metadata, path)

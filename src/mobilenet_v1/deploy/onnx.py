@@ -15,11 +15,8 @@ it is complete and checked, so a failure never leaves a partial file behind.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import warnings
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,76 +24,28 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import MIN_INPUT_SIZE, MobileNetV1Config
+from ..config import MIN_INPUT_SIZE
 from ..data.transforms import Preprocessing
 from ..files import atomic_write
 from ..model import MobileNetV1
-from ..untrusted import parse_json, printable
+from ..optional import require
 from ..weights import LoadedWeights
-from ..weights.io import check_preprocessing
+from .common import (
+    FP32_TOLERANCE,
+    ExportReport,
+    check_metadata,
+    compare_with_torch,
+    dynamic_shapes,
+    loaded_weights,
+    metadata_props,
+    random_inputs,
+    size_oblivious,
+)
 from .fold import fuse_bn
 
-__all__ = [
-    "FP32_TOLERANCE",
-    "ExportReport",
-    "OnnxModel",
-    "dynamic_shapes",
-    "export_onnx",
-    "export_program",
-    "load_onnx",
-    "onnx_session",
-    "read_metadata",
-    "save_onnx_graph",
-]
+__all__ = ["OnnxModel", "export_onnx", "load_onnx", "onnx_session", "read_metadata", "save_onnx_graph"]
 
-FP32_TOLERANCE = 1e-4  # max |logit difference| allowed between PyTorch and ORT in float32
-META_PREFIX = "mobilenet_v1."
-MAX_BATCH = 4096  # upper bounds of the dynamic dimensions (torch.export needs finite ranges)
-MAX_SIZE = 4096
-
-
-@dataclass(frozen=True)
-class ExportReport:
-    """What an export produced: the file, its precision and the numerics check (the largest
-    absolute difference of ``compared``, logits or probabilities, from float PyTorch)."""
-
-    path: Path
-    format: str
-    max_abs_diff: float
-    top1_agreement: float
-    checked_on: str
-    compared: str = "logit"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "path": str(self.path)}
-
-
-def require(module: str, extra: str = "export") -> Any:
-    try:
-        return __import__(module, fromlist=["_"])
-    except ImportError:
-        raise ImportError(f"{module} is needed for export: pip install 'mobilenet-v1[{extra}]'") from None
-
-
-def metadata_props(
-    preprocessing: Preprocessing,
-    labels: Sequence[str] | None,
-    config: MobileNetV1Config,
-    fmt: str,
-    *,
-    dynamic_size: bool = False,
-) -> dict[str, str]:
-    """The string metadata stored in every exported file (read back by :func:`read_metadata`)."""
-    props = {
-        "preprocessing": json.dumps(preprocessing.to_dict()),
-        "config": json.dumps(config.to_dict()),
-        "format": fmt,
-        "input_layout": "NCHW float32, RGB, normalized as in preprocessing",
-        "dynamic_size": json.dumps(dynamic_size),  # "true": any height/width >= 32, not only the resolution
-    }
-    if labels is not None:
-        props["labels"] = json.dumps(list(labels))
-    return {META_PREFIX + k: v for k, v in props.items()}
+EXTRA = "export"
 
 
 def set_metadata(onnx_model: Any, props: dict[str, str]) -> None:
@@ -112,7 +61,7 @@ def onnx_session(path: str | Path, threads: int = 2, *, profile: str | None = No
     sequential execution. ``spin=False`` makes idle worker threads sleep instead of spin
     (better when other processes share the cores). A missing or corrupt file raises a
     one-line ``ValueError``."""
-    ort = require("onnxruntime")
+    ort = require("onnxruntime", EXTRA, "ONNX Runtime")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ONNX model not found: {path}")
@@ -133,109 +82,23 @@ def onnx_session(path: str | Path, threads: int = 2, *, profile: str | None = No
 
 
 def read_metadata(source: str | Path | Any, *, name: str | Path | None = None) -> dict[str, Any]:
-    """The metadata of an exported file (or open session, ``name`` naming it in errors):
-    preprocessing, labels, config, dynamic size, and the other strings as they are.
-
-    The file is untrusted input: each JSON value is parsed with bounded size and depth
-    (:func:`~mobilenet_v1.untrusted.parse_json`), the preprocessing is checked as a weights
-    file's is, the labels must be as many strings as the graph has outputs (and the
-    config's ``num_classes`` agree with them), and every string is made printable. Any
-    disagreement is a one-line ``ValueError`` naming the file and the key.
-    """
+    """The checked metadata (:func:`~.common.check_metadata`) of an exported ONNX file or
+    of an open session (``name`` naming it in errors)."""
     session = source if hasattr(source, "get_modelmeta") else onnx_session(source, threads=1)
-    where = str(name if name is not None else source if not hasattr(source, "get_modelmeta") else "ONNX model")
-    props = session.get_modelmeta().custom_metadata_map
-    meta = {k[len(META_PREFIX) :]: v for k, v in props.items() if k.startswith(META_PREFIX)}
-    if "preprocessing" not in meta:
-        raise ValueError(f"{where}: no mobilenet_v1 metadata (was it exported by `mobilenet-v1 export`?)")
-    out: dict[str, Any] = {printable(k): printable(v) for k, v in meta.items()}
-    out["preprocessing"] = _metadata_preprocessing(where, meta["preprocessing"])
-    config = _metadata_json(where, meta, "config", "{}", dict)
-    labels = _metadata_json(where, meta, "labels", "null", list | None)
-    dynamic = _metadata_json(where, meta, "dynamic_size", "false", bool)  # files from before the option: static
-    num_classes = config.get("num_classes")
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)):
-        raise ValueError(f"{where}: bad 'config' metadata (num_classes must be an integer, got {num_classes!r})")
+    where = name if name is not None else source if not hasattr(source, "get_modelmeta") else "ONNX model"
     outputs = session.get_outputs()
     shape = outputs[0].shape if outputs else []
     width = shape[-1] if shape and isinstance(shape[-1], int) else None  # None: a symbolic size
-    if width is not None and num_classes is not None and num_classes != width:
-        raise ValueError(f"{where}: the metadata says {num_classes} classes, the graph has {width} outputs")
-    if labels is not None:
-        if not all(isinstance(label, str) for label in labels):
-            raise ValueError(f"{where}: bad 'labels' metadata (expected a list of strings)")
-        expected = width if width is not None else num_classes
-        if expected is not None and len(labels) != expected:
-            raise ValueError(f"{where}: {len(labels)} labels in the metadata for the graph's {expected} outputs")
-        labels = [printable(label) for label in labels]
-    out["config"], out["labels"], out["dynamic_size"], out["outputs"] = config, labels, dynamic, width
-    return out
-
-
-def _metadata_json(where: str, meta: dict[str, str], key: str, default: str, kind: Any) -> Any:
-    value = parse_json(meta.get(key, default), what=f"{where}: '{key}' metadata", max_depth=2)
-    if not isinstance(value, kind):
-        raise ValueError(f"{where}: bad '{key}' metadata (got a JSON {type(value).__name__})")
-    return value
-
-
-def _metadata_preprocessing(where: str, text: str) -> Preprocessing:
-    data = parse_json(text, what=f"{where}: 'preprocessing' metadata", max_depth=2)
-    try:
-        if not isinstance(data, dict):
-            raise TypeError(f"expected a JSON object, got {type(data).__name__}")
-        return check_preprocessing(Preprocessing.from_dict(data))
-    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
-        raise ValueError(f"{where}: bad 'preprocessing' metadata ({printable(exc)})") from None
-
-
-def dynamic_shapes(dynamic_size: bool = True) -> tuple[dict[int, Any]]:
-    """``dynamic_shapes`` for ``torch.export`` of a model's one (N, 3, H, W) input: the
-    batch always, the height and width (any size >= 32, Section 3.4) with ``dynamic_size``."""
-    dims = {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}
-    if dynamic_size:
-        dims[2] = torch.export.Dim("height", min=MIN_INPUT_SIZE, max=MAX_SIZE)
-        dims[3] = torch.export.Dim("width", min=MIN_INPUT_SIZE, max=MAX_SIZE)
-    return (dims,)
-
-
-@contextlib.contextmanager
-def _size_oblivious(enabled: bool = True) -> Iterator[None]:
-    """Trace a dynamic height/width without specializing on the last feature map's size.
-
-    A 32-pixel input leaves a 1x1 map at stride 32, so PyTorch's contiguity check of that
-    convolution's output (``_prims_common.check_contiguous_sizes_strides``, run while
-    recording tensor metadata) asks whether the size is 1 and guards on the answer, which
-    ``torch.export`` then rejects for the range [32, ...]. Size-oblivious reasoning answers
-    "not 1" without a guard; the check only affects metadata, never the computation."""
-    if not enabled:
-        yield
-        return
-    from torch.fx.experimental import _config as fx_config
-
-    with fx_config.patch(backed_size_oblivious=True):
-        yield
-
-
-def export_program(
-    model: nn.Module, resolution: int = 224, *, dynamic_size: bool = True
-) -> torch.export.ExportedProgram:
-    """``torch.export`` of ``model`` (put it in eval mode first) with a dynamic batch and,
-    with ``dynamic_size``, a dynamic height and width in [32, 4096]: the program follows
-    the input's size (SAME pads included) as eager PyTorch does. ``resolution`` is only
-    the example input's size (and the fixed one without ``dynamic_size``)."""
-    example = torch.randn(2, 3, resolution, resolution)
-    with _size_oblivious(dynamic_size):
-        return torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes(dynamic_size))
+    return check_metadata(session.get_modelmeta().custom_metadata_map, width, where)
 
 
 def save_onnx_graph(model: nn.Module, path: Path, resolution: int, *, dynamic_size: bool = False) -> None:
     """torch.export-based ONNX export; with a static height and width the SAME pads are
     constants, which the exporter's optimizer folds into each Conv's ``pads``; with
     ``dynamic_size`` they are computed from the input's shape (Shape, Div, Pad)."""
-    require("onnxscript")
+    require("onnxscript", EXTRA, "ONNX export")
     example = torch.randn(2, 3, resolution, resolution)
-    with warnings.catch_warnings(), _size_oblivious(dynamic_size):
+    with warnings.catch_warnings(), size_oblivious(dynamic_size):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             model,
@@ -255,14 +118,6 @@ def check_sizes(resolution: int) -> list[tuple[int, int]]:
     resolution: odd, non-square, one above and one below it (never under 32)."""
     low = max(MIN_INPUT_SIZE, resolution * 3 // 4 + 1)
     return [(resolution + 33, low), (low + 2, resolution + 1)]
-
-
-@torch.no_grad()
-def compare_with_torch(exported: OnnxModel, model: nn.Module, inputs: torch.Tensor) -> tuple[float, float]:
-    """Max absolute logit difference and top-1 agreement, ORT vs PyTorch, on ``inputs``."""
-    ours = exported(inputs)
-    ref = model(inputs)
-    return float((ours - ref).abs().max()), float((ours.argmax(1) == ref.argmax(1)).float().mean())
 
 
 def export_onnx(
@@ -285,14 +140,10 @@ def export_onnx(
     ``tolerance`` raises ``ValueError`` and nothing is written. The file's metadata
     records ``dynamic_size``.
     """
-    onnx = require("onnx")
+    onnx = require("onnx", EXTRA, "ONNX export")
     folded = fuse_bn(model)
     res = preprocessing.resolution
-    inputs = (
-        check_inputs
-        if check_inputs is not None
-        else torch.randn(4, 3, res, res, generator=torch.Generator().manual_seed(0))
-    )
+    inputs = check_inputs if check_inputs is not None else random_inputs(res)
     batches = [inputs]
     if dynamic_size:
         generator = torch.Generator().manual_seed(1)
@@ -300,7 +151,7 @@ def export_onnx(
     with atomic_write(path) as tmp:
         save_onnx_graph(folded, tmp, res, dynamic_size=dynamic_size)
         proto = onnx.load(str(tmp))
-        set_metadata(proto, metadata_props(preprocessing, labels, folded.config, "fp32", dynamic_size=dynamic_size))
+        set_metadata(proto, metadata_props(preprocessing, labels, folded.config, "onnx", dynamic_size=dynamic_size))
         onnx.save(proto, str(tmp))
         exported = OnnxModel(tmp, metadata=False)
         results = [compare_with_torch(exported, folded, batch) for batch in batches]
@@ -335,10 +186,4 @@ class OnnxModel:
 def load_onnx(path: str | Path, threads: int = 2) -> tuple[OnnxModel, LoadedWeights]:
     """``(model, info)`` like ``weights.load_weights``, from an exported file's metadata."""
     model = OnnxModel(path, threads)
-    meta = model.metadata
-    count = meta["outputs"] if meta["outputs"] is not None else meta["config"].get("num_classes")
-    if meta["labels"] is None and count is None:
-        raise ValueError(f"{path}: neither labels in the metadata nor a fixed number of outputs in the graph")
-    classes = meta["labels"] if meta["labels"] is not None else [str(i) for i in range(count)]
-    strings = {k: v for k, v in meta.items() if isinstance(v, str)}
-    return model, LoadedWeights(classes, meta["preprocessing"], strings)
+    return model, loaded_weights(model.metadata, path)

@@ -27,8 +27,6 @@ from __future__ import annotations
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,12 +36,21 @@ from ..data.transforms import Preprocessing
 from ..files import atomic_write
 from ..model import Conv2dSame, ConvBNAct, MobileNetV1, same_padding
 from ..weights import LoadedWeights
+from .common import (
+    FP32_TOLERANCE,
+    ExportReport,
+    check_metadata,
+    compare_with_torch,
+    dynamic_shapes,
+    loaded_weights,
+    metadata_props,
+    random_inputs,
+)
 from .fold import fuse_bn
-from .onnx import FP32_TOLERANCE, ExportReport, compare_with_torch, dynamic_shapes, metadata_props, read_metadata
 
 __all__ = ["BF16_TOLERANCE", "DTYPES", "GemmForm", "Pt2Model", "export_pt2", "load_pt2"]
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"pt2": torch.float32, "pt2-bf16": torch.bfloat16}  # format -> dtype
 BF16_TOLERANCE = 0.05  # max |logit diff| / max |logit|: bfloat16 keeps 8 bits of mantissa per layer
 MAX_PT2_BYTES = 256 << 20  # a 1.0/224 float32 package is ~20 MB
 
@@ -133,29 +140,25 @@ def export_pt2(
     |logit diff| <= ``FP32_TOLERANCE`` in float32, <= ``BF16_TOLERANCE`` times the largest
     logit in bfloat16; otherwise ``ValueError`` and nothing is written.
     """
-    name = next((k for k, v in DTYPES.items() if v == dtype), None)
-    if name is None:
+    fmt = next((k for k, v in DTYPES.items() if v == dtype), None)
+    if fmt is None:
         raise ValueError(f"unsupported pt2 dtype {dtype}; choose torch.float32 or torch.bfloat16")
     if not str(path).endswith(".pt2"):
         raise ValueError(f"an AOTInductor package must be named *.pt2, got {path}")
     form = GemmForm(model, dtype).eval()
     res = preprocessing.resolution
-    inputs = (
-        check_inputs
-        if check_inputs is not None
-        else torch.randn(4, 3, res, res, generator=torch.Generator().manual_seed(0))
-    )
+    inputs = check_inputs if check_inputs is not None else random_inputs(res)
     reference = fuse_bn(model)
-    meta = metadata_props(preprocessing, labels, reference.config, f"pt2-{name}")
+    meta = metadata_props(preprocessing, labels, reference.config, fmt)
     with atomic_write(path) as tmp:
         _compile(form, tmp, res, meta)
         diff, agree = compare_with_torch(Pt2Model(tmp, metadata=False), reference, inputs)
         with torch.no_grad():
-            limit = FP32_TOLERANCE if name == "fp32" else BF16_TOLERANCE * float(reference(inputs).abs().max())
+            limit = FP32_TOLERANCE if fmt == "pt2" else BF16_TOLERANCE * float(reference(inputs).abs().max())
         if not diff <= limit:
-            raise ValueError(f"exported pt2 ({name}) differs from PyTorch: max |logit diff| {diff:.3g} > {limit:.3g}")
+            raise ValueError(f"exported {fmt} differs from PyTorch: max |logit diff| {diff:.3g} > {limit:.3g}")
     checked = f"{len(inputs)} {'given' if check_inputs is not None else 'random'} inputs"
-    return ExportReport(Path(path), f"pt2-{name}", diff, agree, checked)
+    return ExportReport(Path(path), fmt, diff, agree, checked)
 
 
 def _check_package(path: Path) -> None:
@@ -190,12 +193,8 @@ class Pt2Model:
         except (RuntimeError, ValueError, KeyError, OSError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ValueError(f"cannot load pt2 package {self.path}: {reason}") from None
-        self.metadata = read_metadata(self._session(), name=self.path) if metadata else {}
-
-    def _session(self) -> Any:
-        """What :func:`~.onnx.read_metadata` reads: the metadata strings (no fixed output shape)."""
-        meta = SimpleNamespace(custom_metadata_map=dict(self.package.get_metadata()))
-        return SimpleNamespace(get_modelmeta=lambda: meta, get_outputs=lambda: [SimpleNamespace(shape=["batch", None])])
+        # the output's width is not fixed in a package: the config's num_classes says it
+        self.metadata = check_metadata(dict(self.package.get_metadata()), None, self.path) if metadata else {}
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -205,10 +204,4 @@ class Pt2Model:
 def load_pt2(path: str | Path, threads: int = 2) -> tuple[Pt2Model, LoadedWeights]:
     """``(model, info)`` like ``weights.load_weights``, from the package's metadata."""
     model = Pt2Model(path, threads)
-    meta = model.metadata
-    count = meta["config"].get("num_classes")
-    if meta["labels"] is None and count is None:
-        raise ValueError(f"{path}: neither labels nor a number of classes in the package's metadata")
-    classes = meta["labels"] if meta["labels"] is not None else [str(i) for i in range(count)]
-    strings = {k: v for k, v in meta.items() if isinstance(v, str)}
-    return model, LoadedWeights(classes, meta["preprocessing"], strings)
+    return model, loaded_weights(model.metadata, path)

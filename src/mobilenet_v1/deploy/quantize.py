@@ -31,9 +31,11 @@ from ..data.images import IMAGE_EXTENSIONS, list_images, load_image
 from ..data.transforms import Preprocessing, eval_transform
 from ..files import atomic_write
 from ..model import MobileNetV1
+from ..optional import require
 from ..weights import LoadedWeights
-from ..weights.tflite.reader import read_tflite_files
-from .onnx import ExportReport, OnnxModel, compare_with_torch, export_onnx, read_metadata, require, set_metadata
+from ..weights.google_tflite.reader import read_tflite_files
+from .common import ExportReport, compare_with_torch
+from .onnx import EXTRA, OnnxModel, export_onnx, read_metadata, set_metadata
 from .qat import qat_finetune
 
 __all__ = [
@@ -145,7 +147,7 @@ def tflite_overrides(fp32: str | Path, tflite: Sequence[str | Path]) -> dict[str
     its Clip) of our graph is the k-th conv of the TFLite file; the pooled features and
     the logits map to AVERAGE_POOL_2D and the classifier conv (our Gemm).
     """
-    onnx = require("onnx")
+    onnx = require("onnx", EXTRA, "ONNX export")
     ops = read_tflite_files(list(tflite))
     convs = [op for op in ops if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D")]
     pool = [op for op in ops if op.name == "AVERAGE_POOL_2D"]
@@ -172,8 +174,8 @@ def tflite_overrides(fp32: str | Path, tflite: Sequence[str | Path]) -> dict[str
 
 
 def _quantize(fp32: Path, out: Path, images: torch.Tensor, float_layers: int, overrides: dict[str, Any] | None) -> None:
-    onnx = require("onnx")
-    quant = require("onnxruntime.quantization")
+    onnx = require("onnx", EXTRA, "ONNX export")
+    quant = require("onnxruntime.quantization", EXTRA, "int8 ONNX export")
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -215,7 +217,7 @@ def quantize_onnx(
     differ by design, so there is no hard tolerance). Metadata is carried over.
     ``overrides`` fixes the quantization of named tensors (see :func:`tflite_overrides`).
     """
-    onnx = require("onnx")
+    onnx = require("onnx", EXTRA, "ONNX export")
     mode = "tflite" if overrides else "calibrated"
     read_metadata(fp32_path)  # a file we exported: its metadata is carried over
     with atomic_write(path) as tmp:
@@ -223,7 +225,7 @@ def quantize_onnx(
         proto = onnx.load(str(tmp))
         source = onnx.load(str(fp32_path))
         props = {p.key: p.value for p in source.metadata_props}
-        props["mobilenet_v1.format"] = "int8"
+        props["mobilenet_v1.format"] = "onnx-int8"
         props["mobilenet_v1.float_layers"] = str(float_layers)
         props["mobilenet_v1.quantization"] = mode
         set_metadata(proto, props)
@@ -247,7 +249,7 @@ def int8_grids(loaded: LoadedWeights, quantization: str = "auto") -> list[Path]:
     record = loaded.record
     files = record.files(download=False) if record is not None and record.quantized else list(loaded.tflite_files)
     if quantization == "tflite" and not files:
-        raise ValueError("--quantization tflite needs Google's quantized .tflite weights")
+        raise ValueError("quantization='tflite' needs Google's quantized .tflite weights")
     return files
 
 
@@ -270,9 +272,11 @@ def export_int8(
     compared with ``model`` on the calibration images.
     """
     if qat_steps and grids:
-        raise ValueError("--qat-steps needs calibrated quantization: these weights carry Google's own QAT int8 grids")
+        raise ValueError(
+            f"qat_steps={qat_steps} needs calibrated quantization: these weights carry Google's own QAT int8 grids"
+        )
     if float_layers < 0:
-        raise ValueError(f"--float-layers must be >= 0, got {float_layers}")
+        raise ValueError(f"float_layers={float_layers}: must be >= 0")
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         export_onnx(model, fp32, preprocessing, labels=labels)

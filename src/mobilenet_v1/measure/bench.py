@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..config import layer_plan
+from ..deploy.litert import LiteRTModel
 from ..deploy.onnx import OnnxModel, onnx_session
 from .subjects import SUBJECTS, BenchSetup
 
@@ -170,35 +171,28 @@ def _torch_runners(setup: BenchSetup, x: Any) -> dict[str, Runner]:
     torch._dynamo.reset()
     model, res, backend = setup.model, setup.resolution, setup.torch_backend
     return {
-        "torch-eager": timed(model),
+        "torch": timed(model),
         "torch-compiled": timed(compile_for_inference(model, res, backend=backend)),
         "torch-compiled-bf16": timed(compile_for_inference(model, res, backend=backend, dtype=torch.bfloat16)),
     }
 
 
-def _litert_runner(paths: list[Path], batch: int, resolution: int, threads: int) -> Runner:
-    from ..weights.tflite.litert import LiteRTModel
-
-    model = LiteRTModel(paths, threads=threads)
-    images = np.random.default_rng(0).integers(0, 256, (batch, 1, resolution, resolution, 3), dtype=np.uint8)
-
-    def run() -> None:
-        for image in images:  # Google's files have a fixed batch of 1
-            model.run_uint8(image)
-
-    return run
-
-
-def _exported_runner(path: Path, x: Any, threads: int) -> Runner:
-    """An exported file under its runtime (:func:`~mobilenet_v1.deploy.exported.load_exported`);
+def _exported_runner(path: Path, x: Any, threads: int, spin: bool) -> Runner:
+    """An exported file under its runtime (:func:`~mobilenet_v1.deploy.formats.load_exported`);
     a uint8 ``.tflite`` is given uint8 pixels (NHWC) as on a phone."""
-    from ..deploy.exported import load_exported
+    from ..deploy.formats import load_exported
 
+    if path.suffix == ".onnx":
+        return onnx_runner(path, x.numpy(), threads, spin)
     model, _ = load_exported(path, threads)
-    if getattr(model, "uint8", False):
-        pixels = np.random.default_rng(0).integers(0, 256, (len(x), *x.shape[2:], 3), dtype=np.uint8)
-        return lambda: model.run(pixels)
-    return lambda: model(x)
+    return _litert_runner(model, len(x)) if getattr(model, "uint8", False) else lambda: model(x)
+
+
+def _litert_runner(model: LiteRTModel, batch: int) -> Runner:
+    """uint8 pixels (NHWC), as a phone gives them, one image at a time (the file's batch is 1)."""
+    _, height, width, _ = model.input_shape
+    pixels = np.random.default_rng(0).integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
+    return lambda: model.run(pixels)
 
 
 def make_runners(setup: BenchSetup, threads: int, batch: int) -> dict[str, Runner]:
@@ -207,16 +201,14 @@ def make_runners(setup: BenchSetup, threads: int, batch: int) -> dict[str, Runne
 
     torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
-    x = rng.uniform(-1, 1, (batch, 3, setup.resolution, setup.resolution)).astype(np.float32)
-    runners = _torch_runners(setup, torch.from_numpy(x))
-    runners["ort-fp32"] = onnx_runner(setup.fp32, x, threads, setup.ort_spin)
-    runners["ort-int8"] = onnx_runner(setup.int8, x, threads, setup.ort_spin)
-    if setup.tflite:
-        runners["litert-int8"] = _litert_runner(setup.tflite, batch, setup.resolution, threads)
-    if setup.timm_fp32 is not None:
-        runners["timm-ort-fp32"] = onnx_runner(setup.timm_fp32, x, threads, setup.ort_spin)
-    for name, path in setup.exported.items():
-        runners[name] = _exported_runner(path, torch.from_numpy(x), threads)
+    x = torch.from_numpy(rng.uniform(-1, 1, (batch, 3, setup.resolution, setup.resolution)).astype(np.float32))
+    runners = _torch_runners(setup, x)
+    for fmt, path in setup.exported.items():
+        runners[fmt] = _exported_runner(path, x, threads, setup.ort_spin)
+    if setup.google_tflite:
+        runners["google-tflite-int8"] = _litert_runner(LiteRTModel(setup.google_tflite, threads), batch)
+    if setup.timm_onnx is not None:
+        runners["timm-onnx"] = onnx_runner(setup.timm_onnx, x.numpy(), threads, setup.ort_spin)
     return {name: runners[name] for name in SUBJECTS if name in runners}
 
 

@@ -19,8 +19,8 @@ import torch
 
 from ..data.folders import ImageFolder
 from ..data.transforms import Preprocessing, eval_transform, float_input
-from ..weights.tflite.convert import load_tflite
-from ..weights.tflite.litert import LiteRTModel
+from ..deploy.litert import LiteRTModel
+from ..weights.google_tflite.convert import load_tflite
 from .evaluate import evaluate, make_loader
 
 __all__ = ["EVALUATORS", "compare", "float_evaluator", "int8_evaluator", "litert_evaluator"]
@@ -31,7 +31,7 @@ Evaluator = Callable[[Sequence[Path]], Predictor]
 
 def litert_evaluator(paths: Sequence[Path]) -> Predictor:
     """Google's interpreter, default CPU kernels: the reference."""
-    return LiteRTModel(paths)
+    return LiteRTModel(paths).scores
 
 
 def float_evaluator(paths: Sequence[Path]) -> Predictor:
@@ -43,7 +43,7 @@ def float_evaluator(paths: Sequence[Path]) -> Predictor:
 
 def int8_evaluator(paths: Sequence[Path]) -> Predictor:
     """Our emulation of LiteRT's integer arithmetic ("int8-exact" level, its default kernels)."""
-    from ..weights.tflite.int8 import Int8MobileNetV1
+    from ..weights.google_tflite.int8 import Int8MobileNetV1
 
     model = Int8MobileNetV1.from_tflite(paths, kernels="xnnpack")
     return lambda batch: model(batch).float() / 256  # softmax bytes -> LiteRT's dequantized scores

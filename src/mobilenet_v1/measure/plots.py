@@ -4,32 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from ..files import save_figure
+from ..optional import pyplot
 
 __all__ = ["plot_confusion", "plot_predictions"]
-
-
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-    except ImportError:
-        raise ImportError("plots need matplotlib: pip install 'mobilenet-v1[plot]'") from None
-    matplotlib.use("Agg")  # files only, no display needed
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_predictions(
     images: Sequence[torch.Tensor], names: Sequence[str], top: Sequence[list[tuple[str, float]]], path: str | Path
 ) -> Path:
     """One row per image: the picture beside a bar chart of its top-k probabilities."""
-    plt = _pyplot()
+    plt = pyplot("plots")
     fig, axes = plt.subplots(len(images), 2, figsize=(10, 3.2 * len(images)), squeeze=False)
     for (ax_img, ax_bar), image, name, preds in zip(axes, images, names, top, strict=True):
         ax_img.imshow(image.permute(1, 2, 0).numpy())
@@ -45,7 +34,7 @@ def plot_predictions(
 
 def plot_confusion(confusion: np.ndarray, classes: Sequence[str], path: str | Path) -> Path:
     """Row-normalised confusion matrix; the last column counts predictions outside the folders."""
-    plt = _pyplot()
+    plt = pyplot("plots")
     rows = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
     size = max(4.0, 0.5 * len(classes) + 2)
     fig, ax = plt.subplots(figsize=(size + 1, size))

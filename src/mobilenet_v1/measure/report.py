@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from ..files import save_figure, write_text
-from .tradeoff import Point, iter_rows, pareto_front
+from ..optional import pyplot
+from .tradeoff import Point, is_int8, iter_rows, pareto_front
 
 __all__ = ["latency_fit", "markdown_table", "write_report"]
 
@@ -72,17 +73,12 @@ def _scatter(ax: Any, points: list[Point], x: Any, y: Any) -> None:
 
 def write_report(points: list[Point], runtime: str, threads: int, out_dir: Path) -> list[Path]:
     """Write the three plots, ``tradeoff.md`` and ``tradeoff.json`` into ``out_dir``."""
-    try:
-        import matplotlib
+    plt = pyplot("the trade-off plots")
+    from matplotlib.ticker import NullFormatter
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import NullFormatter
-    except ImportError:
-        raise ImportError("matplotlib is needed for the plots: pip install 'mobilenet-v1[plot]'") from None
     out_dir.mkdir(parents=True, exist_ok=True)
     acc = lambda p: p.google_top1(runtime)  # noqa: E731
-    kind = "quantized" if runtime == "onnx-int8" else "float"
+    kind = "quantized" if is_int8(runtime) else "float"
     where = f"{runtime}, {threads} thread{'s' if threads > 1 else ''}, batch 1"
     paths = []
 

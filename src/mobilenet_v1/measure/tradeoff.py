@@ -35,6 +35,7 @@ import torch
 from ..config import MIN_INPUT_SIZE
 from ..cost import model_cost
 from ..data.transforms import Preprocessing
+from ..deploy.formats import FORMATS
 from ..files import write_text
 from ..model import MobileNetV1
 from ..untrusted import parse_json
@@ -45,7 +46,7 @@ __all__ = ["GRID", "RUNTIMES", "Point", "best_under_budget", "measure_grid", "pa
 ALPHAS = (1.0, 0.75, 0.5, 0.25)
 RESOLUTIONS = (224, 192, 160, 128)
 GRID = tuple((a, r) for a in ALPHAS for r in RESOLUTIONS)
-RUNTIMES = ("onnx-int8", "onnx", "torch", "pt2", "pt2-bf16", "executorch", "executorch-int8", "tflite-int8")
+RUNTIMES = (*FORMATS, "torch-compiled")  # as bench names them: the export formats, and compiled PyTorch
 CACHE_VERSION = 1
 MAX_CACHE_BYTES = 16 << 20  # ~40,000 entries of ~400 bytes: far more than any grid and settings give
 
@@ -130,11 +131,11 @@ def _predictor(
 ) -> Predictor:
     """``float batch -> logits`` under the runtime (export and quantize as needed)."""
     torch.set_num_threads(threads)
-    if runtime == "torch":
+    if runtime == "torch-compiled":
         from ..deploy.compiled import compile_for_inference
 
         return compile_for_inference(model, preset.resolution)
-    from ..deploy.exported import FORMATS, export_as, load_exported
+    from ..deploy.formats import export_as, load_exported
 
     path = workdir / f"{runtime}{FORMATS[runtime]}"
     export_as(runtime, model, path, preset, calibration=calibration)
@@ -171,7 +172,7 @@ def _load_cache(path: Path) -> dict[str, Any]:
         if info.st_size > MAX_CACHE_BYTES:
             raise ValueError(
                 f"tradeoff cache {path} is {info.st_size} bytes, more than a cache can be ({MAX_CACHE_BYTES}): "
-                "move it away or give another --output"
+                "move it away or write the results elsewhere"
             )
         raw = f.read(MAX_CACHE_BYTES + 1)
     try:

@@ -22,7 +22,7 @@ import torch
 
 from ..config import VARIANTS, validate_alpha, validate_input_size
 from ..files import write_text
-from ..weights import DEFAULT_WEIGHTS
+from ..weights import FINETUNE_WEIGHTS
 from .optim import OPTIMIZERS
 
 __all__ = [
@@ -125,7 +125,7 @@ class TrainConfig:
 
     data: str
     output: str
-    weights: str | None = None  # None: DEFAULT_WEIGHTS, unless scratch, alpha or variant say from scratch
+    weights: str | None = None  # None: FINETUNE_WEIGHTS, unless scratch, alpha or variant say from scratch
     scratch: bool = False
     alpha: float | None = None  # None: the weights' alpha, else SCRATCH_ALPHA
     variant: str = "standard"  # from scratch: "full-conv" (Table 4) or "shallow" (Table 5)
@@ -219,7 +219,7 @@ class TrainConfig:
         if self.scratch and self.weights is not None:
             raise ValueError(f"scratch and weights {self.weights} exclude each other: give one")
         if self.weights is None and not self.scratch and self.alpha is None and self.variant == "standard":
-            self._set("weights", DEFAULT_WEIGHTS.value.name)
+            self._set("weights", FINETUNE_WEIGHTS.value.name)
 
     def _check_distillation(self) -> None:
         if self.teacher is None:
@@ -307,12 +307,12 @@ def check_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r}: CUDA is not available on this machine (use --device cpu)")
+            raise ValueError(f"device {name!r}: CUDA is not available on this machine (use device='cpu')")
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
             raise ValueError(f"device {name!r}: this machine has {count} CUDA device(s)")
     elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {name!r}: MPS is not available on this machine (use --device cpu)")
+        raise ValueError(f"device {name!r}: MPS is not available on this machine (use device='cpu')")
     return device
 
 

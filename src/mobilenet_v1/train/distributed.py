@@ -121,7 +121,7 @@ def wrap_model(model: nn.Module, env: DistEnv, device: torch.device | str, sync_
     device = torch.device(device)
     if sync_bn:
         if device.type != "cuda":
-            raise ValueError(f"--sync-bn needs CUDA devices (SyncBatchNorm has no CPU kernel), got {device}")
+            raise ValueError(f"sync_bn=True needs CUDA devices (SyncBatchNorm has no CPU kernel), got {device}")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     device_ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids)

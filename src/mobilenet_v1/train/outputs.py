@@ -16,6 +16,7 @@ from typing import Any
 
 from ..data.transforms import Preprocessing
 from ..files import save_figure, write_text
+from ..optional import pyplot
 from .config import TrainConfig
 
 __all__ = ["TensorBoard", "format_row", "model_metadata", "plot_curves", "write_metrics"]
@@ -58,12 +59,9 @@ class TensorBoard:
 def plot_curves(history: list[dict[str, Any]], path: Path) -> bool:
     """Loss and top-1 accuracy of train and val against epochs; False if matplotlib is missing."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        warnings.warn("matplotlib is not installed (pip install 'mobilenet-v1[plot]'): no curves.png", stacklevel=2)
+        plt = pyplot("curves.png")
+    except ImportError as exc:
+        warnings.warn(f"{exc}: no curves.png", stacklevel=2)
         return False
     epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))

@@ -64,7 +64,9 @@ def prepare_run(config: TrainConfig | None, resume: str | None = None, **overrid
     _check_folders(config, run_dir)
     stale_lock = check_not_running(run_dir)
     if run_dir.exists() and (not run_dir.is_dir() or any(_counts(p, stale_lock) for p in run_dir.iterdir())):
-        raise FileExistsError(f"output folder {run_dir} already exists and is not empty (use --resume {run_dir})")
+        raise FileExistsError(
+            f"output folder {run_dir} already exists and is not empty (resume it: resume='{run_dir}')"
+        )
     _check_creatable(run_dir)
     split = _load_data(config)
     return RunPlan(config, split, run_dir, None)
@@ -109,7 +111,7 @@ def _check_folders(config: TrainConfig, run_dir: Path) -> None:
         where = "is the data folder" if out == data else f"is inside the data folder {config.data}"
         raise ValueError(
             f"run folder {run_dir} {where}: its files would become a class of the next run; "
-            "choose an --output outside --data"
+            "choose an output folder outside the data folder"
         )
     if out in data.parents:
         raise ValueError(f"data folder {config.data} is inside the run folder {run_dir}; move one out of the other")

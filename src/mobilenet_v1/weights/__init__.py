@@ -13,10 +13,10 @@ torchvision's weights API (``torchvision.models._api``, ``_meta``); never
 training, deployment, measurement or the CLI.
 """
 
-from .io import LoadedWeights, load_safetensors, save_safetensors
+from .io import LoadedWeights, load_safetensors, pretrained_cfg, save_safetensors
 from .load import load_weights
 from .registry import (
-    DEFAULT_WEIGHTS,
+    FINETUNE_WEIGHTS,
     WEIGHTS_LICENSE,
     WNIDS_FILE,
     MobileNetV1Weights,
@@ -28,7 +28,7 @@ from .registry import (
 )
 
 __all__ = [
-    "DEFAULT_WEIGHTS",
+    "FINETUNE_WEIGHTS",
     "WEIGHTS_LICENSE",
     "WNIDS_FILE",
     "LoadedWeights",
@@ -38,6 +38,7 @@ __all__ = [
     "google_config",
     "load_safetensors",
     "load_weights",
+    "pretrained_cfg",
     "read_labels",
     "read_wnids",
     "save_safetensors",

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from ..model import MobileNetV1
 from .download import cache_dir, sha256sum
+from .google_tflite.convert import load_tflite
 from .io import LoadedWeights, load_safetensors, metadata_strings, save_safetensors
 from .records import WeightsRecord, read_labels
-from .tflite.convert import load_tflite
 
 __all__ = ["load_record"]
 

@@ -10,7 +10,7 @@ an explicit PAD before a ``VALID`` convolution elsewhere.
 
 In a uint8 graph every tensor carries one (scale, zero point) pair (:class:`Grid`),
 weights are uint8 with their own pair and biases int32 at ``s_in * s_w``, as in Google's
-files and as the int8-exact emulation (:mod:`mobilenet_v1.weights.tflite.int8`) runs them.
+files and as the int8-exact emulation (:mod:`mobilenet_v1.weights.google_tflite.int8`) runs them.
 """
 
 from __future__ import annotations

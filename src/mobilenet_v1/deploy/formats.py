@@ -1,5 +1,7 @@
-"""Every export format by name (:func:`export_as`) and the one way to run an exported
-file (:func:`load_exported`, which picks the runtime by suffix).
+"""The export formats, by the one name each has everywhere (``export --format``, ``bench``,
+``tradeoff --runtime``, the ``format`` in each file's metadata): :data:`FORMATS`; the one
+way to write each (:func:`export_as`) and to run any exported file (:func:`load_exported`,
+which picks the runtime by suffix).
 
 ``.onnx`` runs under ONNX Runtime, ``.tflite`` under LiteRT, ``.pte`` under ExecuTorch
 and ``.pt2`` under AOTInductor; each returns a ``batch -> logits`` callable and the
@@ -21,11 +23,10 @@ from ..model import MobileNetV1
 from ..weights import LoadedWeights
 
 if TYPE_CHECKING:  # the CLI reads FORMATS at start-up: no exporter is imported before it is used
-    from .onnx import ExportReport
+    from .common import ExportReport
 
-__all__ = ["FORMATS", "SUFFIXES", "export_as", "load_exported"]
+__all__ = ["FORMATS", "INT8_FORMATS", "RUNTIMES", "SUFFIXES", "export_as", "load_exported"]
 
-SUFFIXES = (".onnx", ".tflite", ".pte", ".pt2")
 FORMATS = {  # format -> the suffix of its files
     "onnx": ".onnx",
     "onnx-int8": ".onnx",
@@ -36,6 +37,9 @@ FORMATS = {  # format -> the suffix of its files
     "pt2": ".pt2",
     "pt2-bf16": ".pt2",
 }
+INT8_FORMATS = tuple(name for name in FORMATS if name.endswith("-int8"))
+RUNTIMES = {".onnx": "ONNX Runtime", ".tflite": "LiteRT", ".pte": "ExecuTorch", ".pt2": "AOTInductor"}  # by suffix
+SUFFIXES = tuple(RUNTIMES)
 
 
 def export_as(
@@ -56,7 +60,7 @@ def export_as(
     ``.tflite`` files, :func:`~.quantize.int8_grids`) serve the int8 formats,
     ``float_layers`` onnx-int8, ``qat_steps`` onnx-int8/tflite-int8, ``dynamic_size`` onnx."""
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+        raise ValueError(f"unknown fmt={fmt!r}; choose from {', '.join(FORMATS)}")
     if fmt == "onnx":
         from .onnx import export_onnx
 
@@ -65,7 +69,7 @@ def export_as(
         from .quantize import DEFAULT_FLOAT_LAYERS, export_int8
 
         if calibration is None:
-            raise ValueError("--format onnx-int8 needs calibration images")
+            raise ValueError("fmt='onnx-int8' needs calibration images")
         layers = DEFAULT_FLOAT_LAYERS if float_layers is None else float_layers
         return export_int8(
             model,
@@ -78,7 +82,7 @@ def export_as(
             qat_steps=qat_steps,
         )
     if fmt.startswith("tflite"):
-        from .tflite import export_tflite
+        from .litert import export_tflite
 
         int8 = fmt == "tflite-int8"
         return export_tflite(
@@ -92,7 +96,7 @@ def export_as(
         return export_executorch(model, path, preprocessing, labels=labels, int8=int8, calibration=calibration)
     from .pt2 import DTYPES, export_pt2
 
-    dtype = DTYPES["bf16" if fmt == "pt2-bf16" else "fp32"]
+    dtype = DTYPES[fmt]
     return export_pt2(model, path, preprocessing, labels=labels, dtype=dtype)
 
 
@@ -106,9 +110,9 @@ def load_exported(path: str | Path, threads: int = 2) -> tuple[Callable[[torch.T
 
         return load_onnx(path, threads)
     if suffix == ".tflite":
-        from .tflite import load_tflite_model
+        from .litert import load_litert
 
-        return load_tflite_model(path, threads)
+        return load_litert(path, threads)
     if suffix == ".pte":
         from .executorch import load_executorch
 

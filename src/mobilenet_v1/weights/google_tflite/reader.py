@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ...optional import require
 from ...untrusted import printable, read_bounded
 
 __all__ = ["TFLiteOp", "TFLiteTensor", "dequantize", "join_ops", "read_tflite", "read_tflite_files", "with_head"]
@@ -91,13 +92,7 @@ def dequantize(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: i
 
 
 def _tflite() -> Any:
-    try:
-        import tflite
-    except ImportError:
-        raise ImportError(
-            "reading TFLite files needs the 'tflite' package: pip install 'mobilenet-v1[tflite]'"
-        ) from None
-    return tflite
+    return require("tflite", "tflite", "reading .tflite files")
 
 
 def read_tflite(path: str | Path) -> list[TFLiteOp]:

@@ -11,7 +11,7 @@ the parameter of our model it fills; :func:`check_ops` asserts the count and eve
 before anything is copied. Weights are dequantized (``scale * (q - zero_point)``, per
 tensor or per channel) and int32 biases use ``scale = input_scale * weight_scale``: this
 is the "float" fidelity level (float activations). The reader itself lives in
-:mod:`mobilenet_v1.weights.tflite.reader` and is re-exported here.
+:mod:`mobilenet_v1.weights.google_tflite.reader` and is re-exported here.
 """
 
 from __future__ import annotations

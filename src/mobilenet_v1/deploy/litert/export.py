@@ -4,7 +4,7 @@ The flatbuffer is written here (:mod:`.schema`, :mod:`.graph`) rather than by a
 converter, so that the uint8 file is Google's own form (per-tensor uint8 activations
 and weights, int32 biases, fused ReLU6) with exactly the grids chosen
 (:mod:`.grids`), which is what the int8-exact emulation of
-:mod:`mobilenet_v1.weights.tflite.int8` runs: the written file is checked against it
+:mod:`mobilenet_v1.weights.google_tflite.int8` runs: the written file is checked against it
 byte for byte on LiteRT's default (XNNPACK) path, and the float file against PyTorch.
 docs/deployment.md measures this choice against Google's PyTorch converter.
 """
@@ -20,14 +20,14 @@ import torch
 from ...data.transforms import Preprocessing
 from ...files import atomic_write
 from ...model import MobileNetV1
-from ...weights.tflite.int8 import Int8MobileNetV1
-from ...weights.tflite.reader import read_tflite
+from ...weights.google_tflite.int8 import Int8MobileNetV1
+from ...weights.google_tflite.reader import read_tflite
+from ..common import FP32_TOLERANCE, ExportReport, compare_with_torch, metadata_props, random_inputs
 from ..fold import fuse_bn
-from ..onnx import FP32_TOLERANCE, ExportReport, compare_with_torch, metadata_props
 from ..qat import qat_finetune
 from .graph import Layer, build_graph, conv_layers
 from .grids import calibrated_grids, google_grids
-from .runtime import METADATA_NAME, TFLiteModel
+from .runtime import METADATA_NAME, LiteRTModel
 from .schema import write_model
 
 __all__ = ["MAX_BYTE_DIFF", "export_tflite"]
@@ -59,9 +59,11 @@ def export_tflite(
     the int8-exact emulation's byte for byte, and is compared with the float model.
     """
     if qat_steps and (grids or not int8):
-        raise ValueError("--qat-steps needs calibrated int8 quantization (not Google's own grids, not float)")
+        raise ValueError(
+            f"qat_steps={qat_steps} needs calibrated int8 quantization (not Google's own grids, not float)"
+        )
     if int8 and not grids and calibration is None:
-        raise ValueError("--format tflite-int8 needs calibration images for weights without Google's int8 grids")
+        raise ValueError("fmt='tflite-int8' needs calibration images for weights without Google's int8 grids")
     res = preprocessing.resolution
     folded = fuse_bn(model)
     layers = conv_layers(folded, res)
@@ -85,7 +87,7 @@ def export_tflite(
     with atomic_write(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
-        exported = TFLiteModel(tmp)  # also checks the metadata it carries
+        exported = LiteRTModel(tmp)  # also checks the metadata it carries
         if int8:
             return _check_int8(exported, folded, inputs, Path(path), calibration is not None)
         diff, agree = compare_with_torch(exported, folded, inputs.float())
@@ -99,24 +101,25 @@ def _check_int8_layers(layers: Sequence[Layer]) -> None:
     padded = [layer.name for layer in layers if layer.pads is not None]
     if padded:
         raise ValueError(
-            f"--format tflite-int8 needs TensorFlow SAME padding: {', '.join(padded)} pad symmetrically at stride 2 "
-            "(a PAD op the int8-exact check does not run); export --format tflite for a float file"
+            f"fmt='tflite-int8' needs TensorFlow SAME padding: {', '.join(padded)} pad symmetrically at stride 2 "
+            "(a PAD op the int8-exact check does not run); export fmt='tflite' for a float file"
         )
 
 
 def _random_inputs(preprocessing: Preprocessing, int8: bool) -> torch.Tensor:
     res = preprocessing.resolution
     generator = torch.Generator().manual_seed(0)
-    if int8:  # random pixels, as the float input of the preset
-        pixels = torch.randint(0, 256, (CHECK_IMAGES, 3, res, res), generator=generator, dtype=torch.uint8)
-        mean, std = torch.tensor(preprocessing.mean).view(1, 3, 1, 1), torch.tensor(preprocessing.std).view(1, 3, 1, 1)
-        return (pixels / 255.0 - mean) / std
-    return torch.randn(4, 3, res, res, generator=generator)
+    if not int8:
+        return random_inputs(res)
+    # random pixels, as the float input of the preset
+    pixels = torch.randint(0, 256, (CHECK_IMAGES, 3, res, res), generator=generator, dtype=torch.uint8)
+    mean, std = torch.tensor(preprocessing.mean).view(1, 3, 1, 1), torch.tensor(preprocessing.std).view(1, 3, 1, 1)
+    return (pixels / 255.0 - mean) / std
 
 
 @torch.no_grad()
 def _check_int8(
-    exported: TFLiteModel, folded: MobileNetV1, inputs: torch.Tensor, path: Path, given: bool
+    exported: LiteRTModel, folded: MobileNetV1, inputs: torch.Tensor, path: Path, given: bool
 ) -> ExportReport:
     """LiteRT vs the int8-exact emulation of the same file (bytes), and vs float PyTorch."""
     pixels = exported.to_pixels(inputs)  # the uint8 images the float inputs were normalized from

@@ -1,16 +1,17 @@
-"""LiteRT (``.tflite``) export and running the exported files.
+"""LiteRT (``.tflite``): writing our models and running any ``.tflite`` file.
 
 The flatbuffer is written by the project (:mod:`.schema`) from the folded model laid out
 as Google's own operator chain (:mod:`.graph`), in float32 or in Google's uint8 form
 with its own or calibrated grids (:mod:`.grids`); :mod:`.export` writes and checks it
 (against PyTorch, and byte for byte against the int8-exact emulation), :mod:`.runtime`
-runs it under LiteRT with the labels and preprocessing it carries.
+runs it, or Google's own files, under LiteRT. Reading Google's files into our model is
+``weights.google_tflite``'s.
 
 May import what ``deploy`` may import (the model, ``data``, ``weights``, ``files``,
-``untrusted``) and the rest of ``deploy``.
+``untrusted``, ``optional``) and the rest of ``deploy``.
 """
 
 from .export import export_tflite
-from .runtime import TFLiteModel, load_tflite_model
+from .runtime import LiteRTModel, load_litert
 
-__all__ = ["TFLiteModel", "export_tflite", "load_tflite_model"]
+__all__ = ["LiteRTModel", "export_tflite", "load_litert"]

@@ -1,7 +1,7 @@
 """Write a TensorFlow Lite flatbuffer from a flat list of tensors and operators.
 
 The ``tflite`` package (generated from LiteRT's ``schema.fbs``, the same one
-:mod:`~mobilenet_v1.weights.tflite.reader` reads with) has a builder function per table
+:mod:`~mobilenet_v1.weights.google_tflite.reader` reads with) has a builder function per table
 field; this module is the only place that calls them. A graph is a chain of
 :class:`Tensor` and :class:`Op` records, written as one subgraph with one input and one
 output, every constant in its own 16-byte-aligned buffer (buffer 0 is the empty
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..onnx import require
+from ...optional import require
 
 __all__ = ["Op", "Tensor", "write_model"]
 
@@ -72,8 +72,8 @@ def write_model(
 ) -> bytes:
     """The flatbuffer of one subgraph: input ``tensors[ops[0].inputs[0]]``, output the
     last op's output; ``metadata`` becomes named buffers."""
-    tfl = require("tflite", extra="tflite")
-    flatbuffers = require("flatbuffers", extra="tflite")
+    tfl = require("tflite", "tflite", "writing .tflite files")
+    flatbuffers = require("flatbuffers", "tflite", "writing .tflite files")
     builder = flatbuffers.Builder(1 << 20)
     codes = sorted({op.name for op in ops})
     datas = [t.data for t in tensors if t.data is not None]

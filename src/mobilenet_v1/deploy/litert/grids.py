@@ -20,7 +20,7 @@ import torch
 
 from ...data.transforms import Preprocessing
 from ...model import ConvBNAct, MobileNetV1
-from ...weights.tflite.reader import TFLiteTensor, read_tflite_files
+from ...weights.google_tflite.reader import TFLiteTensor, read_tflite_files
 from .graph import Grid, Layer
 
 __all__ = ["calibrated_grids", "google_grids", "input_grid"]
@@ -64,7 +64,7 @@ def input_grid(preprocessing: Preprocessing) -> Grid:
     if len(set(preprocessing.mean)) != 1 or len(set(preprocessing.std)) != 1:
         raise ValueError(
             f"a LiteRT int8 model takes uint8 pixels on one grid: per-channel mean {preprocessing.mean} / "
-            f"std {preprocessing.std} cannot be one; export --format tflite (float) instead"
+            f"std {preprocessing.std} cannot be one; export fmt='tflite' (float) instead"
         )
     mean, std = preprocessing.mean[0], preprocessing.std[0]
     return Grid(float(np.float32(1 / (255 * std))), int(np.clip(round(255 * mean), 0, 255)))
