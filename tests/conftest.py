@@ -55,3 +55,28 @@ def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, 
     except SystemExit as exc:  # argparse rejects a bad value before the subcommand runs
         code = exc.code
     return code, capsys.readouterr().err
+
+
+TINY_CLASSES = ["a", "b", "c"]
+
+
+def tiny_checkpoint(path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A 3-class α 0.25 checkpoint at 64 px whose head spreads its logits (clear rankings),
+    and its state dict."""
+    from mobilenet_v1 import mobilenet_v1
+    from mobilenet_v1.data.transforms import Preprocessing
+    from mobilenet_v1.weights import save_safetensors
+
+    torch.manual_seed(3)
+    model = mobilenet_v1(alpha=0.25, num_classes=3)
+    with torch.no_grad():
+        model.classifier.weight.normal_(0, 2.0)
+        model.classifier.bias.copy_(torch.tensor([0.3, -0.2, 0.1]))
+    meta = {"resolution": 64, "classes": TINY_CLASSES, "preprocessing": Preprocessing(64).to_dict()}
+    save_safetensors(model, path, meta)
+    return path, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torch.Tensor]]:
+    return tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny.safetensors")

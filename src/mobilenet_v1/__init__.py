@@ -8,6 +8,8 @@ Layout, each package's ``__init__`` says what it owns and may import: ``config``
 and ``cost`` are leaves (torch only); ``data`` (images, presets, folders) and ``weights``
 build on them; ``classify``, ``builders`` and ``detection`` on those; ``train``,
 ``deploy`` and ``measure`` on all of these; ``cli`` on everything.
+
+May import: ``builders``, ``classify``, ``config``, ``cost``, ``model``, ``weights``, ``timm_registry``.
 """
 
 from importlib.util import find_spec

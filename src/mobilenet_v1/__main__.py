@@ -1,4 +1,7 @@
-"""``python -m mobilenet_v1`` (also what ``torchrun -m mobilenet_v1`` runs)."""
+"""``python -m mobilenet_v1`` (also what ``torchrun -m mobilenet_v1`` runs).
+
+May import: ``cli``.
+"""
 
 import sys
 

@@ -8,6 +8,8 @@ The builder is registered with torchvision (``torchvision.models.get_model("mobi
 weights=...)``, ``get_model_weights("mobilenet_v1")``); ``features_only`` gives timm's
 feature extractor. Annotations stay evaluated (no ``from __future__ import annotations``):
 torchvision finds the weights enum from the ``weights`` annotation.
+
+May import: ``config``, ``model``, ``weights``.
 """
 
 import os

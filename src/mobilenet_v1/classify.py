@@ -5,6 +5,8 @@ model, the integer-exact emulation of Google's uint8 model, or an exported file 
 its runtime), the preprocessing the weights expect, their class names, and the outputs
 never to predict (Google's output 0, "background"). ``mobilenet-v1 predict`` and
 ``mobilenet-v1 eval`` both run through it.
+
+May import: ``data``, ``weights``.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ alpha, Section 3.3; the paper's ablation variants, Tables 4-5; the options of Go
 released models) into that list of convolutions, which the model (:mod:`.model`) and the
 cost (:mod:`.cost`) both read. Every value is validated here, with bounds, before anything
 is allocated.
+
+May import: nothing of the project.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ Two conventions for the input size:
 - ``"exact"`` (default): every layer counted at its real feature-map size;
 - ``"paper"``: the 224x224 model scaled as a whole by rho^2 = (H*W)/224^2, FC included,
   which is how Table 7 gets 290 M for 160 px and Table 9 gets 76 M for 0.50-160.
+
+May import: ``config``.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ per output map of a backbone, whatever the number of levels.
 Built on torchvision's ``backbone_utils.mobilenet_backbone`` and ``BackboneWithFPN``;
 the levels come from the model's ``feature_info`` (the last block at each output stride)
 instead of torchvision's ``_is_cn`` markers.
+
+May import: ``builders``, ``model``.
 """
 
 from __future__ import annotations

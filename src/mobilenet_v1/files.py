@@ -11,6 +11,8 @@ comes out as one ``OSError`` line naming the target, e.g. ``no space left on dev
 writing run/summary.json``, with the original ``errno``; the previous file is left intact.
 :func:`create_exclusive` writes a file that must not exist yet (a lock file): it appears
 whole, or not at all if another process created it first.
+
+May import: nothing of the project.
 """
 
 from __future__ import annotations

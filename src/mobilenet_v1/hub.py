@@ -14,6 +14,8 @@ folder needs nothing more; a repository id downloads through ``huggingface_hub``
 
 Imports the configuration, ``files``, ``untrusted`` and ``optional`` of the project: the
 model builds on it.
+
+May import: ``config``, ``files``, ``untrusted``, ``optional``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from .files import atomic_write, write_text
 from .optional import require
 from .untrusted import parse_json, printable
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "HubMixin", "load_state", "save_state"]
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "HubMixin", "checked_config", "load_state", "save_state"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -155,15 +157,15 @@ def _check_state(path: Path, expected: dict[str, torch.Tensor], got: dict[str, t
             raise ValueError(f"{path}: tensor {name!r} has dtype {printable(dtype)}, expected a {kind} dtype")
 
 
-def _model_args(where: str | Path, data: Any) -> MobileNetV1Config:
-    """The configuration in ``config.json``'s ``model_args``, validated."""
-    args = data.get("model_args") if isinstance(data, dict) else None
-    if not isinstance(args, dict):
-        raise ValueError(f"{where}: no 'model_args' object (expected a MobileNet V1 config.json)")
+def checked_config(data: Any, what: str) -> MobileNetV1Config:
+    """``data`` read from a file as a validated configuration, else a one-line ``ValueError``
+    that starts with ``what`` (which names the file and the key)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} (expected a JSON object, got {type(data).__name__})")
     try:
-        return MobileNetV1Config(**args)
+        return MobileNetV1Config(**data)
     except (TypeError, ValueError, OverflowError) as exc:  # unknown keys or bad values
-        raise ValueError(f"{where}: bad 'model_args' ({printable(exc)})") from None
+        raise ValueError(f"{what} ({printable(exc)})") from None
 
 
 class HubMixin:
@@ -247,7 +249,8 @@ class HubMixin:
         if config_path.stat().st_size > MAX_CONFIG_BYTES:
             raise ValueError(f"{config_path}: {config_path.stat().st_size} bytes, more than a config.json can be")
         data = parse_json(config_path.read_bytes(), what=str(config_path), max_bytes=MAX_CONFIG_BYTES, max_depth=4)
-        config = _model_args(config_path, data)
+        args = data.get("model_args") if isinstance(data, dict) else None
+        config = checked_config(args, f"{config_path}: bad 'model_args'")
         model, _ = load_state(weights_path, lambda meta: cls(config))  # type: ignore[call-arg]
         cfg = data.get("pretrained_cfg")
         if isinstance(cfg, dict):

@@ -9,6 +9,8 @@ the configuration live in :mod:`.config`; this module builds the layers from its
 Options needed to load Google's released models (TF-slim, TFLite): ReLU6, TensorFlow
 "SAME" padding (asymmetric on stride 2), BN epsilon 1e-3, 1001 outputs, and batch norm
 folded into the convolutions (``folded_bn=True``: each conv gets a bias, no BN layer).
+
+May import: ``config``, ``hub``.
 """
 
 from __future__ import annotations

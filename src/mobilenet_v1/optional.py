@@ -2,7 +2,9 @@
 
 A part of the package that needs one calls :func:`require`, which imports it or raises an
 ``ImportError`` whose message carries the install command (the CLI prints it as one line,
-exit code 2). A leaf: imports only the standard library.
+exit code 2).
+
+May import: nothing of the project.
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ hash is recorded, converted from Google's ``.tflite``), and a ``num_classes`` ot
 ``pretrained_cfg`` is the weights' own preset; its ``crop_pct`` is the resolution over the
 preset's resize, so that timm's ``floor(size / crop_pct)`` gives the same resize. For the
 paper's trainable model (batch norm, any alpha) use :func:`~mobilenet_v1.mobilenet_v1`.
+
+May import: ``builders``, ``model``, ``weights``.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ per nesting level, so 100000 nested brackets would raise ``RecursionError``);
 terminal or a log (escape sequences, carriage returns, line breaks, bidirectional
 overrides, lone surrogates), keeping ordinary Unicode.
 
-A leaf: imports only the standard library.
+May import: nothing of the project.
 """
 
 from __future__ import annotations

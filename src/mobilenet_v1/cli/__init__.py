@@ -15,6 +15,9 @@ control characters (a file name or class name with an escape sequence) are escap
 The library's errors name its parameters (``qat_steps=100``, ``fmt='tflite-int8'``);
 the CLI says the flags that set them instead (``--qat-steps 100``, ``--format
 tflite-int8``): :data:`FLAGS`, applied by :func:`as_flags`.
+
+May import: ``config``, ``cost``, ``classify``, ``data``, ``weights``, ``train``, ``deploy``, ``measure``,
+``files``, ``untrusted``.
 """
 
 from __future__ import annotations

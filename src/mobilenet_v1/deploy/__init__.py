@@ -5,6 +5,5 @@ quantization-aware fine-tuning from :mod:`.qat`), the PyTorch-native compiled pa
 (:mod:`.executorch`), and every format by name with the one loader of exported files
 (:mod:`.exported`).
 
-May import: the model, ``data``, ``weights``, ``files`` and ``untrusted``; nothing of ``train``,
-``measure`` or ``cli``.
+May import: ``config``, ``model``, ``data``, ``weights``, ``files``, ``untrusted``, ``optional``.
 """

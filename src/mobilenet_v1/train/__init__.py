@@ -7,6 +7,5 @@ exact resume (:mod:`.checkpoint`), distillation (:mod:`.distill`), run outputs (
 (:mod:`.distributed`, :mod:`.torchrun`) and the CPU kernels swapped in for training
 (:mod:`.accel`).
 
-May import: the model, ``builders``, ``data``, ``weights`` and ``files``; nothing of
-``deploy``, ``measure`` or ``cli``.
+May import: ``config``, ``model``, ``builders``, ``data``, ``weights``, ``files``, ``untrusted``, ``optional``.
 """

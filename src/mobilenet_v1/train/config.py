@@ -158,14 +158,30 @@ class TrainConfig:
     distill_weight: float | None = None  # None: DISTILL_WEIGHT with a teacher
 
     def __post_init__(self) -> None:
+        # Every value is checked (and made a plain Python value) before anything is read or
+        # written, each group by one named step.
+        self._check_paths()
+        self._resolve_start()
+        if self.recipe is None:
+            self._set("recipe", "finetune" if self.weights else "paper")
+        self._check_choices()
+        self._check_architecture()
+        self._check_counts()
+        self._check_flags()
+        self._check_rates()
+        self._set("device", _check_device_name(self.device))
+        if self.recipe == "finetune" and self.weights is None:
+            raise ValueError("recipe 'finetune' needs pretrained weights; from scratch use recipe 'paper' or 'modern'")
+        self._check_distillation()
+
+    def _check_paths(self) -> None:
         for name in ("data", "output"):
             self._set(name, _check_path(name, getattr(self, name)))
         for name in ("weights", "teacher"):
             if getattr(self, name) is not None:
                 self._set(name, _check_path(name, getattr(self, name)))
-        self._resolve_start()
-        if self.recipe is None:
-            self._set("recipe", "finetune" if self.weights else "paper")
+
+    def _check_choices(self) -> None:
         for name, choices in (
             ("recipe", RECIPES),
             ("optimizer", OPTIMIZERS),
@@ -175,12 +191,16 @@ class TrainConfig:
             value = getattr(self, name)
             if (value is not None or name != "optimizer") and (not isinstance(value, str) or value not in choices):
                 raise ValueError(f"unknown {name} {value!r}; choose from {', '.join(choices)}")
+
+    def _check_architecture(self) -> None:
         if self.alpha is not None:
             self._set("alpha", validate_alpha(_plain_number(self.alpha)))
         if self.resolution is not None:
             validate_input_size(self.resolution)
             if isinstance(self.resolution, (tuple, list)):
                 raise ValueError(f"resolution must be one integer (a square input), got {self.resolution!r}")
+
+    def _check_counts(self) -> None:
         for name, minimum in (("epochs", 1), ("batch_size", 1), ("workers", 0), ("worker_nice", 0)):
             self._set(name, _check_int(name, getattr(self, name), minimum))
         self._set("checkpoint_steps", _check_int("checkpoint_steps", self.checkpoint_steps, 0))
@@ -189,26 +209,24 @@ class TrainConfig:
             raise ValueError(f"seed must be an integer in [0, 2**63 - 1], got {self.seed!r}")
         if self.worker_nice > 19:
             raise ValueError(f"worker_nice must be at most 19 (the lowest priority), got {self.worker_nice!r}")
+
+    def _check_flags(self) -> None:
         for name in ("freeze_backbone", "worker_idle", "ema", "channels_last", "sync_bn"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+
+    def _check_rates(self) -> None:
         if self.lr is not None:
             self._set("lr", _check_positive("lr", self.lr))
         self._set("checkpoint_minutes", _check_positive("checkpoint_minutes", self.checkpoint_minutes))
         for name in ("weight_decay", "warmup_epochs"):
             self._set(name, _check_range(name, getattr(self, name), ">= 0", lambda v: v >= 0))
         if self.label_smoothing is not None:  # torch's cross-entropy takes [0, 1]; 1 would learn nothing
-            self._set(
-                "label_smoothing",
-                _check_range("label_smoothing", self.label_smoothing, "in [0, 1)", lambda v: 0 <= v < 1),
-            )
+            in_01 = _check_range("label_smoothing", self.label_smoothing, "in [0, 1)", lambda v: 0 <= v < 1)
+            self._set("label_smoothing", in_01)
         self._set("dropout", _check_range("dropout", self.dropout, "in [0, 1)", lambda v: 0 <= v < 1))
         self._set("val_fraction", _check_range("val_fraction", self.val_fraction, "in (0, 1)", lambda v: 0 < v < 1))
         self._set("ema_decay", _check_range("ema_decay", self.ema_decay, "in (0, 1)", lambda v: 0 < v < 1))
-        self._set("device", _check_device_name(self.device))
-        if self.recipe == "finetune" and self.weights is None:
-            raise ValueError("recipe 'finetune' needs pretrained weights (--weights); from scratch use paper or modern")
-        self._check_distillation()
 
     def _resolve_start(self) -> None:
         """Pretrained weights by default, so that the plain command fine-tunes a good model;

@@ -8,9 +8,7 @@ whose values are the records of :mod:`.records`), finding and downloading files
 interpreter as reference (:mod:`.tflite`), and :func:`load_weights`, which puts them
 together.
 
-May import: the model, ``data.transforms`` (preprocessing presets), ``files``, ``untrusted`` and
-torchvision's weights API (``torchvision.models._api``, ``_meta``); never
-training, deployment, measurement or the CLI.
+May import: ``config``, ``model``, ``hub``, ``data.transforms``, ``files``, ``untrusted``, ``optional``.
 """
 
 from .io import LoadedWeights, load_safetensors, pretrained_cfg, save_safetensors

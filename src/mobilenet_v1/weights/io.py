@@ -15,7 +15,7 @@ from typing import Any
 
 from ..config import MobileNetV1Config
 from ..data.transforms import Preprocessing
-from ..hub import load_state, metadata_strings, save_state
+from ..hub import checked_config, load_state, metadata_strings, save_state
 from ..model import MobileNetV1
 from ..untrusted import parse_json, printable
 from .records import WeightsRecord
@@ -107,12 +107,7 @@ def _config(path: Path, meta: dict[str, str]) -> MobileNetV1Config:
     if "config" not in meta:
         raise ValueError(f"{path}: no 'config' metadata (expected keys alpha, resolution, classes, config, ...)")
     data = parse_json(meta["config"], what=f"{path}: 'config' metadata", max_bytes=1 << 16, max_depth=2)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: bad 'config' metadata (expected a JSON object, got {type(data).__name__})")
-    try:
-        return MobileNetV1Config(**data)
-    except (TypeError, ValueError, OverflowError) as exc:  # unknown keys or bad values
-        raise ValueError(f"{path}: bad 'config' metadata ({printable(exc)})") from None
+    return checked_config(data, f"{path}: bad 'config' metadata")
 
 
 def _build(path: Path, config: MobileNetV1Config) -> MobileNetV1:

@@ -7,7 +7,7 @@ are built by :mod:`.native`). The swap changes only each module's class, never i
 parameters, buffers or state-dict keys, and every layer computes what the plain one
 computes; the model itself stays plain ``torch.nn`` (scriptable, traceable, exportable).
 
-May import: the model, ``files`` and ``weights.download`` (the cache folder).
+May import: ``model``, ``files``, ``weights.download``.
 """
 
 from __future__ import annotations

@@ -3,5 +3,5 @@ into our model (:mod:`.convert`), the integer-exact emulation of TFLite's uint8 
 (:mod:`.int8`, :mod:`.fixed_point`) and Google's own interpreter, LiteRT, as the
 reference they are checked against (:mod:`.litert`).
 
-May import: the model, ``data.transforms`` and the rest of ``weights``.
+May import: ``config``, ``model``, ``data.transforms``, ``untrusted``, ``optional``.
 """

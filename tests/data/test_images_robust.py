@@ -11,7 +11,6 @@ import io
 import os
 import re
 import struct
-import time
 import warnings
 import zlib
 from pathlib import Path
@@ -223,10 +222,8 @@ def test_header_claiming_too_much_is_refused_before_reading_on(tmp_path, bytes_r
     with path.open("wb") as fh:
         fh.write(data)
         fh.truncate(100 * 2**20)
-    started = time.perf_counter()
     with pytest.raises(ValueError, match=re.escape(needle)) as info:
         load_image(path)
-    assert time.perf_counter() - started < 1.0
     assert name in str(info.value) and len(str(info.value).splitlines()) == 1
     assert sum(bytes_read) <= images.HEAD_BYTES
 
@@ -456,14 +453,12 @@ def cli(tmp_path_factory):
 def test_cli_predict_bad_image_one_line_exit_2(cli, capsys, name, needle):
     d, tiny = cli
     before = sorted(p.name for p in d.iterdir())
-    started = time.perf_counter()
     code = main(["predict", str(d / name), "--weights", str(tiny)])
     err = capsys.readouterr().err
     assert code == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and name in lines[0] and needle in lines[0], err
     assert lines[0].startswith("mobilenet-v1: error: ")
-    assert time.perf_counter() - started < 10
     assert sorted(p.name for p in d.iterdir()) == before
 
 

@@ -41,7 +41,7 @@ from mobilenet_v1.train.distributed import (
     wrap_model,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TWO = DistEnv(rank=1, world_size=2, local_rank=1)
 
 

@@ -4,7 +4,7 @@ our clear one-line errors naming the file; never another exception, a crash or a
 Mutations (bit flips, byte overwrites, insertions, truncations) of a real shared TFLite
 model, of a ``.safetensors`` checkpoint and of JPEG/PNG/BMP/GIF/WebP images, plus random
 bytes; a few run through the CLI (exit code 0 or 2, never a traceback). Examples are
-derandomized (reproducible) and few; benchmarks/fuzz.py runs thousands.
+derandomized (reproducible) and few; benchmarks/robustness/fuzz.py runs thousands.
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ def mutate(data: bytes, edits: Sequence[tuple[str, float, int]], positions: Sequ
 
 
 def random_edits(rng: random.Random) -> list[tuple[str, float, int]]:
-    """1-8 mutations drawn from ``rng`` (benchmarks/fuzz.py: case ``i`` of a target seeds it with "target-i")."""
+    """1-8 mutations drawn from ``rng`` (benchmarks/robustness/fuzz.py: case ``i`` of a target
+    seeds it with "target-i")."""
     return [(rng.choice(KINDS), rng.random(), rng.randrange(256)) for _ in range(rng.randint(1, 8))]
 
 
@@ -154,7 +155,7 @@ def image_seeds() -> dict[str, bytes]:
 
 
 # Image decoder: EXIF, animation and header mutations. Each case is drawn from an ``rng``
-# (benchmarks/fuzz.py: case ``i`` of a target seeds it with "target-i"; here hypothesis draws the seed).
+# (benchmarks/robustness/fuzz.py: case ``i`` of a target seeds it with "target-i"; here hypothesis draws the seed).
 ORIENTATIONS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 255, 65535)
 EXIF_FORMATS = {".jpg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".tiff": "TIFF"}
 ANIMATED_FORMATS = {".gif": "GIF", ".webp": "WEBP", ".png": "PNG", ".tiff": "TIFF"}

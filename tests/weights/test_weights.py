@@ -28,7 +28,7 @@ from mobilenet_v1.weights import (
 )
 from mobilenet_v1.weights.download import Source, fetch, sha256sum
 
-PAPER = Path(__file__).resolve().parents[2] / "shared" / "docs" / "paper.md"
+PAPER = Path(__file__).resolve().parents[3] / "shared" / "docs" / "paper.md"
 SHARED = {
     "mobilenet_v1_0.25_128_quant",
     "mobilenet_v1_0.5_160_quant",
@@ -222,7 +222,7 @@ def test_safetensors_errors(tmp_path: Path) -> None:
 
 
 def test_measured_imagenette_top1_matches_benchmark() -> None:
-    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "fidelity.json"
+    results = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "fidelity.json"
     run = json.loads(results.read_text())
     if not re.search(r"--every 1(\s|$)", run["command"]):
         pytest.skip(f"{results.name} holds a subset run ({run['command']}), not the full val set")

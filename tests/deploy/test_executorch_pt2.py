@@ -3,7 +3,7 @@ its runtime and compared with PyTorch; ``eval/predict --model`` run it with the 
 and preprocessing it carries; bad input is one line and exit code 2, with no file left.
 
 Small models (alpha 0.25 at 64 px) keep the exports to seconds; the latency targets are
-measured by benchmarks/latency.py (docs/deployment.md).
+measured by benchmarks/deploy/latency.py (docs/deployment.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Kill tests: SIGKILL at random points of a tiny training run, including during a
 checkpoint write; ``--resume`` always succeeds and ends with the same weights as an
-uninterrupted run (benchmarks/kill.py does many more kills, at random times).
+uninterrupted run (benchmarks/robustness/kill.py does many more kills, at random times).
 
 Reuses test_train's data folder, subprocess runner and the ``MOBILENET_V1_TEST_SIGNAL``
 hook of ``checkpoint.py`` (a signal right after a given step); a kill in the middle of

@@ -265,7 +265,7 @@ def test_docs_examples_run(shared_data):
     """docs/detection.md: its code blocks, run in order, do what the tests above check."""
     if not (shared_data / "pretrained" / f"{GOOGLE}.tflite").is_file():
         pytest.skip(f"shared data has no pretrained/{GOOGLE}.tflite")
-    text = (Path(__file__).resolve().parents[1] / "docs" / "detection.md").read_text(encoding="utf-8")
+    text = (Path(__file__).resolve().parents[2] / "docs" / "detection.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
     assert len(blocks) == 3
     torch.manual_seed(0)

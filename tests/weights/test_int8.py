@@ -3,7 +3,7 @@
 The fixed-point primitives are checked against a literal scalar transcription of
 gemmlowp's C++; the models against Google's interpreter on a fixed small subset (the
 shared photos and a few Imagenette val images per model). The full val set is in
-``benchmarks/int8_fidelity.py``.
+``benchmarks/weights/int8_fidelity.py``.
 """
 
 from __future__ import annotations

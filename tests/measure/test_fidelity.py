@@ -1,6 +1,6 @@
 """Float import vs Google's interpreter (LiteRT) on the shared photos and an Imagenette subset.
 
-The full validation set is in benchmarks/fidelity.py (results in docs/weights.md); here a
+The full validation set is in benchmarks/weights/fidelity.py (results in docs/weights.md); here a
 fixed subset keeps CI fast.
 """
 

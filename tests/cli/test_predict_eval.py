@@ -182,3 +182,14 @@ def test_top1_ties_split_counts_a_k_way_tie_as_one_kth():
     assert result.to_dict()["top1_ties_split"] == result.top1_ties_split
     plain = evaluate(lambda x: x, [(torch.eye(4), torch.arange(4))], {"a": 0, "b": 1, "c": 2, "d": 3})
     assert plain.top1_ties_split == plain.top1 == 100.0  # without ties both figures agree
+
+
+def test_predict_cli_says_which_weights_it_used(shared_data, capsys):
+    image = str(shared_data / "images" / "cat.bmp")
+    assert main(["predict", image, "--topk", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "weights mobilenet_v1_1.0_224_quant"  # the most accurate by default
+    assert lines[1] == image and "Egyptian cat" in lines[2]
+    assert main(["predict", image, "--topk", "1", "--weights", SMALL_NAME, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["weights"] == SMALL_NAME and out["int8_exact"] is False and list(out["predictions"]) == [image]

@@ -188,7 +188,7 @@ def test_eval_truncated_model_one_line_exit_2(fp32_file, tmp_path):
 def test_google_int8_keeps_googles_weight_grid_per_channel(shared_data, tmp_path):
     """Google's uint8 conv grids become symmetric per-channel int8 (ORT's fast kernels) with
     the same values wherever a channel's steps fit in [-127, 127] (the classifier's stays
-    per tensor: tests/test_onnx_int8_speed_paths.py)."""
+    per tensor: tests/deploy/test_quantize.py)."""
     import onnx
     from onnx import numpy_helper
 

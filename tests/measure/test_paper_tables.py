@@ -1,4 +1,4 @@
-"""benchmarks/paper_tables.py in its smoke mode: every model of the cpu plan trained one step
+"""benchmarks/model/paper_tables.py in its smoke mode: every model of the cpu plan trained one step
 on 1 image per class, the JSON's fields, skipping runs already recorded, and the report
 (tables beside the paper's, verdicts from the numbers, Figures 4 and 5)."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks" / "model"
 FIELDS = {"table", "variant", "alpha", "resolution", "mult_adds", "params", "seed", "epochs", "top1"}
 FIELDS |= {"wall_seconds", "machine", "command"}
 
