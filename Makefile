@@ -36,10 +36,10 @@ lint: install
 # The quick benchmarks; the long ones (fidelity, int8_fidelity, train_*, fuzz, kill) are
 # run one by one with the commands recorded in docs/.
 bench: install
-	$(BIN)/python benchmarks/cost_table.py
-	$(BIN)/python benchmarks/latency.py
-	$(BIN)/python benchmarks/depthwise_backward.py
-	$(BIN)/python benchmarks/ddp_scaling.py
+	$(BIN)/python benchmarks/model/cost_table.py
+	$(BIN)/python benchmarks/deploy/latency.py
+	$(BIN)/python benchmarks/train/depthwise_backward.py
+	$(BIN)/python benchmarks/train/ddp_scaling.py
 	$(BIN)/mobilenet-v1 tradeoff --output benchmarks/results/tradeoff
 
 clean:

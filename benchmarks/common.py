@@ -11,5 +11,6 @@ import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"  # the figures docs/ cites (benchmarks/README.md indexes them)
 DATA = Path(os.environ.get("MOBILENET_V1_DATA") or ROOT.parent / "shared" / "data")
 os.environ["MOBILENET_V1_DATA"] = str(DATA)

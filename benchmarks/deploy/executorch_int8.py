@@ -8,7 +8,7 @@ grid: the export before ``_annotate_activations``), and batch-1 latency of the t
 programs interleaved in one process (2 threads). Calibration uses imagenette/train,
 never val.
 
-    python benchmarks/executorch_int8.py [--models mobilenet_v1_0.25_128_quant ...] [--baseline]
+    python benchmarks/deploy/executorch_int8.py [--models mobilenet_v1_0.25_128_quant ...] [--baseline]
 
 Prints a markdown table; writes benchmarks/results/executorch_int8.json.
 """
@@ -18,13 +18,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 from unittest import mock
 
 import torch
-from common import DATA
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
+from common import DATA, RESULTS
 
 from mobilenet_v1.data.folders import find_samples
 from mobilenet_v1.deploy import executorch
@@ -94,7 +97,7 @@ def main() -> None:
     parser.add_argument("--baseline", action="store_true", help="also XNNPACK's quantizer alone, and the A/B latency")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=300)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "executorch_int8.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "executorch_int8.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         rows = [model_row(name, args, Path(tmp)) for name in args.models]

@@ -6,19 +6,22 @@ calibrated PTQ for comparison, with 0 or 2 leading layers kept in float) and Lit
 Prediction is 1000-way over outputs 1..1000 (ImageNet wnid folders); calibration uses
 imagenette/train, never val.
 
-    python benchmarks/int8_accuracy.py [--val DIR] [--calibration DIR] [--models ...]
+    python benchmarks/deploy/int8_accuracy.py [--val DIR] [--calibration DIR] [--models ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from common import DATA
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
+from common import DATA, RESULTS
 
 from mobilenet_v1.data.folders import find_samples
 from mobilenet_v1.deploy.compiled import compile_for_inference
@@ -48,7 +51,7 @@ def data_arguments(parser: argparse.ArgumentParser, out: str) -> None:
     parser.add_argument("--val", type=Path, default=DATA / "imagenette" / "val")
     parser.add_argument("--calibration", type=Path, default=DATA / "imagenette" / "train")
     parser.add_argument("--calibration-images", type=int, default=200)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / out)
+    parser.add_argument("--out", type=Path, default=RESULTS / out)
 
 
 def run_models(one_model: Callable[[str, argparse.Namespace, Path], dict], args: argparse.Namespace) -> list[dict]:

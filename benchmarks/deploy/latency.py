@@ -5,13 +5,14 @@ quantized checkpoints), in one run: PyTorch eager, PyTorch compiled
 (``compile_for_inference``, float32 and bfloat16), our AOTInductor packages (``pt2``,
 float32 and bfloat16), ONNX Runtime fp32 and int8, ExecuTorch fp32 and int8 (XNNPACK),
 Google's int8 ``.tflite`` and ours under LiteRT (XNNPACK, its default CPU path) and
-timm's MobileNet V1 of the same width exported to ONNX fp32 (``--no-exports`` leaves
+timm's MobileNet V1 of the same width exported to ONNX fp32 (subjects named as in
+``measure.subjects.SUBJECTS``: onnx, onnx-int8, google-tflite-int8, tflite-int8, ...) (``--no-exports`` leaves
 out the pt2, ExecuTorch and our LiteRT files, whose exports take minutes). Batch-1
 latency (median, p90 over ``--runs`` timed runs after warm-up, runtimes interleaved in
 10 rounds) and batch-32 throughput at 1 and 2 threads, then ORT's per-layer profile
 (depthwise vs pointwise) at 2 threads.
 
-    python benchmarks/latency.py [--runs 200] [--threads 1 2] [--configs 0.25/128 ...]
+    python benchmarks/deploy/latency.py [--runs 200] [--threads 1 2] [--configs 0.25/128 ...]
 
 Writes benchmarks/results/latency.json and prints markdown tables.
 """
@@ -34,7 +35,8 @@ from pathlib import Path
 if "--no-spin" in sys.argv:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from common import DATA
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
+from common import DATA, RESULTS
 
 from mobilenet_v1.cli.bench import format_table
 from mobilenet_v1.deploy.quantize import calibration_files
@@ -68,15 +70,15 @@ def targets(result: dict, statistic: str) -> dict[str, float]:
         return t[a]["latency"][statistic] / t[b]["latency"][statistic] if a in t and b in t else None
 
     return {
-        "int8_vs_litert": ratio("ort-int8", "litert-int8"),  # target <= 0.5 at 0.25/128
-        "fp32_vs_timm": ratio("ort-fp32", "timm-ort-fp32"),  # target <= 1.0
-        "compiled_vs_ort_fp32": ratio("torch-compiled", "ort-fp32"),
-        "compiled_bf16_vs_ort_fp32": ratio("torch-compiled-bf16", "ort-fp32"),
-        "pt2_vs_ort_fp32": ratio("pt2-fp32", "ort-fp32"),  # target <= 1.3
-        "pt2_bf16_vs_ort_fp32": ratio("pt2-bf16", "ort-fp32"),
-        "ours_tflite_int8_vs_litert": ratio("ours-tflite-int8", "litert-int8"),  # target <= 1.05
-        "executorch_int8_vs_litert": ratio("executorch-int8", "litert-int8"),
-        "executorch_fp32_vs_ort_fp32": ratio("executorch-fp32", "ort-fp32"),
+        "int8_vs_litert": ratio("onnx-int8", "google-tflite-int8"),  # target <= 0.5 at 0.25/128
+        "fp32_vs_timm": ratio("onnx", "timm-onnx"),  # target <= 1.0
+        "compiled_vs_ort_fp32": ratio("torch-compiled", "onnx"),
+        "compiled_bf16_vs_ort_fp32": ratio("torch-compiled-bf16", "onnx"),
+        "pt2_vs_ort_fp32": ratio("pt2", "onnx"),  # target <= 1.3
+        "pt2_bf16_vs_ort_fp32": ratio("pt2-bf16", "onnx"),
+        "ours_tflite_int8_vs_litert": ratio("tflite-int8", "google-tflite-int8"),  # target <= 1.05
+        "executorch_int8_vs_litert": ratio("executorch-int8", "google-tflite-int8"),
+        "executorch_fp32_vs_ort_fp32": ratio("executorch", "onnx"),
     }
 
 
@@ -90,7 +92,7 @@ def main() -> None:
     parser.add_argument("--no-spin", action="store_true", help="idle threads sleep (for a shared machine)")
     parser.add_argument("--no-exports", action="store_true", help="leave out the pt2, ExecuTorch and our LiteRT files")
     parser.add_argument("--calibration", type=Path, default=DATA / "imagenette" / "train")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "latency.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "latency.json")
     args = parser.parse_args()
     files = calibration_files(args.calibration, 100)
     report = {"machine": machine(), "command": " ".join(sys.argv), "results": [], "profiles": {}}
@@ -106,7 +108,8 @@ def main() -> None:
             report["results"].append(result)
             report["profiles"][label] = {
                 name: layer_profile(path, setup.model.config, setup.resolution)
-                for name, path in (("ort-fp32", setup.fp32), ("ort-int8", setup.int8))
+                for name, path in setup.exported.items()
+                if name in ("onnx", "onnx-int8")
             }
             print(format_table([result]), json.dumps(result["targets"]), f"({time.time() - start:.0f} s)", flush=True)
             report["machine"]["loadavg_end"] = os.getloadavg()

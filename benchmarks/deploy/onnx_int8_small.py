@@ -11,7 +11,7 @@ the spread; ours at 1 thread beside them (when the second core is busy, ORT's
 parallel-for on layers of a few µs costs more than it gains). Then ORT's per-layer
 profile of both files, summed by Table 2's layer kinds.
 
-    python benchmarks/onnx_int8_small.py [--configs 0.25/128 0.5/160 ...] [--runs 400] [--repeats 3]
+    python benchmarks/deploy/onnx_int8_small.py [--configs 0.25/128 0.5/160 ...] [--runs 400] [--repeats 3]
 
 Prints a table and writes benchmarks/results/onnx_int8_small.json.
 """
@@ -28,7 +28,9 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from common import DATA
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
+from common import DATA, RESULTS
 
 from mobilenet_v1.deploy.litert import LiteRTModel
 from mobilenet_v1.deploy.onnx import OnnxModel, export_onnx
@@ -124,7 +126,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=400)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--calibration", type=Path, default=DATA / "imagenette" / "train")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "onnx_int8_small.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "onnx_int8_small.json")
     args = parser.parse_args()
     report = {
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "loadavg_start": os.getloadavg()},

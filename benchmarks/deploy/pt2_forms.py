@@ -1,10 +1,10 @@
 """Why ``export --format pt2`` compiles the GEMM form: AOTInductor packages of one
 configuration, in one process, beside ONNX Runtime fp32 and ExecuTorch (runtimes
-interleaved, as benchmarks/latency.py): the GEMM form called directly and through
+interleaved, as benchmarks/deploy/latency.py): the GEMM form called directly and through
 ``aoti_load_package``'s wrapper, the plain model (convolution form) with and without
 freezing, ExecuTorch fp32 and int8. Batch 1, 2 threads.
 
-    python benchmarks/pt2_forms.py [--weights mobilenet_v1_0.25_128_quant] [--runs 300]
+    python benchmarks/deploy/pt2_forms.py [--weights mobilenet_v1_0.25_128_quant] [--runs 300]
 
 Prints a markdown table; writes benchmarks/results/pt2_forms_<weights>.json.
 """
@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from common import DATA
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
+from common import DATA, RESULTS
 
 from mobilenet_v1.deploy.executorch import ExecuTorchModel, export_executorch
 from mobilenet_v1.deploy.fold import fuse_bn
@@ -59,21 +62,21 @@ def main() -> None:
     export_executorch(model, tmp / "q.pte", pre, int8=True, calibration=calibration)
     et32, et8 = ExecuTorchModel(tmp / "m.pte", metadata=False), ExecuTorchModel(tmp / "q.pte", metadata=False)
     runners = {
-        "ort-fp32": onnx_runner(tmp / "m.onnx", x.numpy(), 2),
+        "onnx": onnx_runner(tmp / "m.onnx", x.numpy(), 2),
         "pt2 GEMM form (boxed_run)": lambda: gemm(x),
         "pt2 GEMM form (aoti __call__)": lambda: gemm.package(x),
         "pt2 conv form": lambda: plain.loader.boxed_run([x]),
         "pt2 conv form + freezing": lambda: frozen.loader.boxed_run([x]),
-        "executorch-fp32": lambda: et32(x),
+        "executorch": lambda: et32(x),
         "executorch-int8": lambda: et8(x),
     }
     with torch.inference_mode():
         timings = measure(runners, runs=args.runs, warmup=30, rounds=10)
-    base = timings["ort-fp32"].median_ms
+    base = timings["onnx"].median_ms
     print("| subject | median ms | steady ms | vs ORT fp32 |\n|---|---|---|---|")
     for name, t in timings.items():
         print(f"| {name} | {t.median_ms:.3f} | {t.steady_ms:.3f} | {t.median_ms / base:.2f} |")
-    out = Path(__file__).parent / "results" / f"pt2_forms_{args.weights}.json"
+    out = RESULTS / f"pt2_forms_{args.weights}.json"
     report = {"cpu": cpu_name(), "weights": args.weights, "timings": {k: v.to_dict() for k, v in timings.items()}}
     out.write_text(json.dumps(report, indent=2) + "\n")
 

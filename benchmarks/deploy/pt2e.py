@@ -6,11 +6,11 @@ by measurement. PT2E here: ``torch.export`` of the BN-folded model, torchao's
 ``--calibration-images`` Imagenette train images, ``convert_pt2e``, then
 ``torch.compile`` with Inductor freezing (oneDNN int8 kernels). ORT: our default
 export (Google's quantization carried over, see docs/deployment.md). Batch-1 latency
-at 2 threads (interleaved, as ``benchmarks/latency.py``) and Imagenette val top-1 on
+at 2 threads (interleaved, as ``benchmarks/deploy/latency.py``) and Imagenette val top-1 on
 every ``--every``-th image (batch 1: the exported PT2E graph has a fixed batch).
 
     pip install torchao==0.18.0
-    python benchmarks/pt2e.py [--models mobilenet_v1_0.25_128_quant ...] [--every 5]
+    python benchmarks/deploy/pt2e.py [--models mobilenet_v1_0.25_128_quant ...] [--every 5]
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 
 import torch
-from common import DATA
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
+from common import DATA, RESULTS
 
 from mobilenet_v1.data.folders import ImageFolder, find_samples
 from mobilenet_v1.data.transforms import eval_transform
@@ -101,7 +103,7 @@ def main() -> None:
     parser.add_argument("--calibration-images", type=int, default=64)
     parser.add_argument("--every", type=int, default=5)
     parser.add_argument("--runs", type=int, default=200)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "pt2e.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "pt2e.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         rows = [one_model(name, args, Path(tmp)) for name in args.models]

@@ -6,7 +6,7 @@ and int8 after ``qat_finetune`` (self-distillation on the calibration images), w
 time QAT took. Prediction is 1000-way over outputs 1..1000 (ImageNet wnid folders);
 calibration and fine-tuning images come from imagenette/train, never val.
 
-    python benchmarks/qat.py [--every 5] [--steps 200] [--lr 1e-5] [--models ...]
+    python benchmarks/deploy/qat.py [--every 5] [--steps 200] [--lr 1e-5] [--models ...]
 
 PyTorch and ONNX Runtime run on ``--threads`` threads (default 1: on a machine shared
 with other jobs, two spinning threads were up to 100x slower than one).

@@ -8,7 +8,7 @@ fine-tuned checkpoint (``--finetuned``): its float top-1 against our calibrated
 ``tflite-int8`` and float ``tflite`` exports, and their latency. Calibration uses
 imagenette/train, never val.
 
-    python benchmarks/tflite_export.py [--models ...] [--finetuned RUN/model-best.safetensors] [--limit N]
+    python benchmarks/deploy/tflite_export.py [--models ...] [--finetuned RUN/model-best.safetensors] [--limit N]
 """
 
 from __future__ import annotations
@@ -16,12 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from common import DATA
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
+from common import DATA, RESULTS
 
 from mobilenet_v1.data.folders import find_samples
 from mobilenet_v1.deploy.litert import LiteRTModel, export_tflite
@@ -121,7 +124,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="evaluate on this many val images (0: all)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=400)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "tflite_export.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "tflite_export.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         google = [google_row(name, args, Path(tmp)) for name in args.models]

@@ -1,13 +1,17 @@
 """Cost of the 16 paper configurations (alpha x resolution): prints a table, writes JSON.
 
-python benchmarks/cost_table.py [--output benchmarks/results/cost_table.json]
+python benchmarks/model/cost_table.py [--output benchmarks/results/cost_table.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
+from common import RESULTS
 
 from mobilenet_v1.config import MobileNetV1Config
 from mobilenet_v1.cost import model_cost
@@ -18,7 +22,7 @@ RESOLUTIONS = (224, 192, 160, 128)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--output", type=Path, default=Path("benchmarks/results/cost_table.json"))
+    parser.add_argument("--output", type=Path, default=RESULTS / "cost_table.json")
     args = parser.parse_args()
     rows = []
     print("| alpha | res | mult-adds (exact) | M | mult-adds (paper rho^2) M | params |")

@@ -8,9 +8,9 @@ already in the JSON are skipped and an interrupted run resumes from its last che
 so a plan can be split over several sessions. ``--report`` writes docs/paper.md's tables,
 verdicts and figures (``paper_report.py``). The plans and their measured costs: docs/paper.md.
 
-python benchmarks/paper_tables.py --table 4 [--seeds 0 1 2] [--epochs 30] [--plan cpu|full] [-- TRAIN OPTIONS]
-python benchmarks/paper_tables.py --report
-python benchmarks/paper_tables.py --table all --smoke --results /tmp/smoke.json   # 1 image per class, 1 step
+python benchmarks/model/paper_tables.py --table 4 [--seeds 0 1 2] [--epochs 30] [--plan cpu|full] [-- TRAIN OPTIONS]
+python benchmarks/model/paper_tables.py --report
+python benchmarks/model/paper_tables.py --table all --smoke --results /tmp/smoke.json   # 1 image per class, 1 step
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import DATA, ROOT
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
+from common import DATA, RESULTS, ROOT
 
 from mobilenet_v1 import Classifier, model_cost
 from mobilenet_v1.cli import main as cli
@@ -38,7 +40,7 @@ from mobilenet_v1.files import write_text
 from mobilenet_v1.measure.evaluate import evaluate_folder
 from mobilenet_v1.train.checkpoint import LAST
 
-RESULTS = ROOT / "benchmarks" / "results" / "paper_tables.json"
+RESULTS = RESULTS / "paper_tables.json"
 DOC = ROOT / "docs" / "paper.md"
 WORK = Path(os.environ.get("MOBILENET_V1_CACHE") or Path.home() / ".cache" / "mobilenet-v1") / "paper-runs"
 # One recipe for every model, from scratch (docs/paper.md says why "modern" and lr 0.1).
@@ -234,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
     args = parse_args(argv[:split])
-    args.runner = " ".join(["python", "benchmarks/paper_tables.py", *argv])
+    args.runner = " ".join(["python", "benchmarks/model/paper_tables.py", *argv])
     extra = ["--device", args.device, "--workers", str(args.workers), *argv[split + 1 :]]
     if args.table and args.smoke:
         with tempfile.TemporaryDirectory(prefix="paper-smoke-") as tmp:

@@ -8,11 +8,11 @@ worker's address space is limited (``--memory-limit-gb``), and the peak resident
 the workers (after the imports and seeds, ~0.4 GB) is recorded with the case that reached
 it. Outcomes: ``ok`` (read), ``clear error`` (ValueError/FileNotFoundError, one line naming
 the file), ``other exception``, ``hang``, ``crash``. The mutations and seeds are those of
-tests/test_fuzz.py.
+tests/robustness/test_fuzz.py.
 
-    .venv/bin/python benchmarks/fuzz.py            # ~52,500 cases
-    .venv/bin/python benchmarks/fuzz.py --scale 0.1
-    .venv/bin/python benchmarks/fuzz.py --targets image.exif --merge   # keep the other targets' results
+    .venv/bin/python benchmarks/robustness/fuzz.py            # ~52,500 cases
+    .venv/bin/python benchmarks/robustness/fuzz.py --scale 0.1
+    .venv/bin/python benchmarks/robustness/fuzz.py --targets image.exif --merge   # keep the other targets' results
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from common import ROOT
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
+from common import RESULTS, ROOT
 
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -217,7 +218,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every target's case count")
     parser.add_argument("--targets", nargs="+", choices=tuple(TARGETS), default=list(TARGETS))
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/fuzz.json")
+    parser.add_argument("--output", type=Path, default=RESULTS / "fuzz.json")
     parser.add_argument("--merge", action="store_true", help="keep the results of other targets in --output")
     parser.add_argument("--memory-limit-gb", type=float, default=8.0, help="address space of a worker (0: none)")
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
@@ -239,7 +240,7 @@ def main() -> None:
         result["what"] = TARGETS[target][1]
         results[target] = result
         print(table_row(target, result), flush=True)
-    command = f"benchmarks/fuzz.py --scale {args.scale}"
+    command = f"benchmarks/robustness/fuzz.py --scale {args.scale}"
     if args.merge:
         command += f" (--merge: {' '.join(args.targets)} rerun)"
     report = {

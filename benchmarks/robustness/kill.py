@@ -1,13 +1,13 @@
 """Kill a tiny training run many times at random points; resume; compare with an uninterrupted run.
 
-Each trial starts the run of tests/test_kill.py (alpha 0.25, 32x32, 2 epochs of 5 steps,
+Each trial starts the run of tests/train/test_kill.py (alpha 0.25, 32x32, 2 epochs of 5 steps,
 checkpoints every 3 steps, EMA) and SIGKILLs it 1-3 times, each kill drawn from: right
 after a random step (the ``MOBILENET_V1_TEST_SIGNAL`` hook), half-way through a random
 checkpoint write, or at a random moment (wall clock). After each kill it resumes with
 ``--resume``; the trial passes when the last resume succeeds and the final, best and EMA
 weights equal those of the uninterrupted run. Writes benchmarks/results/kill.json.
 
-    .venv/bin/python benchmarks/kill.py --trials 10
+    .venv/bin/python benchmarks/robustness/kill.py --trials 10
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
+from common import RESULTS, ROOT
 
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -68,7 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/kill.json")
+    parser.add_argument("--output", type=Path, default=RESULTS / "kill.json")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     began = time.perf_counter()
@@ -89,7 +90,7 @@ def main() -> None:
     kills = sum(len(r["kills"]) for r in results)
     print(f"{passed}/{len(results)} trials ended with the uninterrupted run's weights ({kills} kills)")
     report = {
-        "command": f"benchmarks/kill.py --trials {args.trials} --seed {args.seed}",
+        "command": f"benchmarks/robustness/kill.py --trials {args.trials} --seed {args.seed}",
         "trials": len(results),
         "kills": kills,
         "passed": passed,

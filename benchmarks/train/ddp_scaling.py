@@ -6,8 +6,8 @@ gradient all-reduce, SGD) on random images and reports the global img/s after a 
 Scaling efficiency = img/s with N processes / (N x img/s with 1 process), each process
 given the same number of threads. Prints a table and writes JSON.
 
-    python benchmarks/ddp_scaling.py                      # CPU: 1x1, 2x1, 1x2 (processes x threads)
-    python benchmarks/ddp_scaling.py --device cuda --runs 1x8 --alpha 1.0 \\
+    python benchmarks/train/ddp_scaling.py                      # CPU: 1x1, 2x1, 1x2 (processes x threads)
+    python benchmarks/train/ddp_scaling.py --device cuda --runs 1x8 --alpha 1.0 \\
         --resolution 224 --batch-size 256 --amp --channels-last --compile --out benchmarks/results/ddp_scaling_cuda.json
 """
 
@@ -26,7 +26,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import ROOT
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
+from common import RESULTS
 
 from mobilenet_v1 import mobilenet_v1
 from mobilenet_v1.train.distributed import barrier, cleanup, init_distributed, local_device, wrap_model
@@ -45,7 +47,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--amp", action="store_true", help="bf16 autocast")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ddp_scaling.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "ddp_scaling.json")
     p.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)  # set when run under torchrun
     return p.parse_args()
 

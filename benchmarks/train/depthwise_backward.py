@@ -7,7 +7,7 @@ thin layers PyTorch's channels_last batch norm (forward + backward) against
 ``nn.BatchNorm2d`` + ``nn.ReLU(inplace=True)`` against ``layers.batch_norm_act`` (forward +
 input gradient). Median of ``--runs``; prints a table, writes JSON.
 
-    nice python benchmarks/depthwise_backward.py [--alpha 1.0 0.25] [--runs 7]
+    nice python benchmarks/train/depthwise_backward.py [--alpha 1.0 0.25] [--runs 7]
 """
 
 from __future__ import annotations
@@ -16,13 +16,16 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import ROOT
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
+from common import RESULTS
 from torch import nn
 
 from mobilenet_v1 import mobilenet_v1
@@ -105,7 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--alpha", type=float, nargs="+", default=[1.0, 0.25], choices=sorted(RESOLUTION))
     parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "depthwise_backward.json")
+    parser.add_argument("--output", type=Path, default=RESULTS / "depthwise_backward.json")
     args = parser.parse_args()
     rows = []
     print("| alpha | layer | C x H x W, stride | dtype | PyTorch ms | ours ms | speed-up |")
@@ -130,7 +133,7 @@ def main() -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     meta = {"machine": f"{os.cpu_count()}-core {cpu_name()}", "torch": torch.__version__}
     meta["threads"] = torch.get_num_threads()
-    command = "nice python benchmarks/depthwise_backward.py --alpha " + " ".join(f"{a:g}" for a in args.alpha)
+    command = "nice python benchmarks/train/depthwise_backward.py --alpha " + " ".join(f"{a:g}" for a in args.alpha)
     args.output.write_text(json.dumps({"command": command, **meta, "batch": BATCH, "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.output}")
 

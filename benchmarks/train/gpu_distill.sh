@@ -1,13 +1,13 @@
 #!/bin/bash
 # docs/training.md's distillation rows on a lent GPU machine (`device` tool), in two calls
 # because one call carries at most 64 MiB. Here, once (with /.gpu/ in .git/info/exclude):
-#   python benchmarks/gpu_shrink_imagenette.py --out .gpu
+#   python benchmarks/train/gpu_shrink_imagenette.py --out .gpu
 #   mkdir -p .gpu/pre .gpu/cache .gpu/whl; cp $DATA/pretrained/imagenet_{wnids,labels}.txt
 #     $DATA/pretrained/mobilenet_v1_0.5_160_quant.tflite .gpu/pre/; cp TEACHER .gpu/cache/teacher.safetensors
 #   pip download (cp312, manylinux) simplejpeg tflite -d .gpu/whl   (absent from the machine's image)
-# Call 1 (carry .gpu/data_train .gpu/pre):  bash benchmarks/gpu_distill.sh stage
+# Call 1 (carry .gpu/data_train .gpu/pre):  bash benchmarks/train/gpu_distill.sh stage
 # Call 2 at once, while warm (carry .gpu/data_val .gpu/cache .gpu/whl .gpu/pre):
-#   BUDGET=540 bash benchmarks/gpu_distill.sh
+#   BUDGET=540 bash benchmarks/train/gpu_distill.sh
 # Each run is time-guarded; logs and a tarball of the result JSONs come back in $OUT.
 PY=${PY:-python3}; B=${GPU_BASE:-/root/gpu}; OUTD=${OUT:-/tmp/gpu_out}
 mkdir -p "$B/md/imagenette" "$B/md/pretrained" "$B/cache" "$OUTD"
@@ -30,7 +30,7 @@ job() {  # name, then train options
   local left=$(( DEADLINE - $(date +%s) )) name=$1; shift
   if [ $left -lt 30 ]; then echo "SKIP $name (${left}s left)"; return; fi
   echo "=== $name $(date +%T) ${left}s left"
-  timeout $left $PY benchmarks/train_imagenette.py --name "gpu_$name" --work "$B/runs" -- "$@" $COMMON \
+  timeout $left $PY benchmarks/train/train_imagenette.py --name "gpu_$name" --work "$B/runs" -- "$@" $COMMON \
     > "$OUTD/gpu_$name.log" 2>&1
   echo "rc=$? $(date +%T)"; grep -a "top-1 (ties split)\|wall\|rror" "$OUTD/gpu_$name.log" | tail -3
 }

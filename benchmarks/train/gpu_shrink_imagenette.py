@@ -4,15 +4,17 @@ Train photos become 144x144 JPEG (quality 80), val photos 146x146 (quality 85: t
 side the 128 px evaluation resizes to), every one of them, in ``OUT/data_train/train`` and
 ``OUT/data_val/val`` (the two halves travel in separate calls; ``gpu_distill.sh``).
 
-python benchmarks/gpu_shrink_imagenette.py [--out .gpu]
+python benchmarks/train/gpu_shrink_imagenette.py [--out .gpu]
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
 from common import DATA
 from PIL import Image
 

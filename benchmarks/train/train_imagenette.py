@@ -5,7 +5,7 @@ final model on the val folder as ``mobilenet-v1 eval --json`` does (``top1_ties_
 tie-rule-free) and writes ``benchmarks/results/train_<name>.json``. Everything after ``--``
 goes to ``train``:
 
-nice python benchmarks/train_imagenette.py --name finetune_1.0_224_head -- \\
+nice python benchmarks/train/train_imagenette.py --name finetune_1.0_224_head -- \\
     --weights mobilenet_v1_1.0_224_quant --freeze-backbone --epochs 1 --bf16 --channels-last
 """
 
@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 
 import torch
-from common import DATA, ROOT
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
+from common import DATA, RESULTS
 
 from mobilenet_v1.classify import Classifier
 from mobilenet_v1.cli import main as cli
@@ -73,7 +75,7 @@ def main() -> None:
             f"| {row['epoch']} | {row['train_loss']:.4f} | {100 * row['train_acc']:.2f}% | {row['val_loss']:.4f} | "
             f"{100 * row['val_acc']:.2f}% | {row['train_seconds']:.0f} |"
         )
-    out = ROOT / "benchmarks" / "results" / f"train_{args.name}.json"
+    out = RESULTS / f"train_{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
 

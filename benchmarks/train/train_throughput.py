@@ -10,7 +10,7 @@ trainer does) instead of synthetic tensors; their warm-up first drains the batch
 workers queued while the model was being built, and their throughput is images over the
 wall time of all the measured steps (a median would hide the steps that wait for data).
 
-nice python benchmarks/train_throughput.py [--steps 8] [--repeats 2] [--imagenette DIR]
+nice python benchmarks/train/train_throughput.py [--steps 8] [--repeats 2] [--imagenette DIR]
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import DATA, ROOT
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
+from common import DATA, RESULTS, ROOT
 
 from mobilenet_v1 import mobilenet_v1
 from mobilenet_v1.data.transforms import Preprocessing, float_input
@@ -152,7 +154,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--worker-nice", type=int, default=10, help="as `train --worker-nice` (its default, 10)")
     parser.add_argument("--worker-idle", action=argparse.BooleanOptionalAction, default=True, help="as `train`")
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "train_throughput.json")
+    parser.add_argument("--output", type=Path, default=RESULTS / "train_throughput.json")
     parser.add_argument("--only", help="indices of CONFIGS, e.g. 0,3 (default: all; none: pipeline only)")
     parser.add_argument("--pipeline", type=int, default=len(PIPELINE), help="how many PIPELINE rows to run")
     # child-process options

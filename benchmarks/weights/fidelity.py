@@ -5,7 +5,7 @@ interpreter, the reference; ``float``: our model with dequantized weights and fl
 activations; more can be registered in ``EVALUATORS``) its Imagenette val top-1 (1000-way)
 and its top-1 agreement with LiteRT. Prints a table, writes JSON.
 
-    nice python benchmarks/fidelity.py [--every 1] [--output benchmarks/results/fidelity.json]
+    nice python benchmarks/weights/fidelity.py [--every 1] [--output benchmarks/results/fidelity.json]
 
 To add a column, register an evaluator (paths -> uint8 NCHW batch -> scores), e.g.
 ``EVALUATORS["int8-exact"] = lambda paths: my_int8_model(paths)``, before ``main()``.
@@ -17,12 +17,15 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from common import DATA, ROOT
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
+from common import DATA, RESULTS, ROOT
 
 from mobilenet_v1.data.folders import find_samples
 from mobilenet_v1.measure.bench import cpu_name
@@ -72,7 +75,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA, help="the shared data folder")
     parser.add_argument("--every", type=int, default=1, help="use every n-th val image (1: all 3,925)")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "fidelity.json")
+    parser.add_argument("--output", type=Path, default=RESULTS / "fidelity.json")
     parser.add_argument("--models", nargs="+", help="Google model names (default: the four shared ones)")
     choices = [*EVALUATORS, *DIAGNOSTICS]
     parser.add_argument("--evaluators", nargs="+", choices=choices, default=list(EVALUATORS), help="litert first")
@@ -92,7 +95,7 @@ def main() -> None:
     print(format_table(rows))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     machine = {"machine": f"{os.cpu_count()}-core {cpu_name()}", "python": platform.python_version()}
-    command = f"nice python benchmarks/fidelity.py --every {args.every}"
+    command = f"nice python benchmarks/weights/fidelity.py --every {args.every}"
     if args.models:
         command += f" --models {' '.join(args.models)}"
     if args.evaluators != list(EVALUATORS):

@@ -6,7 +6,7 @@ those, (a) how far LiteRT's score for our class is below its best, in output ste
 (1/256), (b) how far ahead our float logit for our class is of LiteRT's class, and (c)
 LiteRT's confidence there against all images. Prints a table, writes JSON.
 
-    nice python benchmarks/fidelity_margins.py [--models mobilenet_v1_0.25_128_quant ...]
+    nice python benchmarks/weights/fidelity_margins.py [--models NAME ...]
 """
 
 from __future__ import annotations
@@ -14,10 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
-from common import DATA, ROOT
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
+from common import DATA, RESULTS
 from fidelity import shared_models, val_samples
 
 from mobilenet_v1.measure.bench import cpu_name
@@ -53,7 +56,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--models", nargs="+", help="Google model names (default: the four shared ones)")
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "fidelity_margins.json")
+    parser.add_argument("--output", type=Path, default=RESULTS / "fidelity_margins.json")
     args = parser.parse_args()
     samples, folders = val_samples(args.data)
     models = shared_models(args.data / "pretrained")
@@ -68,7 +71,10 @@ def main() -> None:
             f"{r['float_logit_lead_median']:.3f}; {r['float_logit_lead_lt_0.25']:.0f}% | "
             f"{r['litert_top_score_median_disagreements']:.2f} / {r['litert_top_score_median_all']:.2f} |"
         )
-    meta = {"machine": f"{os.cpu_count()}-core {cpu_name()}", "command": "nice python benchmarks/fidelity_margins.py"}
+    meta = {
+        "machine": f"{os.cpu_count()}-core {cpu_name()}",
+        "command": "nice python benchmarks/weights/fidelity_margins.py",
+    }
     args.output.write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.output}")
 

@@ -8,7 +8,8 @@ every ``--every``-th image, and against its reference kernels (BUILTIN_REF; ours
 ``kernels="reference"``) on every ``--reference-every``-th, since they are slow.
 Prints a table, writes JSON (updated after each model).
 
-    nice python benchmarks/int8_fidelity.py [--every 1] [--reference-every 10] [--models NAME...] [--kernels K...]
+    nice python benchmarks/weights/int8_fidelity.py [--every 1] [--reference-every 10] \
+        [--models NAME...] [--kernels K...]
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from importlib.metadata import version
 from pathlib import Path
 
 import torch
-from common import DATA, ROOT
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
+from common import DATA, RESULTS
 
 from mobilenet_v1.data.folders import ImageFolder, find_samples
 from mobilenet_v1.data.transforms import Preprocessing, eval_transform
@@ -121,14 +125,15 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--kernels", nargs="+", choices=list(PAIRS), default=list(PAIRS), help="LiteRT kernel sets")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "int8_fidelity.json")
+    parser.add_argument("--output", type=Path, default=RESULTS / "int8_fidelity.json")
     args = parser.parse_args()
     pretrained = args.data / "pretrained"
     labels = (pretrained / "imagenet_labels.txt").read_text().splitlines()
     wnids = (pretrained / "imagenet_wnids.txt").read_text().split()
     samples, _ = find_samples(args.data / "imagenette" / "val", labels, wnids)
     every = {k: n for k, n in (("default", args.every), ("reference", args.reference_every)) if k in args.kernels}
-    command = "nice python benchmarks/int8_fidelity.py " + " ".join(f"--{k}-every {n}" for k, n in every.items())
+    options = " ".join(f"--{k}-every {n}" for k, n in every.items())
+    command = f"nice python benchmarks/weights/int8_fidelity.py {options}"
     command = command.replace("--default-every", "--every")
     meta = {"machine": f"{os.cpu_count()}-core {cpu_name()}", "python": platform.python_version()}
     meta["versions"] = {m: version(m) for m in ("torch", "ai-edge-litert")}

@@ -5,7 +5,7 @@ results of the PyTorch layer they replace, and the function computes what a BN m
 and its activation module compute, with their parameters and buffers; all of them change
 only which kernels run while training on the CPU, where PyTorch's kernels are far off
 their usual speed for MobileNet V1's shapes (measured in
-``benchmarks/depthwise_backward.py``, docs/training.md):
+``benchmarks/train/depthwise_backward.py``, docs/training.md):
 
 - :class:`BatchNorm2d`: the channels_last batch-norm backward kernel vectorizes over
   channels and is ~5x slower than the NCHW kernel when a layer has fewer channels than
