@@ -1,9 +1,11 @@
-"""Deployment: batch norm folded (:mod:`.fold`), ONNX export and the one ONNX Runtime
-wrapper (:mod:`.onnx`), int8 (:mod:`.quantize`: the one ``export_int8``, with
-quantization-aware fine-tuning from :mod:`.qat`), the PyTorch-native compiled path
-(:mod:`.compiled`) and AOTInductor package (:mod:`.pt2`), ExecuTorch for phones
-(:mod:`.executorch`), and every format by name with the one loader of exported files
-(:mod:`.exported`).
+"""Deployment: every export format by name, with the one exporter and the one loader of
+exported files (:mod:`.formats`); what the formats share (:mod:`.common`: the report,
+the metadata each file carries and its checked reading, ``torch.export``); batch norm
+folded (:mod:`.fold`); ONNX export and the one ONNX Runtime wrapper (:mod:`.onnx`); int8
+ONNX (:mod:`.quantize`, with quantization-aware fine-tuning from :mod:`.qat`); LiteRT,
+writing our ``.tflite`` and running any (:mod:`.litert`); ExecuTorch for phones
+(:mod:`.executorch`); the PyTorch-native compiled path (:mod:`.compiled`) and AOTInductor
+package (:mod:`.pt2`).
 
 May import: ``config``, ``model``, ``data``, ``weights``, ``files``, ``untrusted``, ``optional``.
 """

@@ -3,10 +3,10 @@
 Owns the registry of Google's checkpoints (:mod:`.registry`, a torchvision ``WeightsEnum``
 whose values are the records of :mod:`.records`), finding and downloading files
 (:mod:`.download`), converting and caching a record's checkpoint (:mod:`.google`), the
-``.safetensors`` format every checkpoint uses (:mod:`.io`), reading and importing Google's
-``.tflite`` files, with the integer-exact emulation of their uint8 arithmetic and Google's
-interpreter as reference (:mod:`.tflite`), and :func:`load_weights`, which puts them
-together.
+project's checkpoints with their class names and preprocessing (:mod:`.io`, on the
+``.safetensors`` reading of :mod:`mobilenet_v1.hub`), reading and importing Google's
+``.tflite`` files, with the integer-exact emulation of their uint8 arithmetic
+(:mod:`.google_tflite`), and :func:`load_weights`, which puts them together.
 
 May import: ``config``, ``model``, ``hub``, ``data.transforms``, ``files``, ``untrusted``, ``optional``.
 """

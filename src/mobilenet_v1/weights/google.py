@@ -1,7 +1,7 @@
 """Google's checkpoint for one registry record: converted from its ``.tflite`` file(s).
 
 A record with a sha256 for every file (``record.verifiable``) is converted
-(:mod:`.tflite.convert`) from its sha256-checked ``.tflite`` each time it is loaded; only
+(:mod:`.google_tflite.convert`) from its sha256-checked ``.tflite`` each time it is loaded; only
 the download is cached. A converted ``<cache>/<name>.safetensors`` could only be checked
 against a claim inside itself (its ``source_sha256`` metadata), which whoever can write
 the cache can also forge, and converting costs little: about 0.1 s for the largest,
