@@ -73,7 +73,7 @@ def jpeg_batches(resolution: int, imagenette: Path, workers: int, worker_nice: i
     from mobilenet_v1.train.torchrun import DistEnv
 
     loader_options = {"workers": workers, "worker_nice": worker_nice, "worker_idle": worker_idle}
-    config = TrainConfig(data=str(imagenette), output="", batch_size=BATCH, **loader_options)
+    config = TrainConfig(data=str(imagenette), output="unused", batch_size=BATCH, **loader_options)  # only read
     loader, sampler, _ = build_loaders(config, load_splits(imagenette), Preprocessing(resolution), DistEnv())
     for epoch in itertools.count():
         sampler.set_epoch(epoch)
