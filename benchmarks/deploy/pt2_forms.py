@@ -55,7 +55,7 @@ def main() -> None:
     x = torch.rand(1, 3, res, res) * 2 - 1
     export_onnx(model, tmp / "m.onnx", pre)
     export_pt2(model, tmp / "gemm.pt2", pre)
-    gemm = Pt2Model(tmp / "gemm.pt2")
+    gemm = Pt2Model(tmp / "gemm.pt2", trust_native_code=True)  # compiled above
     plain, frozen = (conv_form(model, tmp / f"conv{i}.pt2", res, freeze) for i, freeze in enumerate((False, True)))
     export_executorch(model, tmp / "m.pte", pre)
     calibration = load_batch(calibration_files(DATA / "imagenette" / "train", 64), pre)

@@ -23,6 +23,7 @@ import os
 import platform
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,7 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
 from common import RESULTS, ROOT
 
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "robustness")]  # conftest, test_fuzz
 
 from test_fuzz import (
     CLEAR_ERRORS,
@@ -66,7 +67,14 @@ TARGETS: dict[str, tuple[int, str]] = {
     "image.animation": (10_000, "data.images.load_image: GIF/WebP/APNG/TIFF of 1-64 frames, later frames broken"),
     "image.header": (10_000, "data.images.load_image: JPEG/PNG/GIF/BMP/WebP/TIFF claiming other sizes"),
     "metadata_json": (10_000, "untrusted.parse_json: a checkpoint's JSON header, edits, deep/long/escaped splices"),
+    **{
+        f"model{ext}": (count, f"deploy.formats.load_exported: our tiny {ext} export, bytes mutated anywhere")
+        for ext, count in ((".onnx", 1000), (".tflite", 1000), (".pte", 1000), (".pt2", 2000))
+    },
 }
+# The exports the model targets mutate: one tiny model (alpha 0.25, 32 px, 3 classes) per format.
+MODEL_FORMATS = {".onnx": "onnx", ".tflite": "tflite", ".pte": "executorch", ".pt2": "pt2"}
+SEEDS_ENV = "MOBILENET_V1_FUZZ_SEEDS"
 TIME_LIMIT_S = 20.0
 
 
@@ -104,8 +112,34 @@ def make_case(target: str, index: int, seeds: dict[str, Any]) -> tuple[str, byte
         return ".png", mutate(seeds["images"][".png"], random_edits(rng)), decode_with_torchvision
     if target == "image.png-crc":
         return ".png", fix_png_crcs(mutate(seeds["images"][".png"], random_edits(rng))), load_image
+    if target.startswith("model"):
+        ext = target.removeprefix("model")
+        return ext, mutate(seeds["models"][ext], random_edits(rng)), load_model
     ext = target.removeprefix("image")
     return ext, mutate(seeds["images"][ext], random_edits(rng)), load_image
+
+
+def load_model(path: Path) -> None:
+    """An exported file under its runtime, a package's native code trusted: what is fuzzed
+    is the file, and a ``.pt2`` whose bytes changed must be refused before it is loaded."""
+    from mobilenet_v1.deploy.formats import load_exported
+
+    load_exported(path, threads=1, trust_native_code=True)
+
+
+def model_seeds(folder: Path) -> Path:
+    """Export the tiny model to every format into ``folder`` (once, before the workers)."""
+    import torch
+
+    from mobilenet_v1 import mobilenet_v1
+    from mobilenet_v1.data.transforms import Preprocessing
+    from mobilenet_v1.deploy.formats import export_as
+
+    torch.manual_seed(0)
+    model = mobilenet_v1(alpha=0.25, num_classes=3, padding="same").eval()
+    for ext, fmt in MODEL_FORMATS.items():
+        export_as(fmt, model, folder / f"seed{ext}", Preprocessing(32), labels=["a", "b", "c"])
+    return folder
 
 
 def decode_with_torchvision(path: Path) -> None:
@@ -128,6 +162,17 @@ def run_worker(target: str, start: int, stop: int, progress: Path, memory_limit_
     if TFLITE.is_file():
         data = TFLITE.read_bytes()
         seeds["tflite"] = (data, tflite_structure(data))
+    if SEEDS_ENV in os.environ:
+        seeds["models"] = {ext: (Path(os.environ[SEEDS_ENV]) / f"seed{ext}").read_bytes() for ext in MODEL_FORMATS}
+    private_tmp = folder / "tmp"  # where a package is extracted: nothing may stay there
+    private_tmp.mkdir()
+    os.environ["TMPDIR"] = str(private_tmp)
+    tempfile.tempdir = None
+    if target.startswith("model"):  # the runtimes' own caches are made once, by the seed itself
+        ext = target.removeprefix("model")
+        (folder / f"seed{ext}").write_bytes(seeds["models"][ext])
+        load_model(folder / f"seed{ext}")
+    baseline = set(private_tmp.iterdir())
     if memory_limit_gb > 0:  # a case that allocates more fails (MemoryError: an "other exception")
         limit = int(memory_limit_gb * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
@@ -150,6 +195,14 @@ def run_worker(target: str, start: int, stop: int, progress: Path, memory_limit_
             counts["hang"] += 1
         except Exception as exc:  # the bug this benchmark looks for
             counts[f"other exception: {type(exc).__name__}: {str(exc)[:80]}"] += 1
+        left = set(private_tmp.iterdir()) - baseline
+        if left:
+            counts["left files in the temporary folder"] += 1
+            for entry in left:
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink()
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         if rss > peak_kb:
             peak_kb, peak_case = rss, index
@@ -232,6 +285,9 @@ def main() -> None:
         results = json.loads(args.output.read_text())["results"]
     print("| target | cases | ok | clear error | other | hang | crash | peak MB | s |")
     print("|---|---|---|---|---|---|---|---|---|")
+    seeds = tempfile.TemporaryDirectory()
+    if any(t.startswith("model") for t in args.targets):
+        os.environ[SEEDS_ENV] = str(model_seeds(Path(seeds.name)))  # inherited by the workers
     for target in args.targets:
         if target.startswith("tflite") and not TFLITE.is_file():
             print(f"| {target} | skipped: {TFLITE} not found |")
@@ -251,6 +307,7 @@ def main() -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.output}")
+    seeds.cleanup()
 
 
 def cpu_name() -> str:
@@ -262,7 +319,7 @@ def cpu_name() -> str:
 
 def table_row(target: str, result: dict[str, Any]) -> str:
     out = result["outcomes"]
-    other = sum(v for k, v in out.items() if k.startswith(("other", "unclear", "worker")))
+    other = sum(v for k, v in out.items() if k.startswith(("other", "unclear", "worker", "left")))
     crash = sum(v for k, v in out.items() if k.startswith("crash"))
     hang = sum(v for k, v in out.items() if k.startswith("hang"))
     return (

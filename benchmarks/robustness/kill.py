@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
 from common import RESULTS, ROOT
 
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "train")]  # conftest, test_kill, test_train
 
 from test_kill import COMMON, assert_same_weights, run_killed_after, run_killed_in_save
 from test_train import make_folder, run_cli

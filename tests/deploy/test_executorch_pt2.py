@@ -17,6 +17,7 @@ from conftest import randomize_batch_norm, run_main
 
 from mobilenet_v1 import mobilenet_v1
 from mobilenet_v1.data.transforms import Preprocessing
+from mobilenet_v1.deploy import executorch
 from mobilenet_v1.deploy.formats import FORMATS, export_as, load_exported
 from mobilenet_v1.deploy.pt2 import BF16_TOLERANCE, GemmForm
 from mobilenet_v1.weights import save_safetensors
@@ -157,15 +158,19 @@ def test_cli_pt2_export_then_eval_and_predict(tiny_checkpoint, val_folder, tmp_p
         x = torch.randn(batch, 3, RES, RES)
         with torch.no_grad():
             assert (package(x) - model(x)).abs().max() <= 1e-4
+    # a package is native code: without the opt-in it is refused in one line, nothing run
+    code, stdout, err = _cli(["eval", str(val_folder), "--workers", "0", "--model", str(out)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--trust-native-code" in err, err
+    trusted = ["--model", str(out), "--trust-native-code"]
     results = []
-    for source in (["--model", str(out)], ["--weights", str(tiny_checkpoint)]):
+    for source in (trusted, ["--weights", str(tiny_checkpoint)]):
         code, stdout, err = _cli(["eval", str(val_folder), "--json", "--workers", "0", *source], capsys)
         assert code == 0, err
         results.append(json.loads(stdout.strip().splitlines()[-1]))
     assert results[0]["top1"] == results[1]["top1"] and results[0]["per_class"] == results[1]["per_class"]
     image = str(next(val_folder.glob("ant/*.jpg")))
     predictions = []
-    for source in (["--model", str(out)], ["--weights", str(tiny_checkpoint)]):
+    for source in (trusted, ["--weights", str(tiny_checkpoint)]):
         code, stdout, err = _cli(["predict", image, "--json", "--topk", "3", *source], capsys)
         assert code == 0, err
         predictions.append(json.loads(stdout)["predictions"][image])
@@ -178,7 +183,7 @@ def test_pt2_bf16_package(tmp_path):
     model = _tiny()
     report = export_as("pt2-bf16", model, tmp_path / "b.pt2", Preprocessing(RES), labels=LABELS)
     assert report.format == "pt2-bf16" and report.top1_agreement >= 0.75
-    runtime, info = load_exported(tmp_path / "b.pt2")
+    runtime, info = load_exported(tmp_path / "b.pt2", trust_native_code=True)
     x = torch.randn(3, 3, RES, RES)
     with torch.no_grad():
         ref = model(x)
@@ -200,7 +205,7 @@ def _bad_files(tmp_path):
         archive.writestr("readme.txt", "hello")
     return {
         garbage: "no 'ET12' file identifier",
-        fake_header: "cannot load ExecuTorch program",
+        fake_header: "no integrity seal",
         not_zip: "not a pt2 package",
         empty_zip: "no compiled model inside",
         tmp_path / "model.bin": "must end in .onnx, .tflite, .pte, .pt2",
@@ -263,3 +268,20 @@ def test_every_format_has_a_runtime():
     assert set(FORMATS.values()) == {".onnx", ".tflite", ".pte", ".pt2"}
     with pytest.raises(ValueError, match="unknown fmt='coreml'"):
         export_as("coreml", _tiny(), "m.mlmodel", Preprocessing(RES))
+
+
+def test_a_program_damaged_after_export_is_refused_by_its_seal(tmp_path, capsys):
+    """Every byte of an exported program is covered by the sha256 the export appends: a
+    flipped bit (which can abort the runtime inside its Python bindings) or a cut is one
+    line, before the runtime parses anything."""
+    path = tmp_path / "m.pte"
+    export_as("executorch", _tiny(), path, Preprocessing(RES), labels=LABELS)
+    data = path.read_bytes()
+    for name, damaged, needle in (
+        ("flipped.pte", data[:1000] + bytes([data[1000] ^ 0x40]) + data[1001:], "its sha256 does not match the seal"),
+        ("unsealed.pte", data[: -len(executorch.SEAL) - 32], "no integrity seal"),
+        ("cut.pte", data[: len(data) // 2], "no integrity seal"),
+    ):
+        (tmp_path / name).write_bytes(damaged)
+        with pytest.raises(ValueError, match=needle):
+            load_exported(tmp_path / name)

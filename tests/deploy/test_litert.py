@@ -204,3 +204,16 @@ def test_cli_eval_model_tflite_matches_int8_exact(shared_data, tmp_path, capsys)
         assert code == 0, captured.err
         results.append(json.loads(captured.out.strip().splitlines()[-1]))
     assert results[0]["top1"] == results[1]["top1"] and results[0]["per_class"] == results[1]["per_class"]
+
+
+def test_one_model_from_eight_threads_gives_the_sequential_results(shared_data):
+    """LiteRT's interpreter is not thread-safe; the wrapper serializes its calls."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = LiteRTModel(shared_data / "pretrained" / "mobilenet_v1_0.25_128_quant.tflite")
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, 256, (3, 3, 128, 128), dtype=torch.uint8, generator=gen) for _ in range(16)]
+    expected = [model(batch) for batch in batches]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(model, batches))
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))

@@ -45,6 +45,7 @@ FLAGS = {
     "sync_bn": "--sync-bn",
     "device": "--device",
     "resume": "--resume",
+    "trust_native_code": "--trust-native-code",
 }
 _PARAMETER = re.compile(r"\b(" + "|".join(FLAGS) + r")=('[^']*'|[^\s,;:)]+)")
 

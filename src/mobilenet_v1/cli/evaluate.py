@@ -11,7 +11,7 @@ from ..classify import Classifier
 from ..measure.evaluate import EvalResult, evaluate_folder
 from ..weights import MobileNetV1Weights, read_wnids
 from . import args as types
-from .predict import INT8_HELP, MODEL_HELP, WEIGHTS_HELP, from_model
+from .predict import INT8_HELP, MODEL_HELP, TRUST_HELP, WEIGHTS_HELP, from_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--confusion", metavar="PNG", help="save the confusion matrix")
     p.add_argument("--json", action="store_true", help="print one JSON object with top1, top5, ...")
     p.add_argument("--int8-exact", action="store_true", help=INT8_HELP)
+    p.add_argument("--trust-native-code", action="store_true", help=TRUST_HELP)
     p.set_defaults(func=run)
 
 
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     if args.model:
-        classifier = from_model(args.model, args.int8_exact)
+        classifier = from_model(args.model, args.int8_exact, args.trust_native_code)
         args.weights = str(args.model)  # reported in place of the weights
     else:
         classifier = Classifier.from_weights(args.weights, int8_exact=args.int8_exact)

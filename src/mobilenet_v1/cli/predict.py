@@ -17,6 +17,10 @@ from . import args as types
 
 WEIGHTS_HELP = "Google's model name, an enum name, or a .tflite/.safetensors file (default: %(default)s)"
 MODEL_HELP = "an exported .onnx, .tflite, .pte or .pt2 file, run by its runtime with its preprocessing"
+TRUST_HELP = (
+    "load a .pt2 package: it is native code that loading runs with your rights, "
+    "so only from a source you trust (.onnx, .tflite and .pte files are data)"
+)
 INT8_HELP = "run Google's uint8 model with TFLite's integer arithmetic (byte-identical to LiteRT's default CPU path)"
 
 
@@ -29,11 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", metavar="PNG", help="save each image beside a bar chart of its top-k")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--int8-exact", action="store_true", help=INT8_HELP)
+    p.add_argument("--trust-native-code", action="store_true", help=TRUST_HELP)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    classifier = from_model(args.model, args.int8_exact) if args.model else None
+    classifier = from_model(args.model, args.int8_exact, args.trust_native_code) if args.model else None
     classifier = classifier or Classifier.from_weights(args.weights, int8_exact=args.int8_exact)
     used = f"model {args.model}" if args.model else f"weights {args.weights}" + (" (int8-exact)" * args.int8_exact)
     images = [load_image(path) for path in args.images]  # every file is checked before any work
@@ -58,12 +63,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def from_model(path: Path, int8_exact: bool) -> Classifier:
+def from_model(path: Path, int8_exact: bool, trust_native_code: bool = False) -> Classifier:
     """The classifier of an exported file, run by its runtime (``--model``, in place of ``--weights``)."""
     from ..deploy.formats import load_exported
 
     if int8_exact:
         raise ValueError("--int8-exact runs Google's interpreter arithmetic; it does not apply to --model")
-    model, info = load_exported(path)
+    model, info = load_exported(path, trust_native_code=trust_native_code)
     uint8 = getattr(model, "uint8", False)  # a uint8 .tflite takes the uint8 crops
     return Classifier(model, info.preprocessing, info.classes, info.ignore, uint8=uint8)

@@ -13,15 +13,17 @@ ReLU6 quantized as one op (:func:`_annotate_activations`).
 The labels and preprocessing travel inside the program, as a constant method
 (``mobilenet_v1_metadata``, returning :func:`~.common.metadata_props` as JSON) that the
 runtime can call without running the network. The file is untrusted input when read:
-bounded size, ExecuTorch's identifier checked before the runtime sees it, the metadata
-checked as every format's is (:func:`~.common.check_metadata`), and the runtime's own log
-lines kept off the terminal (one line per error).
+bounded size, ExecuTorch's identifier and the seal the export appends (the program's
+sha256, :func:`seal`) checked before the runtime sees it, the metadata checked as every
+format's is (:func:`~.common.check_metadata`), and the runtime's own log lines kept off
+the terminal (one line per error).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -56,6 +58,7 @@ __all__ = ["ExecuTorchModel", "export_executorch", "load_executorch"]
 
 METADATA_METHOD = "mobilenet_v1_metadata"
 MAX_PTE_BYTES = 256 << 20  # a 1.0/224 float32 program is ~17 MB
+SEAL = b"mobilenet_v1.sha256"  # after the program: this marker, then the program's sha256
 # what a fully delegated graph may call outside XNNPACK: the delegate, and reshapes of a dynamic batch
 OUTSIDE_OPS = ("executorch_call_delegate", "getitem", "sym_size", "view_copy")
 MAX_BATCH = 16  # the runtime plans its memory for the largest batch; larger batches run in chunks
@@ -195,7 +198,7 @@ def export_executorch(
     buffer = _lower(module, res, meta)
     with atomic_write(path) as tmp:
         with open(tmp, "wb") as f:
-            f.write(buffer)
+            f.write(seal(buffer))
         diff, agree = compare_with_torch(ExecuTorchModel(tmp, metadata=False), folded, inputs)
         if not int8 and not diff <= FP32_TOLERANCE:
             raise ValueError(f"exported program differs from PyTorch: max |logit diff| {diff:.3g} > {FP32_TOLERANCE:g}")
@@ -234,8 +237,31 @@ def _runtime_log() -> Iterator[list[str]]:
             lines += [line.strip() for line in text.splitlines() if line.strip()]
 
 
+def seal(program: bytes) -> bytes:
+    """The program followed by :data:`SEAL` and its sha256: what an exported ``.pte`` holds.
+
+    ExecuTorch ignores bytes after a program; the loader checks them (:func:`unseal`), so
+    a file that was damaged after export (a flipped bit, a cut) is refused in one line
+    before the runtime parses it. The runtime is not hardened against such input: a
+    corrupt XNNPACK payload can make it log bytes that are not UTF-8, which aborts the
+    process inside its Python bindings."""
+    return program + SEAL + hashlib.sha256(program).digest()
+
+
+def unseal(path: Path, data: bytes) -> bytes:
+    """The program inside ``data``, if its seal is intact, else a one-line ``ValueError``."""
+    body, marker, digest = data[: -len(SEAL) - 32], data[-len(SEAL) - 32 : -32], data[-32:]
+    if len(data) < len(SEAL) + 32 or marker != SEAL:
+        raise ValueError(
+            f"{path}: no integrity seal (exported by another tool or an older mobilenet-v1? export it again)"
+        )
+    if hashlib.sha256(body).digest() != digest:
+        raise ValueError(f"{path}: corrupt ExecuTorch program (its sha256 does not match the seal)")
+    return body
+
+
 def _load_program(path: Path) -> Any:
-    data = read_bounded(path, "ExecuTorch program", MAX_PTE_BYTES, b"ET12")
+    data = unseal(path, read_bounded(path, "ExecuTorch program", MAX_PTE_BYTES, b"ET12"))
     runtime = _require("executorch.runtime")
     with _runtime_log() as log:
         try:

@@ -100,9 +100,12 @@ def export_as(
     return export_pt2(model, path, preprocessing, labels=labels, dtype=dtype)
 
 
-def load_exported(path: str | Path, threads: int = 2) -> tuple[Callable[[torch.Tensor], torch.Tensor], LoadedWeights]:
+def load_exported(
+    path: str | Path, threads: int = 2, *, trust_native_code: bool = False
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], LoadedWeights]:
     """``(model, info)`` of an exported file, as ``weights.load_weights`` gives for a
-    checkpoint; an unknown suffix is a ``ValueError`` naming the ones known."""
+    checkpoint; an unknown suffix is a ``ValueError`` naming the ones known. A ``.pt2`` is
+    native code that loading runs: it loads only with ``trust_native_code=True``."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".onnx":
@@ -120,5 +123,5 @@ def load_exported(path: str | Path, threads: int = 2) -> tuple[Callable[[torch.T
     if suffix == ".pt2":
         from .pt2 import load_pt2
 
-        return load_pt2(path, threads)
+        return load_pt2(path, threads, trust_native_code=trust_native_code)
     raise ValueError(f"cannot tell the runtime of {path}: the file name must end in {', '.join(SUFFIXES)}")

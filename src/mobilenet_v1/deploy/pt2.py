@@ -18,15 +18,27 @@ equivalent *GEMM form* of the folded network (:class:`GemmForm`), laid out NHWC:
 docs/deployment.md measures this against the convolution form, freezing,
 channels_last and max-autotune. The batch is dynamic; the height and width are the
 preprocessing's. The labels and preprocessing travel inside the compiled library
-(AOTInductor's ``aot_inductor.metadata``). A ``.pt2`` holds a native shared library that
-loading runs: load only packages you trust.
+(AOTInductor's ``aot_inductor.metadata``).
+
+A ``.pt2`` holds a native shared library that loading runs, with the rights of the user:
+it is code, not data, so loading one is an explicit opt-in (``trust_native_code=True``,
+``--trust-native-code`` on the command line), refused in one line without it. Before
+PyTorch's loader sees a package, the archive itself is checked as untrusted input (its size,
+no absolute, ``..``, symlink or duplicate entries, every CRC, a bounded unpacked size), and
+PyTorch extracts it into a private folder that is removed on every exit path.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import stat
+import tempfile
 import zipfile
-from collections.abc import Sequence
-from pathlib import Path
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path, PurePosixPath
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +47,7 @@ from torch import nn
 from ..data.transforms import Preprocessing
 from ..files import atomic_write
 from ..model import Conv2dSame, ConvBNAct, MobileNetV1, same_padding
+from ..untrusted import printable
 from ..weights import LoadedWeights
 from .common import (
     FP32_TOLERANCE,
@@ -53,6 +66,8 @@ __all__ = ["BF16_TOLERANCE", "DTYPES", "GemmForm", "Pt2Model", "export_pt2", "lo
 DTYPES = {"pt2": torch.float32, "pt2-bf16": torch.bfloat16}  # format -> dtype
 BF16_TOLERANCE = 0.05  # max |logit diff| / max |logit|: bfloat16 keeps 8 bits of mantissa per layer
 MAX_PT2_BYTES = 256 << 20  # a 1.0/224 float32 package is ~20 MB
+MAX_UNPACKED_BYTES = 1 << 30  # what extraction may write; a 1.0/224 float32 package unpacks to ~40 MB
+MAX_ENTRIES = 4096  # an AOTInductor package holds a few dozen files
 
 
 class _GemmLayer(nn.Module):
@@ -152,7 +167,8 @@ def export_pt2(
     meta = metadata_props(preprocessing, labels, reference.config, fmt)
     with atomic_write(path) as tmp:
         _compile(form, tmp, res, meta)
-        diff, agree = compare_with_torch(Pt2Model(tmp, metadata=False), reference, inputs)
+        package = Pt2Model(tmp, metadata=False, trust_native_code=True)  # compiled here, just now
+        diff, agree = compare_with_torch(package, reference, inputs)
         with torch.no_grad():
             limit = FP32_TOLERANCE if fmt == "pt2" else BF16_TOLERANCE * float(reference(inputs).abs().max())
         if not diff <= limit:
@@ -162,7 +178,9 @@ def export_pt2(
 
 
 def _check_package(path: Path) -> None:
-    """A readable zip of bounded size holding an AOTInductor model, else one line."""
+    """A bounded, sound zip archive holding an AOTInductor model, else one line: nothing in
+    it may be written outside the folder it is extracted to, or beyond a bounded size, and
+    every entry must match its CRC (a flipped bit in the library is refused, not run)."""
     if not path.is_file():
         raise FileNotFoundError(f"pt2 package not found: {path}")
     size = path.stat().st_size
@@ -170,11 +188,62 @@ def _check_package(path: Path) -> None:
         raise ValueError(f"{path}: {size} bytes, more than the {MAX_PT2_BYTES} a MobileNet V1 package can be")
     try:
         with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+            entries = archive.infolist()
+            _check_entries(path, entries)
+            bad = archive.testzip()  # reads every entry: bounded by the unpacked size checked above
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError, RuntimeError) as exc:
+        # (RuntimeError: an encrypted entry; NotImplementedError: an unknown compression)
         raise ValueError(f"{path}: not a pt2 package (not a readable zip archive: {type(exc).__name__})") from None
-    if not any("/data/aotinductor/" in n and n.endswith(".so") for n in names):
+    if bad is not None:
+        raise ValueError(f"{path}: entry {printable(bad)!r} is corrupt (its CRC does not match)")
+    if not any("/data/aotinductor/" in e.filename and e.filename.endswith(".so") for e in entries):
         raise ValueError(f"{path}: not an AOTInductor package (no compiled model inside)")
+
+
+def _check_entries(path: Path, entries: list[zipfile.ZipInfo]) -> None:
+    """No entry that extraction would write outside its folder, twice, as a link, or past
+    :data:`MAX_UNPACKED_BYTES` in all; at most :data:`MAX_ENTRIES` of them."""
+    if len(entries) > MAX_ENTRIES:
+        raise ValueError(f"{path}: {len(entries)} entries, more than the {MAX_ENTRIES} a package holds")
+    seen: set[str] = set()
+    total = 0
+    for entry in entries:
+        name = entry.filename
+        parts = PurePosixPath(name).parts
+        if not parts or name.startswith("/") or "\\" in name or "\0" in name or ":" in name or ".." in parts:
+            raise ValueError(f"{path}: entry {printable(name)!r} would be written outside the extraction folder")
+        if stat.S_ISLNK(entry.external_attr >> 16):
+            raise ValueError(f"{path}: entry {printable(name)!r} is a symbolic link")
+        if name in seen:
+            raise ValueError(f"{path}: entry {printable(name)!r} appears twice")
+        seen.add(name)
+        total += entry.file_size
+        if total > MAX_UNPACKED_BYTES:
+            raise ValueError(f"{path}: unpacks to more than {MAX_UNPACKED_BYTES} bytes (a zip bomb?)")
+
+
+@contextlib.contextmanager
+def _private_extraction() -> Iterator[None]:
+    """PyTorch's loader extracts a package under the temporary folder (``TMPDIR``) and does
+    not remove what a failed load leaves: give it a private folder, removed on every exit
+    path (the loaded library stays mapped once its file is gone), and keep PyTorch's log
+    lines ("Loading outdated pt2 file" on the way to a one-line error, "No CUDA runtime is
+    found" as it imports its extension tools) off the terminal."""
+    logs = [logging.getLogger(name) for name in ("torch._inductor.package.package", "torch.utils.cpp_extension")]
+    levels, previous = [log.level for log in logs], os.environ.get("TMPDIR")
+    with tempfile.TemporaryDirectory(prefix="mobilenet-v1-pt2-") as folder:
+        os.environ["TMPDIR"] = folder
+        for log in logs:
+            log.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for log, level in zip(logs, levels, strict=True):
+                log.setLevel(level)
+            if previous is None:
+                del os.environ["TMPDIR"]
+            else:
+                os.environ["TMPDIR"] = previous
 
 
 class Pt2Model:
@@ -182,17 +251,28 @@ class Pt2Model:
     :class:`~mobilenet_v1.deploy.onnx.OnnxModel` is for ONNX Runtime. ``threads`` sets
     PyTorch's intra-op threads (the package runs on them). The compiled model is called
     directly (``boxed_run``): ``aoti_load_package``'s wrapper re-parses its input spec
-    on every call, a tenth of a millisecond at batch 1."""
+    on every call, a tenth of a millisecond at batch 1.
 
-    def __init__(self, path: str | Path, threads: int = 2, *, metadata: bool = True) -> None:
+    Loading runs the package's native code: without ``trust_native_code=True`` a sound
+    package is refused in one line (see the module's docstring)."""
+
+    def __init__(
+        self, path: str | Path, threads: int = 2, *, metadata: bool = True, trust_native_code: bool = False
+    ) -> None:
         self.path = Path(path)
         _check_package(self.path)
+        if trust_native_code is not True:
+            raise ValueError(
+                f"{self.path} is a pt2 package: native code that loading runs with your rights; "
+                "load it only from a source you trust, with trust_native_code=True"
+            )
         torch.set_num_threads(threads)
         try:
-            self.package = torch._inductor.aoti_load_package(str(self.path))
+            with _private_extraction():
+                self.package = torch._inductor.aoti_load_package(str(self.path))
         except (RuntimeError, ValueError, KeyError, OSError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ValueError(f"cannot load pt2 package {self.path}: {reason}") from None
+            raise ValueError(f"cannot load pt2 package {self.path}: {printable(reason)}") from None
         # the output's width is not fixed in a package: the config's num_classes says it
         self.metadata = check_metadata(dict(self.package.get_metadata()), None, self.path) if metadata else {}
 
@@ -201,7 +281,8 @@ class Pt2Model:
             return self.package.loader.boxed_run([batch.float().contiguous()])[0]
 
 
-def load_pt2(path: str | Path, threads: int = 2) -> tuple[Pt2Model, LoadedWeights]:
-    """``(model, info)`` like ``weights.load_weights``, from the package's metadata."""
-    model = Pt2Model(path, threads)
+def load_pt2(path: str | Path, threads: int = 2, *, trust_native_code: bool = False) -> tuple[Pt2Model, LoadedWeights]:
+    """``(model, info)`` like ``weights.load_weights``, from the package's metadata; loading
+    runs its native code, so ``trust_native_code=True`` must say the source is trusted."""
+    model = Pt2Model(path, threads, trust_native_code=trust_native_code)
     return model, loaded_weights(model.metadata, path)

@@ -184,7 +184,7 @@ def _exported_runner(path: Path, x: Any, threads: int, spin: bool) -> Runner:
 
     if path.suffix == ".onnx":
         return onnx_runner(path, x.numpy(), threads, spin)
-    model, _ = load_exported(path, threads)
+    model, _ = load_exported(path, threads, trust_native_code=True)  # exported by prepare, here
     return _litert_runner(model, len(x)) if getattr(model, "uint8", False) else lambda: model(x)
 
 

@@ -139,7 +139,7 @@ def _predictor(
 
     path = workdir / f"{runtime}{FORMATS[runtime]}"
     export_as(runtime, model, path, preset, calibration=calibration)
-    return load_exported(path, threads)[0]
+    return load_exported(path, threads, trust_native_code=True)[0]  # exported just now, here
 
 
 def _latency(predict: Predictor, resolution: int, runs: int) -> tuple[float, float]:
