@@ -39,6 +39,7 @@ from mobilenet_v1.data.images import list_images
 from mobilenet_v1.files import write_text
 from mobilenet_v1.measure.evaluate import evaluate_folder
 from mobilenet_v1.train.checkpoint import LAST
+from mobilenet_v1.untrusted import parse_json
 
 RESULTS = RESULTS / "paper_tables.json"
 DOC = ROOT / "docs" / "paper.md"
@@ -167,10 +168,45 @@ def train_and_evaluate(run: dict[str, Any], data: Path, work: Path, extra: list[
     }
 
 
+# the fields of a run in the results file and what each must be (the report reads them all)
+RUN_FIELDS: dict[str, tuple[type, ...]] = {
+    "plan": (str,),
+    "table": (str,),
+    "trained_for_table": (str,),
+    "variant": (str,),
+    "alpha": (int, float),
+    "resolution": (int,),
+    "seed": (int,),
+    "epochs": (int,),
+    "top1": (int, float),
+    "wall_seconds": (int, float),
+}
+
+
 def load_results(path: Path) -> list[dict[str, Any]]:
+    """The runs recorded in ``path`` ([] when there is no file yet). The file is read as
+    untrusted input: bounded JSON, and every run's fields of the types the report needs;
+    anything else is one ``ValueError`` naming the file and the first bad entry."""
     if not path.is_file():
         return []
-    return json.loads(path.read_text(encoding="utf-8"))["runs"]
+    data = parse_json(path.read_bytes(), what=str(path), max_bytes=16 << 20, max_depth=6)
+    runs = data.get("runs") if isinstance(data, dict) else None
+    if not isinstance(runs, list):
+        raise ValueError(f"{path}: expected a JSON object with a list of 'runs'")
+    for index, run in enumerate(runs):
+        if not isinstance(run, dict):
+            raise ValueError(f"{path}: run {index} is not a JSON object")
+        for key, types in RUN_FIELDS.items():
+            value = run.get(key)
+            if isinstance(value, bool) or not isinstance(value, types):
+                raise ValueError(f"{path}: run {index}: {key!r} must be a {types[0].__name__}, got {value!r:.40}")
+        if run["variant"] not in ("standard", "full-conv", "shallow") or not 0 <= run["top1"] <= 100:
+            raise ValueError(
+                f"{path}: run {index}: variant {run['variant']!r:.40} or top1 {run['top1']!r} out of range"
+            )
+        if run["epochs"] < 1 or run["wall_seconds"] < 0 or not 0 < run["alpha"] <= 4 or not 32 <= run["resolution"]:
+            raise ValueError(f"{path}: run {index}: epochs, wall_seconds, alpha or resolution out of range")
+    return runs
 
 
 def save_result(path: Path, record: dict[str, Any]) -> None:

@@ -6,7 +6,7 @@ its runtime), the preprocessing the weights expect, their class names, and the o
 never to predict (Google's output 0, "background"). ``mobilenet-v1 predict`` and
 ``mobilenet-v1 eval`` both run through it.
 
-May import: ``data``, ``weights``.
+May import: ``data``, ``weights``, ``untrusted``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from torchvision.transforms import v2
 
 from .data.images import to_image
 from .data.transforms import Preprocessing, eval_transform
+from .untrusted import printable
 from .weights import MobileNetV1Weights, load_weights
 from .weights.google_tflite.int8 import load_int8
 
@@ -47,7 +48,9 @@ class Classifier:
 
     ``uint8`` marks the integer-exact model: it takes uint8 crops and returns TFLite's
     uint8 softmax (probability ``q / 256``); any other model takes the float input of
-    ``preprocessing`` and returns logits.
+    ``preprocessing`` and returns logits. Whatever the model returns is checked before it
+    is ranked (a file's model may be anything): one row per image, one finite score per
+    class; ``source`` names the model in those errors.
     """
 
     model: Callable[[torch.Tensor], torch.Tensor]
@@ -55,13 +58,25 @@ class Classifier:
     classes: list[str]
     ignore: tuple[int, ...] = ()
     uint8: bool = False
+    source: str = "the model"
+
+    def __post_init__(self) -> None:
+        if not self.classes or not all(isinstance(c, str) for c in self.classes):
+            raise ValueError(f"classes must be a non-empty list of names, got {self.classes!r}")
+        bad = [
+            i for i in self.ignore if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(self.classes)
+        ]
+        if bad:
+            raise ValueError(f"ignore must hold class indices in [0, {len(self.classes)}), got {bad[0]!r}")
+        if len(set(self.ignore)) >= len(self.classes):
+            raise ValueError("ignore leaves no class to predict")
 
     @classmethod
     def from_weights(cls, spec: str | Path | MobileNetV1Weights, *, int8_exact: bool = False) -> Classifier:
         """Google's weights or a checkpoint (anything ``load_weights`` takes); with
         ``int8_exact``, Google's quantized model under TFLite's integer arithmetic."""
         model, info = load_int8(spec) if int8_exact else load_weights(spec)
-        return cls(model, info.preprocessing, info.classes, info.ignore, uint8=int8_exact)
+        return cls(model, info.preprocessing, info.classes, info.ignore, uint8=int8_exact, source=str(spec))
 
     @property
     def transform(self) -> v2.Compose:
@@ -72,10 +87,28 @@ class Classifier:
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """Class probabilities of a transformed batch; ignored outputs get -1 (a uint8
         softmax can give 0, so they could otherwise still rank)."""
-        out = self.model(batch)
+        out = self.scores(batch)
         probs = out / 256.0 if self.uint8 else torch.softmax(out.float(), dim=1)
         probs[:, list(self.ignore)] = -1.0
         return probs
+
+    @torch.inference_mode()
+    def scores(self, batch: torch.Tensor) -> torch.Tensor:
+        """The model's raw outputs for a transformed batch, once checked: one finite score
+        per class for each image (else a one-line ``ValueError`` naming the model)."""
+        out, count = self.model(batch), len(batch)
+        expected = (count, len(self.classes))
+        if not isinstance(out, torch.Tensor):
+            raise ValueError(f"{printable(self.source)} returned a {type(out).__name__}, not a tensor of scores")
+        if tuple(out.shape) != expected:
+            raise ValueError(
+                f"{printable(self.source)} returned scores of shape {tuple(out.shape)} for {count} image(s); "
+                f"expected {expected}: one score for each of its {len(self.classes)} classes"
+            )
+        if out.is_floating_point() and not bool(torch.isfinite(out).all()):
+            bad = int((~torch.isfinite(out)).any(dim=1).sum())
+            raise ValueError(f"{printable(self.source)} returned NaN or infinite scores for {bad} of {count} image(s)")
+        return out
 
     def top(self, batch: torch.Tensor, k: int = 5) -> list[Prediction]:
         """The ``k`` most probable classes of each image of a transformed batch."""

@@ -159,6 +159,9 @@ def mobilenet_v1_backbone(
     trained with this project): pass them to the detector, whose defaults are ImageNet's.
     ``feature_info`` lists the levels it returns.
     """
+    for name, flag in (("fpn", fpn), ("frozen_bn", frozen_bn)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name} must be True or False, got {flag!r}")
     if isinstance(trainable_layers, bool) or not isinstance(trainable_layers, int):
         raise ValueError(f"trainable_layers must be an integer, got {trainable_layers!r}")
     if isinstance(out_channels, bool) or not isinstance(out_channels, int) or out_channels < 1:

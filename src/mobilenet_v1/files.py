@@ -21,11 +21,19 @@ import contextlib
 import errno
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "check_writable", "create_exclusive", "save_figure", "write_error", "write_text"]
+__all__ = [
+    "atomic_write",
+    "check_not_input",
+    "check_writable",
+    "create_exclusive",
+    "save_figure",
+    "write_error",
+    "write_text",
+]
 
 
 def check_writable(path: str | Path) -> Path:
@@ -41,6 +49,23 @@ def check_writable(path: str | Path) -> Path:
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise PermissionError(f"output path is not writable: {path}")
     return path
+
+
+def check_not_input(output: str | Path, inputs: Iterable[str | Path | None]) -> None:
+    """Refuse, before any work, an ``output`` that is one of ``inputs`` (the same file under
+    any name: a link, ``..``, a hard link) or lies inside an input folder: writing it would
+    destroy the input, or add a file that the next read of the folder takes for data.
+    Inputs that do not exist as paths (a weights name, ``None``) are skipped."""
+    out = Path(output)
+    resolved = out.resolve()
+    for item in inputs:
+        if item is None or not Path(item).exists():
+            continue
+        source = Path(item).resolve()
+        if resolved == source or (out.exists() and os.path.samefile(out, source)):
+            raise ValueError(f"output {out} is the input {item}: writing it would destroy the input")
+        if source.is_dir() and source in resolved.parents:
+            raise ValueError(f"output {out} is inside the input folder {item}: choose a path outside it")
 
 
 def _umask() -> int:
@@ -92,7 +117,9 @@ def atomic_write(path: str | Path, *, make_parents: bool = False) -> Iterator[Pa
     check_writable(path)
     tmp: Path | None = None
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent)
+        # a short prefix: the temporary name must fit where any valid target name fits (255 bytes)
+        stem = os.fsdecode(os.fsencode(path.stem)[:64])
+        fd, name = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".partial{path.suffix[:16]}", dir=path.parent)
         os.close(fd)
         tmp = Path(name)
         yield tmp

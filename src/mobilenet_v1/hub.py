@@ -307,7 +307,7 @@ def _checked_cfg(where: Path, cfg: dict[str, Any], num_classes: int) -> dict[str
             out[key] = tuple(float(v) for v in value)
     labels = cfg.get("label_names")
     if isinstance(labels, list) and len(labels) == num_classes and all(isinstance(c, str) for c in labels):
-        out["label_names"] = [printable(c) for c in labels]
+        out["label_names"] = list(labels)  # printed through printable() where they are shown
     elif labels is not None:
         raise ValueError(f"{where}: 'label_names' must be {num_classes} strings")
     return out

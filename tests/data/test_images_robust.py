@@ -444,7 +444,7 @@ def cli(tmp_path_factory):
         ("bomb.png", "100000x100000 is 10000000000 pixels"),
         ("tall.png", "1x51 has an aspect ratio of 51:1"),
         ("huge.jpg", "1073741824 bytes, more than the 268435456 allowed"),
-        ("samples.tiff", "not a JPEG/PNG/GIF/BMP/WebP/TIFF file (unknown format or corrupt header)"),
+        ("samples.tiff", "not a JPEG/PNG/GIF/BMP/WebP/TIFF/HEIC/AVIF file (unknown format or corrupt header)"),
         ("fifo.jpg", "(a FIFO, not a file)"),
         ("folder.jpg", "(a folder, not a file)"),
         ("nameless_frame.jpg", "truncated or corrupt JPEG (no frame header)"),

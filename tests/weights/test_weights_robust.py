@@ -223,9 +223,11 @@ def test_valid_file_still_loads_exactly_and_trains(f):
     assert info.classes == ["a", "b", "c"] and info.preprocessing == Preprocessing(32)
 
 
-def test_class_names_from_a_file_are_printable(f, capsys):
+def test_class_names_from_a_file_are_kept_and_printed_printable(f, capsys):
+    """Class names stay as they are (a folder's name that is not UTF-8 must match its
+    folder); everything the CLI prints of them is made printable."""
     _, info = load_safetensors(f.d / "controls.safetensors")
-    assert info.classes[0] == printable("red" + CONTROLS) and all(c.isprintable() for c in info.classes)
+    assert info.classes[0] == "red" + CONTROLS
     assert all(v.isprintable() for v in info.metadata.values())
     code = main(["predict", str(f.d / "good.jpg"), "--weights", str(f.d / "controls.safetensors"), "--topk", "3"])
     out = capsys.readouterr().out
@@ -413,7 +415,7 @@ def test_onnx_metadata_strings_are_printable(onnx_files):
     from mobilenet_v1.deploy.onnx import load_onnx, read_metadata
 
     _, info = load_onnx(onnx_files / "controls.onnx")
-    assert info.classes[0] == printable("a" + CONTROLS) and all(c.isprintable() for c in info.classes)
+    assert info.classes[0] == "a" + CONTROLS  # kept as they are; printed through printable()
     meta = read_metadata(onnx_files / "controls.onnx")
     assert meta["format"] == "fp32\\x1b[2J"
     assert all(v.isprintable() for v in info.metadata.values())

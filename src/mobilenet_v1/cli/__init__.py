@@ -23,6 +23,7 @@ May import: ``config``, ``cost``, ``classify``, ``data``, ``weights``, ``train``
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import sys
 import tempfile
@@ -68,6 +69,9 @@ def build_parser() -> Parser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # PyTorch logs "No CUDA runtime is found" as it imports its extension tools (compiling
+    # and loading packages): not ours to print beside the CLI's lines
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
         return int(args.func(args) or 0)
     except (ValueError, OSError) as exc:
@@ -80,11 +84,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except (MemoryError, torch.OutOfMemoryError) as exc:
-        detail = one_line(exc)
-        print(f"{PROG}: error: out of memory{f' ({detail})' if detail else ''}", file=sys.stderr)
-        return 2
+        return _out_of_memory(exc)
+    except RuntimeError as exc:
+        # PyTorch's CPU allocator reports a failed allocation as a RuntimeError
+        return _out_of_memory(exc) if "can't allocate memory" in str(exc) else _unexpected(exc)
     except Exception as exc:
         return _unexpected(exc)
+
+
+def _out_of_memory(exc: BaseException) -> int:
+    detail = one_line(exc)
+    print(f"{PROG}: error: out of memory{f' ({detail})' if detail else ''}", file=sys.stderr)
+    return 2
 
 
 def one_line(message: object) -> str:

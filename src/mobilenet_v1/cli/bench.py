@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..deploy.quantize import calibration_files
-    from ..files import check_writable, write_text
+    from ..files import check_not_input, check_writable, write_text
     from ..measure.bench import run_config
     from ..measure.subjects import prepare
 
@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--runs must be at least 10 (10 interleaved rounds), got {args.runs}")
     if args.json:
         check_writable(args.json)
+        check_not_input(args.json, [args.calibration, *args.weights])
     files = calibration_files(args.calibration, args.calibration_images)
     results = []
     with tempfile.TemporaryDirectory() as tmp:

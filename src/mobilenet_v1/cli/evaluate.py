@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 from ..classify import Classifier
+from ..files import check_not_input, check_writable
 from ..measure.evaluate import EvalResult, evaluate_folder
+from ..untrusted import printable
 from ..weights import MobileNetV1Weights, read_wnids
 from . import args as types
 from .predict import INT8_HELP, MODEL_HELP, TRUST_HELP, WEIGHTS_HELP, from_model
@@ -39,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    if args.confusion:  # a figure inside DIR would be counted as an image by the next eval
+        check_writable(args.confusion)
+        check_not_input(args.confusion, [args.dir, args.weights, args.model, args.wnids])
     if args.model:
         classifier = from_model(args.model, args.int8_exact, args.trust_native_code)
         args.weights = str(args.model)  # reported in place of the weights
@@ -61,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def format_result(result: EvalResult, weights: str) -> str:
-    lines = [f"{weights}: top-1 {result.top1:.2f}%  top-5 {result.top5:.2f}%  ({result.count} images)"]
+    lines = [f"{printable(weights)}: top-1 {result.top1:.2f}%  top-5 {result.top5:.2f}%  ({result.count} images)"]
     lines.append(f"{'class':<30} {'top-1':>7}")
-    lines += [f"{name:<30} {acc:>6.2f}%" for name, acc in result.per_class.items()]
+    lines += [f"{printable(name):<30} {acc:>6.2f}%" for name, acc in result.per_class.items()]
     return "\n".join(lines)

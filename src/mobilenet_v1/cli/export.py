@@ -75,11 +75,12 @@ def check_options(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..deploy.formats import export_as
     from ..deploy.quantize import calibration_files, int8_grids, load_batch
-    from ..files import check_writable
+    from ..files import check_not_input, check_writable
     from ..weights import load_weights
 
     check_writable(args.output)  # first: a directory or a device is named as such
     check_options(args)
+    check_not_input(args.output, [args.weights, args.calibration])
     files = calibration_files(args.calibration, args.calibration_images) if args.calibration else []
     model, loaded = load_weights(args.weights)
     int8 = args.format in INT8

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from . import args as types
@@ -31,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..files import check_not_input
     from ..measure.report import markdown_table, write_report
     from ..measure.tradeoff import best_under_budget, measure_grid
 
@@ -38,7 +40,10 @@ def run(args: argparse.Namespace) -> int:
         folder = getattr(args, name)
         if folder is not None and not folder.is_dir():
             raise FileNotFoundError(f"--{name} folder not found: {folder}")
+    check_not_input(args.output, [args.data, args.calibration])
     args.output.mkdir(parents=True, exist_ok=True)
+    if not os.access(args.output, os.W_OK | os.X_OK):  # before the first configuration is measured
+        raise PermissionError(f"output folder is not writable: {args.output}")
     points = measure_grid(
         runtime=args.runtime,
         threads=args.threads,

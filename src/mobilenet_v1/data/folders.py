@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import random
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
+from ..untrusted import printable
 from .images import IMAGE_EXTENSIONS, is_skipped_name, list_images, load_image
 
 __all__ = ["DataSplit", "ImageFolder", "Sample", "find_classes", "find_samples", "load_splits"]
@@ -26,19 +28,24 @@ Sample = tuple[Path, int]
 
 @dataclass(frozen=True)
 class DataSplit:
-    """The class names and the (path, label) samples of the train and val sets."""
+    """The class names and the (path, label) samples of the train and val sets, and the
+    files of the class folders left out as not images (extension -> count)."""
 
     classes: list[str]
     train: list[Sample]
     val: list[Sample]
     source: str  # "train/val folders" or "split of one folder"
+    left_out: dict[str, int] = field(default_factory=dict)
 
 
-def find_classes(root: str | Path, min_classes: int = 2) -> dict[str, list[Path]]:
-    """Map each class sub-folder of ``root`` (sorted by name) to its image files.
+def find_classes(root: str | Path, min_classes: int = 2, left_out: Counter[str] | None = None) -> dict[str, list[Path]]:
+    """Map each class sub-folder of ``root`` (sorted by name) to its image files; empty
+    folders are no class. ``left_out``, when given, counts the other files by extension.
 
     Raises ``FileNotFoundError`` for a missing folder and ``ValueError`` when there are no
-    class folders, no images, or fewer than ``min_classes`` classes with images.
+    class folders, no images, fewer than ``min_classes`` classes with images, a class
+    folder that is a link to the data folder (or above it) or to another class folder,
+    or one holding files but no image this project reads (their types named).
     """
     root = Path(root)
     if not root.is_dir():
@@ -46,8 +53,21 @@ def find_classes(root: str | Path, min_classes: int = 2) -> dict[str, list[Path]
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not is_skipped_name(p.name))
     if not folders:
         raise ValueError(f"no class folders in {root} (expected {root}/<class>/<image> files)")
-    classes = {f.name: list_images(f) for f in folders}
-    classes = {name: files for name, files in classes.items() if files}
+    _check_distinct(root, folders)
+    classes = {}
+    for folder in folders:
+        others: Counter[str] = Counter()
+        files = list_images(folder, others)
+        if others and not files:
+            kinds = ", ".join(f"{ext} ({n})" for ext, n in others.most_common(4))
+            raise ValueError(
+                f"class folder {printable(folder)} has no images this project reads, only {kinds}; "
+                "convert them (JPEG/PNG/WebP/HEIC/AVIF/...) or move the folder out"
+            )
+        if left_out is not None:
+            left_out.update(others)
+        if files:
+            classes[folder.name] = files
     if not classes:
         raise ValueError(f"no images in {root} (looked for {', '.join(IMAGE_EXTENSIONS)})")
     if len(classes) < min_classes:
@@ -56,11 +76,27 @@ def find_classes(root: str | Path, min_classes: int = 2) -> dict[str, list[Path]
     return classes
 
 
+def _check_distinct(root: Path, folders: list[Path]) -> None:
+    """No class folder is (a link to) the data folder, a folder above it, or another class."""
+    top = root.resolve()
+    seen: dict[Path, str] = {}
+    for folder in folders:
+        real = folder.resolve()
+        if real == top or real in top.parents:
+            where = "the data folder itself" if real == top else "a folder above the data folder"
+            raise ValueError(f"class folder {printable(folder)} is a link to {where}: it would hold every image")
+        if real in seen:
+            raise ValueError(f"class folders {printable(seen[real])!r} and {printable(folder.name)!r} are one folder")
+        seen[real] = folder.name
+
+
 def _split_one_folder(root: Path, val_fraction: float, split_seed: int) -> DataSplit:
-    """Stratified split: each class keeps ``val_fraction`` of its images (at least one)."""
+    """Stratified split: each class keeps ``val_fraction`` of its images (at least one),
+    and at least one image to train on."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
-    found = find_classes(root)
+    left_out: Counter[str] = Counter()
+    found = find_classes(root, left_out=left_out)
     classes = list(found)
     train: list[Sample] = []
     val: list[Sample] = []
@@ -68,10 +104,11 @@ def _split_one_folder(root: Path, val_fraction: float, split_seed: int) -> DataS
     for label, name in enumerate(classes):
         files = list(found[name])
         rng.shuffle(files)
-        n_val = max(1, round(len(files) * val_fraction)) if len(files) > 1 else 0
+        n_val = min(max(1, round(len(files) * val_fraction)), len(files) - 1)
         val += [(p, label) for p in sorted(files[:n_val])]
         train += [(p, label) for p in sorted(files[n_val:])]
-    return DataSplit(classes, train, val, f"split of one folder (val {val_fraction:g}, seed {split_seed})")
+    source = f"split of one folder (val {val_fraction:g}, seed {split_seed})"
+    return DataSplit(classes, train, val, source, dict(left_out))
 
 
 def load_splits(root: str | Path, *, val_fraction: float = 0.1, split_seed: int = 0) -> DataSplit:
@@ -83,8 +120,9 @@ def load_splits(root: str | Path, *, val_fraction: float = 0.1, split_seed: int 
         return _split_one_folder(root, val_fraction, split_seed)
     if not (root / "val").is_dir():
         return _split_one_folder(root / "train", val_fraction, split_seed)
-    train_found = find_classes(root / "train")
-    val_found = find_classes(root / "val", min_classes=1)
+    left_out: Counter[str] = Counter()
+    train_found = find_classes(root / "train", left_out=left_out)
+    val_found = find_classes(root / "val", min_classes=1, left_out=left_out)
     classes = list(train_found)
     unknown = sorted(set(val_found) - set(classes))
     if unknown:
@@ -92,7 +130,7 @@ def load_splits(root: str | Path, *, val_fraction: float = 0.1, split_seed: int 
     index = {name: i for i, name in enumerate(classes)}
     train = [(p, index[name]) for name, files in train_found.items() for p in files]
     val = [(p, index[name]) for name, files in val_found.items() for p in files]
-    return DataSplit(classes, train, val, "train/val folders")
+    return DataSplit(classes, train, val, "train/val folders", dict(left_out))
 
 
 class ImageFolder(Dataset):
@@ -127,7 +165,9 @@ class ImageFolder(Dataset):
         except (OSError, ValueError, RuntimeError) as exc:
             if not self.skip_unreadable:
                 raise
-            warnings.warn(f"skipping unreadable image {path}: {exc}", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"skipping unreadable image {printable(path)}: {printable(exc)}", RuntimeWarning, stacklevel=2
+            )
             return None
         if seed is None:
             return self.transform(image), label

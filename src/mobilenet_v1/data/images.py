@@ -14,11 +14,14 @@ photos rotated, with orientation 6) and takes the first frame of an animation.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
+import math
 import os
 import stat
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +43,11 @@ __all__ = [
     "to_image",
 ]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".heic", ".heif", ".avif")
 # The formats PIL may open: those of IMAGE_EXTENSIONS (PIL's JPEG opens cameras' multi-picture
 # MPO files too). PIL's rarer plugins are not offered untrusted files (EPS, for one, runs Ghostscript).
-PIL_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "DIB", "WEBP", "TIFF")
+# HEIF/HEIC (phones' photos) through pillow-heif, AVIF through Pillow's own plugin
+PIL_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "DIB", "WEBP", "TIFF", "HEIF", "AVIF")
 
 MAX_IMAGE_BYTES = 256 * 2**20
 """Larger files are refused from their size alone (a 24-megapixel JPEG is ~10 MB, a 100-megapixel PNG ~300 MB
@@ -59,6 +63,8 @@ output has at most ``resize`` x ``50 * resize`` pixels (256 x 12,800, 9.8 MB as 
 
 HEAD_BYTES = 64 * 2**10  # the first read: the whole of most files, the header of every other
 MAX_JPEG_SEGMENTS = 4096  # markers before the frame header; real files have < 300 (ICC profiles in many APP2)
+# libjpeg's progressive script has 10 scans for colour images, mozjpeg's optimized ones up to ~20
+MAX_JPEG_SCANS = 64
 _SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 _ORIENTATION_TAG = 0x0112
 _frames_warned = False  # the first-frame warning is given once per process
@@ -74,13 +80,14 @@ def is_skipped_name(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
 
 
-def list_images(folder: Path) -> list[Path]:
+def list_images(folder: Path, others: Counter[str] | None = None) -> list[Path]:
     """The image files below ``folder`` (any depth), by extension, sorted.
 
     Only regular files (or links to them): a folder or FIFO named ``x.jpg`` is not an
     image. Hidden files and folders and ``__MACOSX`` folders are skipped at any depth
     (:func:`is_skipped_name`); links to folders are not followed. A sub-folder that
     cannot be listed is skipped; ``folder`` itself raises its ``OSError``.
+    ``others``, when given, counts the other regular files by extension (what is left out).
     """
     found: list[Path] = []
     pending = [str(folder)]
@@ -95,6 +102,8 @@ def list_images(folder: Path) -> list[Path]:
                         pending.append(entry.path)
                     elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS and _is_regular(entry):
                         found.append(Path(entry.path))
+                    elif others is not None and _is_regular(entry):
+                        others[os.path.splitext(entry.name)[1].lower() or "(no extension)"] += 1
         except PermissionError:
             if current == str(folder):
                 raise
@@ -137,6 +146,7 @@ def load_image(path: str | Path) -> torch.Tensor:
             _check_size(path, *claimed)
         data += _read(f, size - len(data))
     if jpeg is not None:
+        _check_scans(path, data, jpeg[3])
         image = _decode_jpeg(data, jpeg[0], jpeg[1])
         if image is not None:
             return _upright(image, jpeg[2])
@@ -214,8 +224,8 @@ def _header_size(head: bytes | bytearray) -> tuple[int, int] | None:
     return None
 
 
-def _jpeg_header(data: bytearray, f: io.FileIO, size: int, path: Path) -> tuple[int, int, int]:
-    """(width, height, EXIF orientation) of a JPEG, reading on from ``f`` into ``data`` only
+def _jpeg_header(data: bytearray, f: io.FileIO, size: int, path: Path) -> tuple[int, int, int, int]:
+    """(width, height, EXIF orientation, offset of the first scan) of a JPEG, reading on from ``f`` into ``data`` only
     as far as the start of the scan; the size is checked as soon as the frame header is
     read. The walk over the markers is libjpeg's (fill bytes and stray bytes between
     segments are skipped); the orientation is that of the first Exif APP1 segment before
@@ -251,7 +261,20 @@ def _jpeg_header(data: bytearray, f: io.FileIO, size: int, path: Path) -> tuple[
         pos = end
     if frame is None:
         raise ValueError(f"cannot decode image {printable(path)}: truncated or corrupt JPEG (no frame header)")
-    return frame[0], frame[1], orientation
+    return frame[0], frame[1], orientation, pos
+
+
+def _check_scans(path: Path, data: bytearray, start: int) -> None:
+    """Refuse a JPEG of more scans than :data:`MAX_JPEG_SCANS`: each progressive scan is a
+    pass over the whole image, so a small file of a thousand scans takes minutes to decode.
+    Scan headers (0xFF 0xDA) cannot appear inside entropy-coded data (a 0xFF there is
+    followed by 0x00 or a restart marker), so counting them from the first scan is exact."""
+    scans = data.count(b"\xff\xda", start)
+    if scans > MAX_JPEG_SCANS:
+        raise ValueError(
+            f"cannot decode image {printable(path)}: {scans} scans, more than the {MAX_JPEG_SCANS} "
+            "a JPEG needs (each is a pass over the whole image)"
+        )
 
 
 def _read_more(data: bytearray, f: io.FileIO, size: int, needed: int) -> bool:
@@ -333,29 +356,62 @@ def _load_with_pil(data: bytes, path: Path) -> torch.Tensor:
     try:
         with warnings.catch_warnings():  # more than MAX_PIXELS is refused below, in one line
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            _register_heif()
             img = Image.open(io.BytesIO(data), formats=PIL_FORMATS)
         with img:
             image = _from_pil(img, path)
             _warn_first_frame(img, path)
     except UnidentifiedImageError:
-        known = "JPEG/PNG/GIF/BMP/WebP/TIFF"
+        known = "JPEG/PNG/GIF/BMP/WebP/TIFF/HEIC/AVIF"
         raise ValueError(
             f"cannot decode image {printable(path)}: not a {known} file (unknown format or corrupt header)"
         ) from None
     except errors as exc:
+        if isinstance(exc, ValueError) and str(exc).startswith("cannot decode image"):
+            raise  # our own check's line, already naming the file
         message = " ".join(str(exc).split()) or type(exc).__name__
         raise ValueError(f"cannot decode image {printable(path)}: {printable(message)}") from None
     return image
 
 
+def _eight_bit(img: Any, name: str | Path) -> Any:
+    """An image whose pixels are not 8-bit as one of 8 bits per channel, on its own scale:
+    16-bit integers / 256, 32-bit (signed) integers / 2**23 (so a 32-bit TIFF does not saturate),
+    floats in [0, 1] x 255 (a float TIFF is not black) or already in [0, 255], CIELAB
+    through an ICC transform to sRGB. A range with no known scale is refused."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        low, high = img.getextrema() if img.mode == "I" else (0, 65535)
+        if low < 0:
+            raise ValueError(f"cannot decode image {printable(name)}: signed integer pixels (from {low})")
+        scale = 2**23 if high > 65535 else 256
+        return img.point(lambda v: v / scale).convert("L")
+    if img.mode == "F":
+        low, high = img.getextrema()
+        if not (math.isfinite(low) and math.isfinite(high) and low >= 0 and high <= 255):
+            span = f"from {low:g} to {high:g}"
+            raise ValueError(f"cannot decode image {printable(name)}: float pixels {span} (known: [0, 1] or [0, 255])")
+        return img.point(lambda v: v * 255 if high <= 1 else v).convert("L")
+    if img.mode == "LAB":
+        from PIL import ImageCms
+
+        transform = ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB")
+        return ImageCms.applyTransform(img, transform)
+    return img
+
+
+@functools.cache
+def _register_heif() -> None:
+    """Let PIL open HEIF/HEIC files (pillow-heif's opener), once per process."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+
+
 def _from_pil(img: Any, name: str | Path) -> torch.Tensor:
     """A PIL image as 8-bit RGB (3, H, W), upright: any mode converted, 16-bit scaled down."""
     _check_size(Path(name), *img.size)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        frame = img.point(lambda v: v / 256).convert("L")
-    else:
-        img.load()
-        frame = img
+    img.load()
+    frame = _eight_bit(img, name)
     if frame.mode != "RGB":  # (convert would copy an RGB image: 537 MB at the pixel cap)
         with warnings.catch_warnings():  # a palette's transparency is dropped with the alpha
             warnings.simplefilter("ignore", UserWarning)

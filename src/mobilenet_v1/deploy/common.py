@@ -13,7 +13,11 @@ them as untrusted input.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import os
+import sys
+import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +36,7 @@ __all__ = [
     "FP32_TOLERANCE",
     "META_PREFIX",
     "ExportReport",
+    "captured_stderr",
     "check_metadata",
     "compare_with_torch",
     "dynamic_shapes",
@@ -129,7 +134,7 @@ def check_metadata(props: Mapping[str, str], outputs: int | None, where: str | P
         expected = outputs if outputs is not None else num_classes
         if expected is not None and len(labels) != expected:
             raise ValueError(f"{where}: {len(labels)} labels in the metadata for the graph's {expected} outputs")
-        labels = [printable(label) for label in labels]
+        labels = list(labels)  # as they are, to match folder names; printed through printable()
     out["config"], out["labels"], out["dynamic_size"], out["outputs"] = config, labels, dynamic, outputs
     return out
 
@@ -161,6 +166,27 @@ def _metadata_preprocessing(where: str | Path, text: str) -> Preprocessing:
         return check_preprocessing(Preprocessing.from_dict(data))
     except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
         raise ValueError(f"{where}: bad 'preprocessing' metadata ({printable(exc)})") from None
+
+
+@contextlib.contextmanager
+def captured_stderr() -> Iterator[list[str]]:
+    """Keep a native runtime's log lines off the terminal, where the CLI prints one line per
+    error: C++ code writes to file descriptor 2, Python bindings to ``sys.stderr``. Yields
+    a list that holds the captured lines once the block ends (the reason to give when
+    loading fails)."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as native, contextlib.redirect_stderr(io.StringIO()) as python:
+        os.dup2(native.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            native.seek(0)
+            text = native.read(1 << 16).decode("utf-8", "replace") + python.getvalue()[: 1 << 16]
+            lines += [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def dynamic_shapes(dynamic_size: bool = True) -> tuple[dict[int, Any]]:

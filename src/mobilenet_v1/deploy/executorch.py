@@ -21,16 +21,11 @@ the terminal (one line per error).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
-import io
 import json
 import logging
-import os
-import sys
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +41,7 @@ from ..weights import LoadedWeights
 from .common import (
     FP32_TOLERANCE,
     ExportReport,
+    captured_stderr,
     check_metadata,
     compare_with_torch,
     loaded_weights,
@@ -217,26 +213,6 @@ def _require(module: str) -> Any:
         pytree_log.setLevel(level)
 
 
-@contextlib.contextmanager
-def _runtime_log() -> Iterator[list[str]]:
-    """Keep the runtime's log lines off the terminal: the C++ runtime writes to file
-    descriptor 2, its Python bindings to ``sys.stderr``. Yields a list that holds the
-    lines once the block ends (the caller's reason when loading fails)."""
-    lines: list[str] = []
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as native, contextlib.redirect_stderr(io.StringIO()) as python:
-        os.dup2(native.fileno(), 2)
-        try:
-            yield lines
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            native.seek(0)
-            text = native.read(1 << 16).decode("utf-8", "replace") + python.getvalue()[: 1 << 16]
-            lines += [line.strip() for line in text.splitlines() if line.strip()]
-
-
 def seal(program: bytes) -> bytes:
     """The program followed by :data:`SEAL` and its sha256: what an exported ``.pte`` holds.
 
@@ -263,7 +239,7 @@ def unseal(path: Path, data: bytes) -> bytes:
 def _load_program(path: Path) -> Any:
     data = unseal(path, read_bounded(path, "ExecuTorch program", MAX_PTE_BYTES, b"ET12"))
     runtime = _require("executorch.runtime")
-    with _runtime_log() as log:
+    with captured_stderr() as log:
         try:
             program = runtime.Runtime.get().load_program(data)
             return program, program.load_method("forward")
@@ -281,7 +257,7 @@ class ExecuTorchModel:
 
     def __init__(self, path: str | Path, threads: int = 2, *, metadata: bool = True) -> None:
         pybindings = _require("executorch.extension.pybindings.portable_lib")
-        with _runtime_log():  # creating the thread pool logs what it finds of the CPU
+        with captured_stderr():  # creating the thread pool logs what it finds of the CPU
             if pybindings._threadpool_get_thread_count() != threads:
                 pybindings._unsafe_reset_threadpool(threads)
         self.path = Path(path)

@@ -61,6 +61,8 @@ def export_as(
     ``float_layers`` onnx-int8, ``qat_steps`` onnx-int8/tflite-int8, ``dynamic_size`` onnx."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown fmt={fmt!r}; choose from {', '.join(FORMATS)}")
+    if model.num_classes == 0:  # every exported file is a classifier: its labels, its runtime's checks
+        raise ValueError("the model has no classifier (num_classes=0): give it one (reset_classifier(n)) to export")
     if fmt == "onnx":
         from .onnx import export_onnx
 

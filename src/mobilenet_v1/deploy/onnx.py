@@ -29,6 +29,7 @@ from ..data.transforms import Preprocessing
 from ..files import atomic_write
 from ..model import MobileNetV1
 from ..optional import require
+from ..untrusted import printable
 from ..weights import LoadedWeights
 from .common import (
     FP32_TOLERANCE,
@@ -71,14 +72,19 @@ def onnx_session(path: str | Path, threads: int = 2, *, profile: str | None = No
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-    options.log_severity_level = 3  # keep ORT's warnings off the one-line error channel
+    # ORT's own log (warnings, and an ANSI-coloured line for a file it cannot load, from its
+    # default logger) stays off the one-line error channel: its exception says it all
+    options.log_severity_level = 4
+    ort.set_default_logger_severity(4)
     if profile:
         options.enable_profiling, options.profile_file_prefix = True, profile
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own exception types for corrupt files
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"cannot load ONNX model {path} (truncated or not an ONNX file?): {reason}") from None
+        raise ValueError(
+            f"cannot load ONNX model {path} (truncated or not an ONNX file?): {printable(reason)}"
+        ) from None
 
 
 def read_metadata(source: str | Path | Any, *, name: str | Path | None = None) -> dict[str, Any]:
@@ -183,7 +189,41 @@ class OnnxModel:
         return torch.from_numpy(self.run(batch.float().numpy()))
 
 
+MAX_ONNX_BYTES = 256 << 20  # a 1.0/224 float32 file is ~17 MB
+CONTROL_FLOW = ("Loop", "If", "Scan")  # nothing a classifier of Table 1 needs; a Loop may never end
+
+
+def check_graph(path: str | Path) -> None:
+    """Refuse a graph with control flow (a node of :data:`CONTROL_FLOW`, or any node with a
+    subgraph): an exported MobileNet V1 is a straight line of layers, and a ``Loop`` of
+    2**62 steps in a file from outside would keep ``predict`` running for ever."""
+    onnx = require("onnx", EXTRA, "reading ONNX files")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX model not found: {path}")
+    if path.stat().st_size > MAX_ONNX_BYTES:
+        size = path.stat().st_size
+        raise ValueError(f"{path}: {size} bytes, more than the {MAX_ONNX_BYTES} a MobileNet V1 model can be")
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as exc:  # onnx raises protobuf's own errors for corrupt files
+        reason = printable(type(exc).__name__)
+        raise ValueError(f"cannot load ONNX model {path} (truncated or not an ONNX file?): {reason}") from None
+    pending = list(graph.node)
+    while pending:
+        node = pending.pop()
+        subgraphs = [a for a in node.attribute if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)]
+        if node.op_type in CONTROL_FLOW or subgraphs:
+            name = printable(node.name or node.op_type)
+            raise ValueError(
+                f"{path}: a {printable(node.op_type)} node ({name}): control flow is refused, "
+                "an exported classifier has none"
+            )
+
+
 def load_onnx(path: str | Path, threads: int = 2) -> tuple[OnnxModel, LoadedWeights]:
-    """``(model, info)`` like ``weights.load_weights``, from an exported file's metadata."""
+    """``(model, info)`` like ``weights.load_weights``, from an exported file's metadata;
+    the graph is checked first (:func:`check_graph`)."""
+    check_graph(path)
     model = OnnxModel(path, threads)
     return model, loaded_weights(model.metadata, path)

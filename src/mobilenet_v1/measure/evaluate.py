@@ -133,7 +133,7 @@ def evaluate_folder(
     classifier's classes or (for ImageNet's outputs) by WordNet ids from ``wnids``."""
     samples, folders = find_samples(root, classifier.classes, wnids)
     loader = make_loader(ImageFolder(samples, classifier.transform), batch_size, workers)
-    return evaluate(classifier.model, loader, folders, ignore=classifier.ignore, progress=progress, total=len(loader))
+    return evaluate(classifier.scores, loader, folders, ignore=classifier.ignore, progress=progress, total=len(loader))
 
 
 _WORKER_HEADER = re.compile(r"^Caught (\S+) in DataLoader worker process \d+\.")

@@ -23,10 +23,14 @@ from typing import Any
 import torch
 
 from ..builders import mobilenet_v1
+from ..config import MobileNetV1Config
+from ..cost import model_cost
 from ..data.folders import DataSplit, load_splits
 from ..data.transforms import Preprocessing
 from ..model import MobileNetV1
+from ..untrusted import printable
 from ..weights import load_weights, read_wnids
+from ..weights.download import sha256sum
 from .checkpoint import LAST, check_checkpoint, find_checkpoint, load_checkpoint
 from .config import (
     FIXED_AT_START,
@@ -61,7 +65,9 @@ def prepare_run(config: TrainConfig | None, resume: str | None = None, **overrid
     if not isinstance(config, TrainConfig):
         raise ValueError(f"prepare_run needs a TrainConfig or a folder to resume, got {config!r}")
     run_dir = Path(config.output)
+    config = _absolute(config)
     _check_folders(config, run_dir)
+    check_memory(config)
     stale_lock = check_not_running(run_dir)
     if run_dir.exists() and (not run_dir.is_dir() or any(_counts(p, stale_lock) for p in run_dir.iterdir())):
         raise FileExistsError(
@@ -96,11 +102,77 @@ def _prepare_resume(run_dir: Path, overrides: dict[str, Any]) -> RunPlan:
         raise ValueError(f"cannot resume {run_dir} with a changed setting fixed at its start: {'; '.join(changed)}")
     given = {k: v for k, v in overrides.items() if v is not None and k not in FIXED_AT_START}
     config = replace(saved, output=str(run_dir), **given)
+    _check_teacher(config, checkpoint, run_dir)
     _check_folders(config, run_dir)
     split = _load_data(config)
     if split.classes != checkpoint["classes"]:
         raise ValueError(f"the classes in {config.data} differ from those of the run in {run_dir}")
     return RunPlan(config, split, run_dir, checkpoint)
+
+
+def teacher_fingerprint(spec: str) -> str | None:
+    """The sha256 of the teacher's file (of ``model.safetensors`` in a saved folder), or
+    ``None`` for a registry name, whose files are fixed (and checked where a hash is known):
+    a run remembers it, so that a resume with another file under the same name is refused."""
+    path = Path(spec)
+    if path.is_dir() and (path / "model.safetensors").is_file():
+        path = path / "model.safetensors"
+    return sha256sum(path) if path.is_file() else None
+
+
+def _check_teacher(config: TrainConfig, checkpoint: dict[str, Any], run_dir: Path) -> None:
+    """The teacher's file is the one the run started with (its sha256, kept in checkpoints)."""
+    started = checkpoint.get("teacher_sha256")
+    if config.teacher and started and teacher_fingerprint(config.teacher) != started:
+        raise ValueError(
+            f"the teacher {printable(config.teacher)} is not the file the run in {run_dir} started with "
+            f"(sha256 {started[:12]}...): resume with that file"
+        )
+
+
+ACTIVATION_COPIES = 3  # tensors kept per layer output for the backward pass (conv, batch norm, activation)
+
+
+def check_memory(config: TrainConfig, available: int | None = None) -> None:
+    """Refuse, before the run folder exists, a run from scratch whose activations alone
+    cannot fit in the memory available (``MemAvailable``), rather than fail minutes later:
+    the feature maps of Table 1 at the run's width, input size and batch, each kept about
+    :data:`ACTIVATION_COPIES` times for the backward pass, in float32."""
+    if config.weights is not None:
+        return  # the width comes with the weights: known once they are read
+    available = _available_memory() if available is None else available
+    if available is None:
+        return
+    alpha = SCRATCH_ALPHA if config.alpha is None else config.alpha
+    size = SCRATCH_RESOLUTION if config.resolution is None else config.resolution
+    cost = model_cost(MobileNetV1Config(alpha=alpha, variant=config.variant), size)
+    per_image = sum(layer.out_channels * layer.output_size[0] * layer.output_size[1] for layer in cost.layers)
+    need = per_image * config.batch_size * 4 * ACTIVATION_COPIES
+    if need > available:
+        raise ValueError(
+            f"training at alpha {alpha:g}, {size} px, batch {config.batch_size} keeps about {need / 2**30:.1f} GB of "
+            f"activations, more than the {available / 2**30:.1f} GB of memory available: lower the batch size "
+            "or the resolution"
+        )
+
+
+def _available_memory() -> int | None:
+    """``MemAvailable`` of /proc/meminfo in bytes (Linux), else ``None``."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _absolute(config: TrainConfig) -> TrainConfig:
+    """The run's paths made absolute, so that a resume from another folder reads the same data."""
+    paths = {"data": config.data}
+    paths |= {name: getattr(config, name) for name in ("weights", "teacher") if getattr(config, name)}
+    found = {name: os.path.abspath(value) for name, value in paths.items() if Path(value).exists()}
+    return replace(config, **found)
 
 
 def _check_folders(config: TrainConfig, run_dir: Path) -> None:

@@ -54,7 +54,7 @@ from .loaders import build_loaders
 from .optim import build_optimizer, exponential_decay, finetune_schedule, warmup_cosine
 from .outputs import TensorBoard, format_row, model_metadata, plot_curves, write_metrics
 from .runlock import LOCK, RunLock
-from .setup import RunPlan, build_model
+from .setup import RunPlan, build_model, teacher_fingerprint
 from .validate import autocast_for, evaluate
 
 __all__ = ["Trainer", "train"]
@@ -65,6 +65,7 @@ class Trainer:
 
     def __init__(self, plan: RunPlan, env: dist.DistEnv, device: torch.device) -> None:
         self.config, self.classes, self.run_dir = plan.config, plan.split.classes, plan.run_dir
+        self.left_out = plan.split.left_out
         self.env, self.device = env, device
         cfg = self.config
         torch.manual_seed(cfg.seed)
@@ -77,6 +78,7 @@ class Trainer:
         self.model_without_ddp = model.to(device, memory_format=memory_format)
         self.progress = Progress()
         self.teacher = Teacher(cfg, self.classes, self.preprocessing, device) if cfg.teacher else None
+        self.teacher_sha256 = teacher_fingerprint(cfg.teacher) if cfg.teacher else None
         self.train_loader, self.sampler, self.val_loader = build_loaders(cfg, plan.split, self.preprocessing, env)
         self.steps_per_epoch = len(self.sampler) // cfg.batch_size
         self.lr = cfg.resolved_lr(dist.global_batch_size(cfg.batch_size, env))
@@ -138,6 +140,7 @@ class Trainer:
             "config": self.config.to_dict(),
             "classes": self.classes,
             "preprocessing": self.preprocessing.to_dict(),
+            "teacher_sha256": self.teacher_sha256,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -345,6 +348,11 @@ class Trainer:
             lines.append(self.teacher.describe())
         if self.device.type == "cpu":
             lines.append(kernels_summary())
+        if self.left_out:
+            counts = sorted(self.left_out.items(), key=lambda item: -item[1])
+            kinds = ", ".join(f"{printable(ext)} ({n})" for ext, n in counts)
+            total = sum(self.left_out.values())
+            lines.append(f"left out {total} files that are not images this project reads: {kinds}")
         return lines
 
     def _on_sigint(self, signum: int, frame: object) -> None:

@@ -41,7 +41,20 @@ class Source:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("MOBILENET_V1_CACHE") or Path.home() / ".cache" / "mobilenet_v1")
+    """Where downloads, converted weights and built kernels are kept: ``$MOBILENET_V1_CACHE``,
+    else ``$XDG_CACHE_HOME/mobilenet_v1``, else ``~/.cache/mobilenet_v1``; a one-line
+    ``ValueError`` when there is no home directory to find (``HOME`` unset and a user id
+    without a passwd entry, as in some containers)."""
+    if os.environ.get("MOBILENET_V1_CACHE"):
+        return Path(os.environ["MOBILENET_V1_CACHE"])
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "mobilenet_v1"
+    try:
+        return Path.home() / ".cache" / "mobilenet_v1"
+    except RuntimeError:  # "Could not determine home directory"
+        raise ValueError(
+            "no home directory for the cache (HOME unset, no passwd entry): set MOBILENET_V1_CACHE to a folder"
+        ) from None
 
 
 def data_dir() -> Path | None:
@@ -51,8 +64,13 @@ def data_dir() -> Path | None:
 
 
 def _local_folders() -> list[Path]:
+    """Where a file may already be: the cache (when there is one) and the data folder."""
     data = data_dir()
-    return [cache_dir()] + ([data / "pretrained", data] if data is not None else [])
+    try:
+        cache = [cache_dir()]
+    except ValueError:  # no home directory: the data folder may still hold the file
+        cache = []
+    return cache + ([data / "pretrained", data] if data is not None else [])
 
 
 def sha256sum(path: Path) -> str:

@@ -30,8 +30,8 @@ def load_record(
 ) -> tuple[MobileNetV1, LoadedWeights]:
     """The eval-mode model and its :class:`LoadedWeights` for ``record`` (a tqdm bar on
     stderr while a download runs, when ``progress``)."""
-    cached = cache_dir() / f"{record.name}.safetensors"
-    if not record.verifiable and cached.is_file():
+    cached = None if record.verifiable else cache_dir() / f"{record.name}.safetensors"
+    if cached is not None and cached.is_file():
         try:
             model, loaded = load_safetensors(cached)
         except ValueError:
@@ -48,7 +48,7 @@ def load_record(
         "weights": record.name,
         "source_sha256": "+".join(sha256sum(f) for f in files),
     }
-    if not record.verifiable:
+    if cached is not None:
         try:
             save_safetensors(model, cached, meta)
         except OSError:

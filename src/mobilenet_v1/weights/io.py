@@ -133,7 +133,9 @@ def _classes_and_preprocessing(path: Path, meta: dict[str, str], num_classes: in
         preprocessing = Preprocessing.from_dict(data)
     else:
         preprocessing = Preprocessing(int(meta.get("resolution", 224)))
-    return [printable(c) for c in classes], check_preprocessing(preprocessing)
+    # class names stay as they are (a folder's name that is not UTF-8 must still match its
+    # folder); every place that prints one makes it printable
+    return list(classes), check_preprocessing(preprocessing)
 
 
 def check_preprocessing(preprocessing: Preprocessing) -> Preprocessing:

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 from ...optional import require
-from ...untrusted import parse_json, read_bounded
+from ...untrusted import parse_json, printable, read_bounded
 from ...weights import LoadedWeights
 from ...weights.google_tflite.reader import MAX_TFLITE_BYTES
-from ..common import check_metadata, loaded_weights
+from ..common import captured_stderr, check_metadata, loaded_weights
 
 __all__ = ["KERNELS", "METADATA_NAME", "LiteRTModel", "load_litert", "tflite_metadata"]
 
@@ -68,15 +68,20 @@ def _interpreter(path: Path, threads: int, kernels: str) -> Any:
     module = require("ai_edge_litert.interpreter", "litert", "running .tflite files")
     _read(path)
     resolver = module.OpResolverType.BUILTIN_REF if kernels == "reference" else module.OpResolverType.AUTO
-    try:
-        interpreter = module.Interpreter(
-            model_path=str(path), num_threads=threads, experimental_op_resolver_type=resolver
-        )
-        interpreter.allocate_tensors()
-    except (ValueError, RuntimeError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"cannot load TFLite model {path}: {reason}") from None
-    return interpreter
+    # LiteRT writes "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." (and its
+    # errors) to file descriptor 2: off the terminal; its last error line is the reason
+    with captured_stderr() as log:
+        try:
+            interpreter = module.Interpreter(
+                model_path=str(path), num_threads=threads, experimental_op_resolver_type=resolver
+            )
+            interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            failure = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        else:
+            return interpreter
+    reason = next((line for line in reversed(log) if "ERROR" in line), failure)  # LiteRT's own words
+    raise ValueError(f"cannot load TFLite model {path}: {printable(reason[:200])}")
 
 
 class LiteRTModel:
@@ -122,8 +127,12 @@ class LiteRTModel:
             for image in batch:
                 x = image[None]
                 for stage in self.stages:
-                    stage.set_tensor(stage.get_input_details()[0]["index"], x)
-                    stage.invoke()
+                    try:
+                        stage.set_tensor(stage.get_input_details()[0]["index"], x)
+                        stage.invoke()
+                    except (ValueError, RuntimeError) as exc:  # e.g. "Input tensor 22 lacks data"
+                        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                        raise ValueError(f"{self.path}: LiteRT cannot run this model: {printable(reason)}") from None
                     x = stage.get_tensor(stage.get_output_details()[0]["index"])
                 outs.append(x[0].copy())
         return np.stack(outs)

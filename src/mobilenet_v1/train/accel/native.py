@@ -86,7 +86,7 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
         if not target.exists():
             _build(compiler, target)
         return _declare(ctypes.CDLL(str(target))), f"built with {compiler}, cached in {target.parent}"
-    except (OSError, subprocess.SubprocessError) as err:
+    except (OSError, ValueError, subprocess.SubprocessError) as err:  # ValueError: no cache folder
         detail = getattr(err, "stderr", None) or err
         reason = " ".join(str(detail).split())[:200]
         log.debug("building the fused kernels failed: %s", detail)
