@@ -32,7 +32,8 @@ from common import DATA, RESULTS
 from mobilenet_v1.data.folders import find_samples
 from mobilenet_v1.deploy import executorch
 from mobilenet_v1.deploy.quantize import calibration_files, load_batch
-from mobilenet_v1.measure.bench import cpu_name, measure
+from mobilenet_v1.measure.bench import measure
+from mobilenet_v1.measure.conditions import cpu_name
 from mobilenet_v1.measure.evaluate import evaluate_samples
 from mobilenet_v1.weights import load_weights, read_wnids
 

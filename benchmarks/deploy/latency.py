@@ -27,20 +27,25 @@ import tempfile
 import time
 from pathlib import Path
 
-# Idle worker threads spin briefly, then sleep (the runtimes' defaults; ORT's spinning is
-# on). OMP_WAIT_POLICY=ACTIVE would keep PyTorch's idle OpenMP threads spinning for good
-# and starve the other runtimes of this process (1.0/224 int8 at 2 threads: 5.7 ms instead
-# of 1.8). On a shared 2-core machine a descheduled spinner stalls every barrier (0.25/128
-# eager at 2 threads: 3.5 s instead of 9 ms): --no-spin makes all of them sleep.
-if "--no-spin" in sys.argv:
+# Idle worker threads spin briefly, then sleep (PyTorch's default); ONNX Runtime's spin if
+# the cores are idle when a session is made (deploy.onnx.ort_spin), always with --ort-spin.
+# OMP_WAIT_POLICY=ACTIVE would keep PyTorch's idle OpenMP threads spinning for good and
+# starve the other runtimes of this process (1.0/224 int8 at 2 threads: 5.7 ms instead of
+# 1.8). On a shared 2-core machine a descheduled spinner stalls every barrier (0.25/128
+# eager at 2 threads: 3.5 s instead of 9 ms): --passive makes PyTorch's sleep at once.
+if "--passive" in sys.argv:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+if "--ort-spin" in sys.argv:
+    os.environ["MOBILENET_V1_ORT_SPIN"] = "1"
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
 from common import DATA, RESULTS
 
 from mobilenet_v1.cli.bench import format_table
+from mobilenet_v1.deploy.onnx import ort_spin, ort_spin_setting
 from mobilenet_v1.deploy.quantize import calibration_files
-from mobilenet_v1.measure.bench import cpu_name, layer_profile, run_config
+from mobilenet_v1.measure import conditions
+from mobilenet_v1.measure.bench import layer_profile, run_config
 from mobilenet_v1.measure.subjects import prepare
 
 CONFIGS = {
@@ -51,13 +56,12 @@ CONFIGS = {
 }
 
 
-def machine() -> dict[str, object]:
+def machine(threads: int) -> dict[str, object]:
     return {
-        "cpu": cpu_name(),
-        "cores": os.cpu_count(),
+        **conditions.machine(threads),
         "python": sys.version.split()[0],
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "default"),
-        "ort_spin": "--no-spin" not in sys.argv,
+        "ort_spin": {"setting": ort_spin_setting(), "at_start": ort_spin(threads)},
         "loadavg_start": os.getloadavg(),
     }
 
@@ -89,19 +93,21 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--batch-runs", type=int, default=10)
     parser.add_argument("--torch-backend", default="inductor", choices=("inductor", "jit"))
-    parser.add_argument("--no-spin", action="store_true", help="idle threads sleep (for a shared machine)")
+    parser.add_argument("--passive", action="store_true", help="PyTorch's idle OpenMP threads sleep at once")
+    parser.add_argument(
+        "--ort-spin", action="store_true", help="ONNX Runtime's idle threads spin (default: only if the cores are idle)"
+    )
     parser.add_argument("--no-exports", action="store_true", help="leave out the pt2, ExecuTorch and our LiteRT files")
     parser.add_argument("--calibration", type=Path, default=DATA / "imagenette" / "train")
     parser.add_argument("--out", type=Path, default=RESULTS / "latency.json")
     args = parser.parse_args()
     files = calibration_files(args.calibration, 100)
-    report = {"machine": machine(), "command": " ".join(sys.argv), "results": [], "profiles": {}}
+    report = {"machine": machine(max(args.threads)), "command": " ".join(sys.argv), "results": [], "profiles": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for label in args.configs:
             start = time.time()
             setup = prepare(CONFIGS[label], Path(tmp), files, exports=not args.no_exports)
             setup.torch_backend = args.torch_backend
-            setup.ort_spin = not args.no_spin
             result = run_config(setup, threads=tuple(args.threads), runs=args.runs, batch_runs=args.batch_runs)
             result["targets"] = {"median": targets(result, "median_ms"), "steady": targets(result, "steady_ms")}
             result["loadavg_end"] = os.getloadavg()

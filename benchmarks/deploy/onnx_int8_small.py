@@ -43,7 +43,8 @@ from mobilenet_v1.deploy.quantize import (
     tflite_overrides,
 )
 from mobilenet_v1.files import write_text
-from mobilenet_v1.measure.bench import cpu_name, layer_profile, measure
+from mobilenet_v1.measure.bench import layer_profile, measure
+from mobilenet_v1.measure.conditions import cpu_name
 from mobilenet_v1.weights import load_weights
 
 CONFIGS = {

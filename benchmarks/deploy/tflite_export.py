@@ -29,7 +29,8 @@ from common import DATA, RESULTS
 from mobilenet_v1.data.folders import find_samples
 from mobilenet_v1.deploy.litert import LiteRTModel, export_tflite
 from mobilenet_v1.deploy.quantize import calibration_files, int8_grids, load_batch
-from mobilenet_v1.measure.bench import cpu_name, measure
+from mobilenet_v1.measure.bench import measure
+from mobilenet_v1.measure.conditions import cpu_name
 from mobilenet_v1.measure.evaluate import evaluate_samples
 from mobilenet_v1.weights import load_weights, read_wnids
 from mobilenet_v1.weights.google_tflite.int8 import load_int8

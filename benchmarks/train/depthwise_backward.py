@@ -29,7 +29,7 @@ from common import RESULTS
 from torch import nn
 
 from mobilenet_v1 import mobilenet_v1
-from mobilenet_v1.measure.bench import cpu_name
+from mobilenet_v1.measure.conditions import cpu_name
 from mobilenet_v1.train.accel.layers import BatchNorm2d, batch_norm_act, depthwise_conv2d
 
 BATCH = 32

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/commo
 from common import DATA, RESULTS, ROOT
 
 from mobilenet_v1.data.folders import find_samples
-from mobilenet_v1.measure.bench import cpu_name
+from mobilenet_v1.measure.conditions import cpu_name
 from mobilenet_v1.measure.fidelity import EVALUATORS, compare
 from mobilenet_v1.model import ConvBNAct
 from mobilenet_v1.weights import WNIDS_FILE, MobileNetV1Weights

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/commo
 from common import DATA, RESULTS
 from fidelity import shared_models, val_samples
 
-from mobilenet_v1.measure.bench import cpu_name
+from mobilenet_v1.measure.conditions import cpu_name
 from mobilenet_v1.measure.fidelity import EVALUATORS, compare
 
 

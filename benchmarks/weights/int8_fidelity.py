@@ -31,7 +31,7 @@ from common import DATA, RESULTS
 from mobilenet_v1.data.folders import ImageFolder, find_samples
 from mobilenet_v1.data.transforms import Preprocessing, eval_transform
 from mobilenet_v1.deploy.litert import LiteRTModel
-from mobilenet_v1.measure.bench import cpu_name
+from mobilenet_v1.measure.conditions import cpu_name
 from mobilenet_v1.measure.evaluate import make_loader
 from mobilenet_v1.weights.google_tflite.int8 import Int8MobileNetV1, compare_outputs
 

@@ -1,6 +1,7 @@
 """ONNX export, int8 quantization, eval --model and the fast PyTorch path."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
+import mobilenet_v1.deploy.onnx as onnx_module
 from mobilenet_v1 import mobilenet_v1
 from mobilenet_v1.cli import main
 from mobilenet_v1.data.transforms import Preprocessing
@@ -217,3 +219,43 @@ def test_google_int8_keeps_googles_weight_grid_per_channel(shared_data, tmp_path
         exact, total, layers = exact + same.sum(), total + len(q), layers + 1
     assert layers == 25  # 25 quantized convs (2 stay float)
     assert exact / total > 0.97, f"only {exact} of {total} channels keep Google's grid"
+
+
+@pytest.mark.parametrize(
+    ("env", "idle", "spins"),
+    [
+        ("1", 0.0, True),
+        ("0", 2.0, False),
+        (None, 2.0, True),
+        (None, 1.6, True),
+        (None, 1.0, False),
+        (None, None, False),
+    ],
+)
+def test_ort_spin_follows_flag_then_idle_cores(monkeypatch, env, idle, spins):
+    # Spinning pays on idle cores and costs beside a busy process (docs/deployment.md):
+    # the environment forces it, otherwise idle cores (within half a core) decide.
+    if env is None:
+        monkeypatch.delenv(onnx_module.SPIN_ENV, raising=False)
+    else:
+        monkeypatch.setenv(onnx_module.SPIN_ENV, env)
+    monkeypatch.setattr(onnx_module, "idle_cores", lambda seconds=0.1: idle)
+    assert onnx_module.ort_spin(2) is spins
+    assert onnx_module.ort_spin_setting() == {"1": "on", "0": "off", None: "auto"}[env]
+
+
+def test_onnx_model_records_and_applies_spin(fp32_file, monkeypatch):
+    monkeypatch.setattr(onnx_module, "idle_cores", lambda seconds=0.1: 0.0)  # a busy machine
+    monkeypatch.delenv(onnx_module.SPIN_ENV, raising=False)
+    model = OnnxModel(fp32_file[0], 2, metadata=False)
+    assert model.spin is False
+    assert model.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    forced = OnnxModel(fp32_file[0], 2, spin=True, metadata=False)
+    assert forced.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "1"
+
+
+def test_idle_cores_reads_proc_stat():
+    idle = onnx_module.idle_cores(0.05)
+    if idle is None:
+        pytest.skip("no /proc/stat on this system")
+    assert 0.0 <= idle <= (os.cpu_count() or 1) + 1e-6

@@ -403,7 +403,8 @@ def test_worker_error_keeps_type_errno_and_file(exc):
 
 
 GRID = ((0.25, 128),)
-SETTINGS = {"runtime": "onnx", "threads": 1, "runs": 5, "data": None, "limit": None}
+SETTINGS = tradeoff.cache_settings("onnx", 1, 5, None, None)
+VERSION = tradeoff.CACHE_VERSION
 
 
 def _point(alpha: float, resolution: int, latency: float = 1.0) -> Point:
@@ -416,17 +417,17 @@ def _point(alpha: float, resolution: int, latency: float = 1.0) -> Point:
 
 GOOD = _point(0.25, 128).to_dict()
 BAD_CACHES = {
-    "points is a list": {"version": 1, "points": [1, 2]},
-    "entry is a list": {"version": 1, "points": {"KEY": [1]}},
-    "missing field": {"version": 1, "points": {"KEY": {k: v for k, v in GOOD.items() if k != "params"}}},
-    "extra field": {"version": 1, "points": {"KEY": {**GOOD, "evil": 1}}},
-    "latency is text": {"version": 1, "points": {"KEY": {**GOOD, "latency_ms": "fast"}}},
-    "latency NaN": {"version": 1, "points": {"KEY": {**GOOD, "latency_ms": math.nan}}},
-    "latency negative": {"version": 1, "points": {"KEY": {**GOOD, "latency_ms": -1}}},
-    "accuracy 500": {"version": 1, "points": {"KEY": {**GOOD, "google_top1_float": 500}}},
-    "resolution true": {"version": 1, "points": {"KEY": {**GOOD, "resolution": True}}},
-    "cost edited": {"version": 1, "points": {"KEY": {**GOOD, "mult_adds": 1}}},
-    "other alpha": {"version": 1, "points": {"KEY": {**GOOD, "alpha": 1.0}}},
+    "points is a list": {"version": VERSION, "points": [1, 2]},
+    "entry is a list": {"version": VERSION, "points": {"KEY": [1]}},
+    "missing field": {"version": VERSION, "points": {"KEY": {k: v for k, v in GOOD.items() if k != "params"}}},
+    "extra field": {"version": VERSION, "points": {"KEY": {**GOOD, "evil": 1}}},
+    "latency is text": {"version": VERSION, "points": {"KEY": {**GOOD, "latency_ms": "fast"}}},
+    "latency NaN": {"version": VERSION, "points": {"KEY": {**GOOD, "latency_ms": math.nan}}},
+    "latency negative": {"version": VERSION, "points": {"KEY": {**GOOD, "latency_ms": -1}}},
+    "accuracy 500": {"version": VERSION, "points": {"KEY": {**GOOD, "google_top1_float": 500}}},
+    "resolution true": {"version": VERSION, "points": {"KEY": {**GOOD, "resolution": True}}},
+    "cost edited": {"version": VERSION, "points": {"KEY": {**GOOD, "mult_adds": 1}}},
+    "other alpha": {"version": VERSION, "points": {"KEY": {**GOOD, "alpha": 1.0}}},
     "nested 100000 deep": "[" * 100_000 + "]" * 100_000,
     "not JSON": "{nope",
 }
@@ -450,10 +451,10 @@ def test_hand_edited_tradeoff_cache_is_measured_again(case, tmp_path, monkeypatc
 
 def test_a_good_cache_entry_is_used(tmp_path, monkeypatch):
     cache = tmp_path / "cache.json"
-    cache.write_text(json.dumps({"version": 1, "points": {tradeoff._cache_key(0.25, 128, SETTINGS): GOOD}}))
+    cache.write_text(json.dumps({"version": VERSION, "points": {tradeoff._cache_key(0.25, 128, SETTINGS): GOOD}}))
     monkeypatch.setattr(tradeoff, "_measure_one", lambda *a: pytest.fail("cache not used"))
     assert measure_grid(runtime="onnx", threads=1, runs=5, cache_file=cache, progress=False, grid=GRID) == [
-        Point(**GOOD)
+        Point.from_dict(GOOD)
     ]
 
 
@@ -487,10 +488,10 @@ def test_cli_tradeoff_with_a_broken_cache_entry(tmp_path, monkeypatch, capsys):
     pytest.importorskip("matplotlib")
     out = tmp_path / "out"
     out.mkdir()
-    settings = {**SETTINGS, "threads": 2, "runs": 100}
+    settings = tradeoff.cache_settings("onnx", 2, 100, None, None)
     entries = {tradeoff._cache_key(a, r, settings): _point(a, r).to_dict() for a, r in tradeoff.GRID}
     entries[tradeoff._cache_key(0.25, 128, settings)]["latency_ms"] = "fast"
-    (out / "cache.json").write_text(json.dumps({"version": 1, "points": entries}))
+    (out / "cache.json").write_text(json.dumps({"version": VERSION, "points": entries}))
     monkeypatch.setattr(tradeoff, "_measure_one", lambda a, r, *_: _point(a, r, 2.0))
     with pytest.warns(RuntimeWarning, match="1 malformed entries are measured again"):
         code, lines = run_cli(["tradeoff", "--output", out, "--runtime", "onnx"], capsys)

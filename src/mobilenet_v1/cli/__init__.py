@@ -47,6 +47,7 @@ FLAGS = {
     "device": "--device",
     "resume": "--resume",
     "trust_native_code": "--trust-native-code",
+    "force": "--force",
 }
 _PARAMETER = re.compile(r"\b(" + "|".join(FLAGS) + r")=('[^']*'|[^\s,;:)]+)")
 

@@ -15,6 +15,8 @@ it is complete and checked, so a failure never leaves a partial file behind.
 
 from __future__ import annotations
 
+import os
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,12 +58,56 @@ def set_metadata(onnx_model: Any, props: dict[str, str]) -> None:
         entry.key, entry.value = key, value
 
 
-def onnx_session(path: str | Path, threads: int = 2, *, profile: str | None = None, spin: bool = True) -> Any:
+SPIN_ENV = "MOBILENET_V1_ORT_SPIN"  # "1" on, "0" off, else chosen per session (bench/tradeoff --ort-spin: on)
+
+
+def ort_spin_setting() -> str:
+    """``"on"``, ``"off"`` (``$MOBILENET_V1_ORT_SPIN`` 1 or 0) or ``"auto"``: what
+    :func:`ort_spin` follows, the key under which measurements are cached."""
+    return {"1": "on", "0": "off"}.get(os.environ.get(SPIN_ENV, ""), "auto")
+
+
+def ort_spin(threads: int = 2) -> bool:
+    """Whether the idle worker threads of a new ONNX Runtime session spin, for every
+    session the project makes: ``$MOBILENET_V1_ORT_SPIN`` 1 or 0 says so; otherwise it is
+    chosen by measuring the machine as the session is made: spin only when ``threads``
+    cores are idle, within half a core (:func:`idle_cores`, a tenth of a second of
+    /proc/stat).
+    Spinning saves a wake-up per operator when the cores are free (1.0/224 float32: 13%
+    faster on a quiet 2-core machine); when another process needs them it burns a core
+    and a descheduled spinner stalls the next operator (31% slower beside one busy
+    process), see docs/deployment.md."""
+    setting = ort_spin_setting()
+    if setting != "auto":
+        return setting == "on"
+    idle = idle_cores()
+    return idle is not None and idle >= threads - 0.5
+
+
+def idle_cores(seconds: float = 0.1) -> float | None:
+    """How many cores were idle over ``seconds`` (/proc/stat; ``None`` where there is none)."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # all jiffies, idle + iowait
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    cores = os.cpu_count() or 1
+    return cores * (idle1 - idle0) / max(total1 - total0, 1)
+
+
+def onnx_session(path: str | Path, threads: int = 2, *, profile: str | None = None, spin: bool | None = None) -> Any:
     """An ONNX Runtime CPU session tuned for latency: all graph optimizations (conv+Clip
     fusion, NCHWc layout for float, NHWC for int8), ``threads`` intra-op threads,
-    sequential execution. ``spin=False`` makes idle worker threads sleep instead of spin
-    (better when other processes share the cores). A missing or corrupt file raises a
-    one-line ``ValueError``."""
+    sequential execution, idle threads spinning or not (``spin``; ``None``: :func:`ort_spin`,
+    chosen by the machine's load).
+    A missing or corrupt file raises a one-line ``ValueError``."""
+    spin = ort_spin(threads) if spin is None else spin
     ort = require("onnxruntime", EXTRA, "ONNX Runtime")
     path = Path(path)
     if not path.is_file():
@@ -174,10 +220,12 @@ def export_onnx(
 class OnnxModel:
     """A file under ONNX Runtime (:func:`onnx_session`) as a ``batch -> logits`` callable:
     the one wrapper every caller uses. ``metadata`` reads our metadata (labels,
-    preprocessing) from the file, which an exported file always has."""
+    preprocessing) from the file, which an exported file always has. ``spin`` records
+    whether its idle threads spin (:func:`ort_spin` when not given)."""
 
-    def __init__(self, path: str | Path, threads: int = 2, *, spin: bool = True, metadata: bool = True) -> None:
-        self.session = onnx_session(path, threads, spin=spin)
+    def __init__(self, path: str | Path, threads: int = 2, *, spin: bool | None = None, metadata: bool = True) -> None:
+        self.spin = ort_spin(threads) if spin is None else spin
+        self.session = onnx_session(path, threads, spin=self.spin)
         self.input_name = self.session.get_inputs()[0].name
         self.metadata = read_metadata(self.session, name=path) if metadata else {}
 

@@ -3,15 +3,17 @@
 Each runtime is a callable on a ready input; :func:`measure` warms every runtime up,
 then times them in interleaved rounds (A B C, A B C, ...) so that a load spike on a
 shared machine hits all runtimes alike rather than one of them. Batch-1 latency is the
-median and 90th percentile over all timed runs; batch-32 throughput is images per
-second at the median batch time. :func:`layer_profile` splits ONNX Runtime's own
-per-node profile into Table 2's layer kinds (stem conv, depthwise, pointwise, FC).
+median and 90th percentile over all timed runs; throughput, at batches of 8, 32 and 128,
+is images per second at the median batch time, beside the fraction of this machine's
+compute limit it reaches (:func:`~.conditions.peak_macs`). Every timing carries the load
+it began under and the reasons it is unreliable, if any (:func:`~.conditions.noise`).
+:func:`layer_profile` splits ONNX Runtime's own per-node profile into Table 2's layer
+kinds (stem conv, depthwise, pointwise, FC).
 """
 
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -25,13 +27,15 @@ from typing import Any
 import numpy as np
 
 from ..config import layer_plan
+from ..cost import model_cost
 from ..deploy.litert import LiteRTModel
 from ..deploy.onnx import OnnxModel, onnx_session
+from .conditions import load_average, machine, noise, peak_macs
 from .subjects import SUBJECTS, BenchSetup
 
 __all__ = [
+    "BATCHES",
     "Timing",
-    "cpu_name",
     "layer_profile",
     "make_runners",
     "measure",
@@ -40,6 +44,7 @@ __all__ = [
 ]
 
 Runner = Callable[[], Any]
+BATCHES = (8, 32, 128)  # the throughput batches
 CONV_OPS = ("Conv", "QLinearConv", "FusedConv", "NchwcConv", "ConvInteger")
 FC_OPS = ("Gemm", "QGemm", "MatMul", "MatMulInteger", "QLinearMatMul")
 
@@ -60,21 +65,15 @@ class Timing:
     p90_ms: float
     min_ms: float
     steady_ms: float
+    load_before: float | None = None  # the 1-minute load average when the measurement began
+    flags: tuple[str, ...] = ()  # why it is unreliable (conditions.noise), empty when it is not
 
     @property
     def images_per_s(self) -> float:
         return 1000.0 * self.batch / self.median_ms
 
-    def to_dict(self) -> dict[str, float]:
-        return {**self.__dict__, "images_per_s": self.images_per_s}
-
-
-def cpu_name() -> str:
-    """The CPU as the kernel reports it (``model name`` in /proc/cpuinfo)."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "flags": list(self.flags), "images_per_s": self.images_per_s}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -84,9 +83,11 @@ def percentile(values: list[float], q: float) -> float:
 def measure(
     runners: dict[str, Runner], *, runs: int = 200, warmup: int = 20, rounds: int = 10, batch: int = 1
 ) -> dict[str, Timing]:
-    """Time each runner ``runs`` times after ``warmup`` calls, interleaved over ``rounds``."""
+    """Time each runner ``runs`` times after ``warmup`` calls, interleaved over ``rounds``;
+    each timing says the load it began under and is flagged where unreliable."""
     if runs < rounds:
         raise ValueError(f"runs ({runs}) must be at least rounds ({rounds})")
+    load_before = load_average()
     for run in runners.values():
         for _ in range(warmup):
             run()
@@ -102,13 +103,15 @@ def measure(
                 block.append((time.perf_counter() - start) * 1e3)
             samples[name] += block
             steady[name] = min(steady[name], statistics.median(block))
-    return {
-        name: Timing(len(t), batch, statistics.median(t), percentile(t, 90), min(t), steady[name])
-        for name, t in samples.items()
-    }
+    timings = {}
+    for name, t in samples.items():
+        median, p90 = statistics.median(t), percentile(t, 90)
+        flags = tuple(noise(median, p90, load_before))
+        timings[name] = Timing(len(t), batch, median, p90, min(t), steady[name], load_before, flags)
+    return timings
 
 
-def onnx_runner(path: str | Path, batch: np.ndarray, threads: int, spin: bool = True) -> Runner:
+def onnx_runner(path: str | Path, batch: np.ndarray, threads: int, spin: bool | None = None) -> Runner:
     model = OnnxModel(path, threads, spin=spin, metadata=False)
     return lambda: model.run(batch)
 
@@ -177,7 +180,7 @@ def _torch_runners(setup: BenchSetup, x: Any) -> dict[str, Runner]:
     }
 
 
-def _exported_runner(path: Path, x: Any, threads: int, spin: bool) -> Runner:
+def _exported_runner(path: Path, x: Any, threads: int, spin: bool | None) -> Runner:
     """An exported file under its runtime (:func:`~mobilenet_v1.deploy.formats.load_exported`);
     a uint8 ``.tflite`` is given uint8 pixels (NHWC) as on a phone."""
     from ..deploy.formats import load_exported
@@ -213,16 +216,45 @@ def make_runners(setup: BenchSetup, threads: int, batch: int) -> dict[str, Runne
 
 
 def run_config(
-    setup: BenchSetup, *, threads: tuple[int, ...] = (1, 2), runs: int = 200, batch: int = 32, batch_runs: int = 20
+    setup: BenchSetup,
+    *,
+    threads: tuple[int, ...] = (1, 2),
+    runs: int = 200,
+    batches: tuple[int, ...] = BATCHES,
+    batch_runs: int = 20,
 ) -> dict[str, Any]:
-    """Batch-1 latency and batch-``batch`` throughput of every subject at each thread count."""
-    out: dict[str, Any] = {"config": setup.label, "resolution": setup.resolution, "threads": {}}
+    """Batch-1 latency and the throughput at each of ``batches`` of every subject at each
+    thread count, with the machine and the compute limit (images/s) of each precision.
+    Larger batches get proportionally fewer timed runs (at least 3)."""
+    mult_adds = model_cost(setup.model.config, setup.resolution).mult_adds
+    out: dict[str, Any] = {"config": setup.label, "resolution": setup.resolution, "mult_adds": mult_adds}
+    out["machine"], out["threads"], out["limit_images_per_s"] = machine(max(threads)), {}, {}
     for n in threads:
         latency = measure(make_runners(setup, n, 1), runs=runs, warmup=20, rounds=10)
         print(f"{setup.label}: {n} thread(s), batch 1 done", file=sys.stderr, flush=True)
-        rounds = min(5, batch_runs)
-        throughput = measure(make_runners(setup, n, batch), runs=batch_runs, warmup=3, rounds=rounds, batch=batch)
+        throughput = {}
+        for batch in batches:
+            count = max(3, round(batch_runs * 8 / batch))
+            runners = make_runners(setup, n, batch)
+            throughput[batch] = measure(runners, runs=count, warmup=2, rounds=min(3, count), batch=batch)
+        limits = {dtype: peak_macs(dtype, n) / mult_adds for dtype in PRECISIONS}
+        out["limit_images_per_s"][str(n)] = limits
         out["threads"][str(n)] = {
-            name: {"latency": latency[name].to_dict(), "throughput": throughput[name].to_dict()} for name in latency
+            name: {
+                "latency": latency[name].to_dict(),
+                "throughput": {
+                    str(b): {**t[name].to_dict(), "of_limit": t[name].images_per_s / limits[precision(name)]}
+                    for b, t in throughput.items()
+                },
+            }
+            for name in latency
         }
     return out
+
+
+PRECISIONS = ("fp32", "bf16", "int8")
+
+
+def precision(subject: str) -> str:
+    """The arithmetic a subject computes in, for its compute limit."""
+    return "int8" if subject.endswith("int8") else "bf16" if subject.endswith("bf16") else "fp32"

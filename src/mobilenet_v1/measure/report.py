@@ -28,7 +28,8 @@ def latency_fit(points: list[Point]) -> dict[str, float]:
     y = np.array([p.latency_ms for p in points])
     slope, intercept = np.polyfit(x, y, 1)
     residual = y - (slope * x + intercept)
-    r2 = 1.0 - float(residual @ residual) / float(((y - y.mean()) ** 2).sum())
+    spread = float(((y - y.mean()) ** 2).sum())
+    r2 = 1.0 - float(residual @ residual) / spread if spread > 0 else 1.0  # equal latencies: a flat line fits
     return {"ms_per_million_mult_adds": float(slope), "intercept_ms": float(intercept), "r2": r2}
 
 
@@ -44,6 +45,7 @@ def markdown_table(points: list[Point], runtime: str) -> str:
         "Google top-1 quant",
         "Imagenette top-1 (here)",
         "Pareto",
+        "latency flags",
     )
     lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for r in iter_rows(points, runtime):
@@ -58,6 +60,7 @@ def markdown_table(points: list[Point], runtime: str) -> str:
             f"{r['google_top1_quant']:.1f}",
             "-" if r["imagenette_top1"] is None else f"{r['imagenette_top1']:.2f}",
             "yes" if r["pareto"] else "",
+            "; ".join(r["flags"]) or "-",
         )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -48,7 +48,7 @@ class BenchSetup:
     google_tflite: list[Path]  # Google's own file(s), if these are Google's weights
     timm_onnx: Path | None = None
     torch_backend: str = "inductor"
-    ort_spin: bool = True  # False on a shared machine, like OMP_WAIT_POLICY=PASSIVE for PyTorch
+    ort_spin: bool | None = None  # None: deploy.onnx.ort_spin(), chosen by the machine's load
 
 
 def export_timm(alpha: float, resolution: int, path: Path) -> Path:

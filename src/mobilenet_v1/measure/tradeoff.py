@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -36,10 +36,15 @@ from ..config import MIN_INPUT_SIZE
 from ..cost import model_cost
 from ..data.transforms import Preprocessing
 from ..deploy.formats import FORMATS
+from ..deploy.onnx import ort_spin_setting
 from ..files import write_text
 from ..model import MobileNetV1
 from ..untrusted import parse_json
 from ..weights import get_weights, google_config, load_weights, read_wnids
+from .conditions import machine
+
+if TYPE_CHECKING:
+    from .bench import Timing
 
 __all__ = ["GRID", "RUNTIMES", "Point", "best_under_budget", "measure_grid", "pareto_front"]
 
@@ -47,7 +52,7 @@ ALPHAS = (1.0, 0.75, 0.5, 0.25)
 RESOLUTIONS = (224, 192, 160, 128)
 GRID = tuple((a, r) for a in ALPHAS for r in RESOLUTIONS)
 RUNTIMES = (*FORMATS, "torch-compiled")  # as bench names them: the export formats, and compiled PyTorch
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the machine in the key, each point's load and noise flags
 MAX_CACHE_BYTES = 16 << 20  # ~40,000 entries of ~400 bytes: far more than any grid and settings give
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
@@ -70,6 +75,8 @@ class Point:
     google_top1_float: float  # Google's reported ImageNet top-1 (registry)
     google_top1_quant: float
     imagenette_top1: float | None = None  # measured here with Google's weights, if given data
+    load_before: float | None = None  # the 1-minute load average when its latency was measured
+    flags: tuple[str, ...] = ()  # why its latency is unreliable (conditions.noise); () when it is not
 
     @property
     def label(self) -> str:
@@ -80,7 +87,11 @@ class Point:
         return self.google_top1_quant if is_int8(runtime) else self.google_top1_float
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "flags": list(self.flags)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Point:
+        return cls(**{**data, "flags": tuple(data.get("flags", ()))})
 
 
 def pareto_front(points: list[Point], accuracy: Callable[[Point], float]) -> list[Point]:
@@ -98,8 +109,11 @@ def best_under_budget(
     *,
     budget_ms: float | None = None,
     budget_mult_adds: float | None = None,
-) -> Point:
-    """The most accurate point within the latency and/or mult-adds budget."""
+) -> tuple[Point, list[Point]]:
+    """The most accurate point within the latency and/or mult-adds budget, chosen among the
+    points whose latency is reliable, and the flagged points left out (the caller says so).
+    When every point that fits is flagged, the choice is refused: a ``ValueError`` naming
+    them, since a noisy median may be far from the runtime's speed."""
     fits = [
         p
         for p in points
@@ -112,7 +126,15 @@ def best_under_budget(
             f"no configuration fits the budget; the cheapest is {cheapest.label} at "
             f"{cheapest.latency_ms:.2f} ms and {cheapest.mult_adds / 1e6:.1f} M mult-adds"
         )
-    return max(fits, key=lambda p: (accuracy(p), -p.latency_ms))
+    flagged = [p for p in points if p.flags and (budget_ms is None or p.latency_ms <= 2 * budget_ms)]
+    reliable = [p for p in fits if not p.flags]
+    if not reliable:
+        noisy = ", ".join(f"{p.label} ({'; '.join(p.flags)})" for p in fits)
+        raise ValueError(
+            f"every configuration within the budget was measured under noise: {noisy}; "
+            "measure again with force=True on a quieter machine"
+        )
+    return max(reliable, key=lambda p: (accuracy(p), -p.latency_ms)), flagged
 
 
 def _local_weights(alpha: float, resolution: int, runtime: str, download: bool) -> tuple[MobileNetV1, Any] | None:
@@ -142,13 +164,12 @@ def _predictor(
     return load_exported(path, threads, trust_native_code=True)[0]  # exported just now, here
 
 
-def _latency(predict: Predictor, resolution: int, runs: int) -> tuple[float, float]:
+def _latency(predict: Predictor, resolution: int, runs: int) -> Timing:
     from .bench import measure
 
     x = torch.randn(1, 3, resolution, resolution)
     with torch.inference_mode():
-        timing = measure({"model": lambda: predict(x)}, runs=runs, warmup=10, rounds=1)["model"]
-    return timing.median_ms, timing.p90_ms
+        return measure({"model": lambda: predict(x)}, runs=runs, warmup=10, rounds=1)["model"]
 
 
 def _cache_key(alpha: float, resolution: int, settings: dict[str, Any]) -> str:
@@ -209,8 +230,11 @@ def _entry_problem(entry: Any) -> str | None:
     if set(entry) != set(_POINT_FIELDS):
         missing, extra = set(_POINT_FIELDS) - set(entry), set(entry) - set(_POINT_FIELDS)
         return f"missing {sorted(missing)}, unexpected {sorted(map(str, extra))[:5]}"
+    flags = entry["flags"]
+    if not isinstance(flags, list) or not all(isinstance(f, str) and len(f) < 200 for f in flags) or len(flags) > 8:
+        return f"flags = {str(flags)[:40]!r} is not a short list of strings"
     for name, value in entry.items():
-        if name == "imagenette_top1" and value is None:
+        if name == "flags" or (name in ("imagenette_top1", "load_before") and value is None):
             continue
         whole = name in ("resolution", "mult_adds", "params")
         number = isinstance(value, int) if whole else isinstance(value, int | float) and math.isfinite(value)
@@ -247,20 +271,19 @@ def measure_grid(
     download: bool = False,
     progress: bool = True,
     grid: tuple[tuple[float, int], ...] = GRID,
+    force: bool = False,
 ) -> list[Point]:
     """Measure the configurations of ``grid`` (default: the paper's 16); each finished one
-    is cached in ``cache_file`` at once, so an interrupted or repeated run is quick."""
+    is cached in ``cache_file`` at once, so an interrupted or repeated run is quick. The
+    cache is keyed by everything the numbers depend on (the machine's CPU and cores, the
+    threads, the runtime, its version and whether ONNX Runtime spins, the runs, the data),
+    so it is never read on another machine or setting; ``force`` measures every
+    configuration again."""
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
     from tqdm import tqdm
 
-    settings = {
-        "runtime": runtime,
-        "threads": threads,
-        "runs": runs,
-        "data": str(data.resolve()) if data else None,
-        "limit": limit_per_class,
-    }
+    settings = cache_settings(runtime, threads, runs, data, limit_per_class)
     cache = _load_cache(cache_file) if cache_file else {}
     entries = cache.setdefault("points", {})
     cache["version"] = CACHE_VERSION
@@ -270,7 +293,9 @@ def measure_grid(
     for alpha, resolution in bar:
         bar.set_postfix_str(f"{alpha:g}/{resolution}")
         key = _cache_key(alpha, resolution, settings)
-        if key in entries and not _matches(Point(**entries[key]), alpha, resolution):
+        if force:
+            entries.pop(key, None)
+        if key in entries and not _matches(Point.from_dict(entries[key]), alpha, resolution):
             stale.append(f"{alpha:g}/{resolution}")
             del entries[key]
         if key not in entries:
@@ -279,7 +304,7 @@ def measure_grid(
             ).to_dict()
             if cache_file:
                 write_text(cache_file, json.dumps(cache, indent=2), make_parents=True)
-        points.append(Point(**entries[key]))
+        points.append(Point.from_dict(entries[key]))
     if stale:
         warnings.warn(
             f"tradeoff cache {cache_file}: the entries of {', '.join(stale)} did not match their configuration's "
@@ -288,6 +313,20 @@ def measure_grid(
             stacklevel=2,
         )
     return points
+
+
+def cache_settings(runtime: str, threads: int, runs: int, data: Path | None, limit: int | None) -> dict[str, Any]:
+    """What a cached point depends on besides its configuration: the runtime and its
+    settings, this machine (CPU, cores, the runtimes' versions), the data evaluated on."""
+    return {
+        "runtime": runtime,
+        "threads": threads,
+        "runs": runs,
+        "data": str(data.resolve()) if data else None,
+        "limit": limit,
+        "machine": machine(threads),
+        "ort_spin": ort_spin_setting() if runtime.startswith("onnx") else None,
+    }
 
 
 def _measure_one(
@@ -307,13 +346,14 @@ def _measure_one(
     images = _calibration_batch(calibration, preset) if is_int8(runtime) else torch.empty(0)
     with tempfile.TemporaryDirectory() as tmp:
         predict = _predictor(model, preset, runtime, threads, Path(tmp), images)
-        median, p90 = _latency(predict, resolution, runs)
+        timing = _latency(predict, resolution, runs)
         top1 = _imagenette_top1(predict, data, info, limit) if info and data else None
     cost = model_cost(model.config, resolution)
     quant, float_ = (get_weights(f"mobilenet_v1_{alpha}_{resolution}{s}").value for s in ("_quant", ""))
     return Point(
-        alpha, resolution, cost.mult_adds, cost.params, median, p90, float_.google_top1, quant.google_top1, top1
-    )
+        alpha, resolution, cost.mult_adds, cost.params, timing.median_ms, timing.p90_ms,
+        float_.google_top1, quant.google_top1, top1, timing.load_before, timing.flags,
+    )  # fmt: skip
 
 
 def _calibration_batch(folder: Path | None, preset: Preprocessing, count: int = 64) -> torch.Tensor:
