@@ -10,6 +10,8 @@ import pytest
 import torch
 from torch import nn
 
+pytest_plugins = ["serving"]  # tests/serving.py: the fixtures of tests/serve
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MOBILENET_V1_DATA") or ROOT.parent / "shared" / "data")
 os.environ["MOBILENET_V1_DATA"] = str(SHARED_DATA)  # where the library finds Google's files

@@ -85,12 +85,20 @@ class Classifier:
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """Class probabilities of a transformed batch; ignored outputs get -1 (a uint8
-        softmax can give 0, so they could otherwise still rank)."""
-        out = self.scores(batch)
-        probs = out / 256.0 if self.uint8 else torch.softmax(out.float(), dim=1)
+        """Class probabilities of a transformed batch (:meth:`probabilities_of` its scores)."""
+        return self.probabilities_of(self.scores(batch))
+
+    def probabilities_of(self, scores: torch.Tensor) -> torch.Tensor:
+        """Class probabilities of checked scores (:meth:`scores`); ignored outputs get -1
+        (a uint8 softmax can give 0, so they could otherwise still rank)."""
+        probs = scores / 256.0 if self.uint8 else torch.softmax(scores.float(), dim=1)
         probs[:, list(self.ignore)] = -1.0
         return probs
+
+    def top_indices(self, probs: torch.Tensor, k: int) -> torch.Tensor:
+        """The ``k`` most probable classes of each row of ``probs`` (:func:`top_classes`),
+        never an ignored one."""
+        return top_classes(probs, min(k, probs.shape[1] - len(set(self.ignore))))
 
     @torch.inference_mode()
     def scores(self, batch: torch.Tensor) -> torch.Tensor:
@@ -113,7 +121,7 @@ class Classifier:
     def top(self, batch: torch.Tensor, k: int = 5) -> list[Prediction]:
         """The ``k`` most probable classes of each image of a transformed batch."""
         probs = self.probabilities(batch)
-        indices = top_classes(probs, min(k, probs.shape[1] - len(set(self.ignore))))  # never an ignored one
+        indices = self.top_indices(probs, k)
         return [
             [(self.classes[i], float(p)) for p, i in zip(row_p.tolist(), row_i.tolist(), strict=True)]
             for row_p, row_i in zip(probs.gather(1, indices), indices, strict=True)

@@ -17,7 +17,7 @@ the CLI says the flags that set them instead (``--qat-steps 100``, ``--format
 tflite-int8``): :data:`FLAGS`, applied by :func:`as_flags`.
 
 May import: ``config``, ``cost``, ``classify``, ``data``, ``weights``, ``train``, ``deploy``, ``measure``,
-``files``, ``untrusted``.
+``serve``, ``files``, ``untrusted``.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from collections.abc import Sequence
 import torch
 
 from ..untrusted import printable
-from . import bench, cost, evaluate, export, predict, tradeoff, train
+from . import bench, cost, evaluate, export, predict, serve, tradeoff, train
 
 PROG = "mobilenet-v1"
-SUBCOMMANDS = (cost, train, export, bench, tradeoff, predict, evaluate)
+SUBCOMMANDS = (cost, train, export, bench, tradeoff, predict, evaluate, serve)
 # library parameter -> the flag that sets it
 FLAGS = {
     "fmt": "--format",
@@ -48,6 +48,12 @@ FLAGS = {
     "resume": "--resume",
     "trust_native_code": "--trust-native-code",
     "force": "--force",
+    "max_batch": "--max-batch",
+    "max_delay_ms": "--max-delay-ms",
+    "max_queue": "--max-queue",
+    "max_body_mb": "--max-body-mb",
+    "timeout_ms": "--timeout-ms",
+    "name": "--name",
 }
 _PARAMETER = re.compile(r"\b(" + "|".join(FLAGS) + r")=('[^']*'|[^\s,;:)]+)")
 

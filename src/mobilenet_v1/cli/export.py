@@ -1,4 +1,5 @@
-"""``mobilenet-v1 export``: a checkpoint to ONNX, LiteRT, ExecuTorch or an AOTInductor package."""
+"""``mobilenet-v1 export``: a checkpoint to ONNX, LiteRT, ExecuTorch, an AOTInductor package
+or a Triton model repository."""
 
 from __future__ import annotations
 
@@ -12,14 +13,16 @@ from . import args as types
 INT8 = ("onnx-int8", "tflite-int8", "executorch-int8")
 FORMAT_HELP = (
     "onnx (float32), onnx-int8 (static PTQ), tflite / tflite-int8 (LiteRT), executorch / executorch-int8 "
-    "(.pte lowered to XNNPACK), pt2 / pt2-bf16 (torch.export + AOTInductor package)"
+    "(.pte lowered to XNNPACK), pt2 / pt2-bf16 (torch.export + AOTInductor package), "
+    "triton (a Triton model repository of the float32 ONNX, batching as `serve`)"
 )
+TRITON = "triton"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export weights to ONNX, LiteRT, ExecuTorch or pt2 (fp32/int8), numerics checked")
     p.add_argument("--weights", required=True, help="Google model name, enum name, or .tflite/.safetensors file")
-    p.add_argument("--format", choices=FORMATS, default="onnx", help=FORMAT_HELP)
+    p.add_argument("--format", choices=(*FORMATS, TRITON), default="onnx", help=FORMAT_HELP)
     p.add_argument("--calibration", type=Path, help="image folder for int8 calibration (e.g. imagenette/train)")
     p.add_argument("--calibration-images", type=types.positive_int, default=200, help="images drawn from it")
     p.add_argument(
@@ -45,7 +48,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="onnx: any input height/width >= 32, not only the weights' resolution (SAME pads computed in the graph)",
     )
-    p.add_argument("-o", "--output", type=Path, required=True, help="the file to write (.onnx, .tflite, .pte, .pt2)")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="the file to write (.onnx, .tflite, .pte, .pt2), or triton's folder",
+    )
+    p.add_argument("--name", help="triton: the model's name in the repository (default: the weights' name)")
     p.add_argument("--json", action="store_true", help="print the export report as JSON")
     p.set_defaults(func=run)
 
@@ -53,6 +63,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def check_options(args: argparse.Namespace) -> None:
     """Each option only where its format takes it; the output named for its format."""
     fmt = args.format
+    if args.name is not None and fmt != TRITON:
+        raise ValueError(f"--name only applies to --format triton, got --format {fmt}")
+    if fmt == TRITON:
+        if args.output.exists() and not args.output.is_dir():
+            raise ValueError(f"--format triton writes a model repository (a folder), not the file {args.output}")
+        if args.calibration is not None or args.float_layers is not None or args.qat_steps or args.dynamic_size:
+            raise ValueError("--format triton takes the float32 ONNX export: no int8 or --dynamic-size options")
+        return
     suffix = FORMATS[fmt]
     if args.output.suffix.lower() != suffix:
         raise ValueError(f"--format {fmt} writes a {suffix} file, got --output {args.output}")
@@ -78,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
     from ..files import check_not_input, check_writable
     from ..weights import load_weights
 
+    if args.format == TRITON:
+        return run_triton(args)
     check_writable(args.output)  # first: a directory or a device is named as such
     check_options(args)
     check_not_input(args.output, [args.weights, args.calibration])
@@ -104,4 +124,27 @@ def run(args: argparse.Namespace) -> int:
             f"max |{report.compared} diff| vs PyTorch {report.max_abs_diff:.3g}, "
             f"top-1 agreement {100 * report.top1_agreement:.1f}% on {report.checked_on}"
         )
+    return 0
+
+
+def run_triton(args: argparse.Namespace) -> int:
+    """A Triton model repository whose batching and queue policy are ``serve``'s defaults."""
+    from ..deploy.triton import export_triton
+    from ..files import check_not_input
+    from ..serve.app import ServeConfig
+    from ..weights import load_weights
+
+    check_options(args)
+    check_not_input(args.output, [args.weights])
+    model, loaded = load_weights(args.weights)
+    name = args.name or Path(str(args.weights)).name.removesuffix(".safetensors").removesuffix(".tflite")
+    serve = ServeConfig()
+    report = export_triton(
+        model, args.output, loaded.preprocessing, labels=loaded.classes, name=name, max_batch=serve.max_batch,
+        max_delay_ms=serve.max_delay_ms, max_queue=serve.max_queue, timeout_ms=serve.timeout_ms,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(f"wrote {args.output / name} (Triton, ONNX Runtime backend): max |logit diff| {report.max_abs_diff:.3g}")
     return 0

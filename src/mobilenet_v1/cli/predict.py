@@ -75,12 +75,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def from_model(path: Path, int8_exact: bool, trust_native_code: bool = False) -> Classifier:
+def from_model(path: Path, int8_exact: bool, trust_native_code: bool = False, *, threads: int = 2) -> Classifier:
     """The classifier of an exported file, run by its runtime (``--model``, in place of ``--weights``)."""
     from ..deploy.formats import load_exported
 
     if int8_exact:
         raise ValueError("--int8-exact runs Google's interpreter arithmetic; it does not apply to --model")
-    model, info = load_exported(path, trust_native_code=trust_native_code)
+    model, info = load_exported(path, threads, trust_native_code=trust_native_code)
     uint8 = getattr(model, "uint8", False)  # a uint8 .tflite takes the uint8 crops
     return Classifier(model, info.preprocessing, info.classes, info.ignore, uint8=uint8, source=str(path))

@@ -23,7 +23,7 @@ import stat
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import simplejpeg
@@ -37,6 +37,7 @@ __all__ = [
     "MAX_ASPECT_RATIO",
     "MAX_IMAGE_BYTES",
     "MAX_PIXELS",
+    "decode_image",
     "is_skipped_name",
     "list_images",
     "load_image",
@@ -133,24 +134,40 @@ def load_image(path: str | Path) -> torch.Tensor:
     """
     path = Path(path)
     with _open_regular(path) as f:
-        size = os.fstat(f.fileno()).st_size
-        if size > MAX_IMAGE_BYTES:
-            raise ValueError(
-                f"cannot decode image {printable(path)}: {size} bytes, more than the {MAX_IMAGE_BYTES} allowed"
-            )
-        data = bytearray(_read(f, min(size, HEAD_BYTES)))
-        jpeg = None
-        if data.startswith(b"\xff\xd8"):
-            jpeg = _jpeg_header(data, f, size, path)  # reads on as far as the scan, checks the size
-        elif (claimed := _header_size(data)) is not None:
-            _check_size(path, *claimed)
-        data += _read(f, size - len(data))
+        data, jpeg = _read_checked(f, os.fstat(f.fileno()).st_size, path)
+    return _decode(data, jpeg, path)
+
+
+def decode_image(data: bytes, name: str = "upload") -> torch.Tensor:
+    """:func:`load_image` for an image already in memory (an upload): the same checks, in
+    the same order, and the same pixels; ``name`` stands for the file in its errors."""
+    return _decode(*_read_checked(io.BytesIO(data), len(data), name), name)
+
+
+def _read_checked(f: BinaryIO, size: int, name: str | Path) -> tuple[bytearray, tuple[int, int, int, int] | None]:
+    """The bytes of ``f`` and its JPEG header (:func:`_jpeg_header`, ``None`` for other
+    formats), the sizes checked from the header before the rest is read."""
+    if size > MAX_IMAGE_BYTES:
+        raise ValueError(
+            f"cannot decode image {printable(name)}: {size} bytes, more than the {MAX_IMAGE_BYTES} allowed"
+        )
+    data = bytearray(_read(f, min(size, HEAD_BYTES)))
+    jpeg = None
+    if data.startswith(b"\xff\xd8"):
+        jpeg = _jpeg_header(data, f, size, name)  # reads on as far as the scan, checks the size
+    elif (claimed := _header_size(data)) is not None:
+        _check_size(name, *claimed)
+    data += _read(f, size - len(data))
+    return data, jpeg
+
+
+def _decode(data: bytearray, jpeg: tuple[int, int, int, int] | None, name: str | Path) -> torch.Tensor:
     if jpeg is not None:
-        _check_scans(path, data, jpeg[3])
+        _check_scans(name, data, jpeg[3])
         image = _decode_jpeg(data, jpeg[0], jpeg[1])
         if image is not None:
             return _upright(image, jpeg[2])
-    return _load_with_pil(bytes(data), path)
+    return _load_with_pil(bytes(data), name)
 
 
 def _open_regular(path: Path) -> io.FileIO:
@@ -171,7 +188,7 @@ def _open_regular(path: Path) -> io.FileIO:
     return io.FileIO(fd, "rb", closefd=True)
 
 
-def _read(f: io.FileIO, count: int) -> bytes:
+def _read(f: BinaryIO, count: int) -> bytes:
     """Up to ``count`` bytes (fewer only at the end of the file)."""
     chunks, left = [], count
     while left > 0:
@@ -183,7 +200,7 @@ def _read(f: io.FileIO, count: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _check_size(path: Path, width: int, height: int) -> None:
+def _check_size(path: str | Path, width: int, height: int) -> None:
     """Refuse a claimed size before any pixel is allocated (zero sizes are left to the decoder)."""
     if width < 1 or height < 1:
         return
@@ -224,7 +241,7 @@ def _header_size(head: bytes | bytearray) -> tuple[int, int] | None:
     return None
 
 
-def _jpeg_header(data: bytearray, f: io.FileIO, size: int, path: Path) -> tuple[int, int, int, int]:
+def _jpeg_header(data: bytearray, f: BinaryIO, size: int, path: str | Path) -> tuple[int, int, int, int]:
     """(width, height, EXIF orientation, offset of the first scan) of a JPEG, reading on from ``f`` into ``data`` only
     as far as the start of the scan; the size is checked as soon as the frame header is
     read. The walk over the markers is libjpeg's (fill bytes and stray bytes between
@@ -264,7 +281,7 @@ def _jpeg_header(data: bytearray, f: io.FileIO, size: int, path: Path) -> tuple[
     return frame[0], frame[1], orientation, pos
 
 
-def _check_scans(path: Path, data: bytearray, start: int) -> None:
+def _check_scans(path: str | Path, data: bytearray, start: int) -> None:
     """Refuse a JPEG of more scans than :data:`MAX_JPEG_SCANS`: each progressive scan is a
     pass over the whole image, so a small file of a thousand scans takes minutes to decode.
     Scan headers (0xFF 0xDA) cannot appear inside entropy-coded data (a 0xFF there is
@@ -277,7 +294,7 @@ def _check_scans(path: Path, data: bytearray, start: int) -> None:
         )
 
 
-def _read_more(data: bytearray, f: io.FileIO, size: int, needed: int) -> bool:
+def _read_more(data: bytearray, f: BinaryIO, size: int, needed: int) -> bool:
     """Extend ``data`` from ``f`` to at least ``needed`` bytes (in 64 KiB steps); False at the end."""
     if needed > size:
         return False
@@ -347,7 +364,7 @@ def _decode_jpeg(data: bytearray, width: int, height: int) -> torch.Tensor | Non
     return torch.from_numpy(array).permute(2, 0, 1)
 
 
-def _load_with_pil(data: bytes, path: Path) -> torch.Tensor:
+def _load_with_pil(data: bytes, path: str | Path) -> torch.Tensor:
     """Decode with PIL from memory: the size is checked from the header before decoding. The
     result is a (3, H, W) view of PIL's (H, W, 3) pixels, the layout of the JPEG fast path."""
     from PIL import Image, UnidentifiedImageError
