@@ -8,8 +8,11 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -48,8 +51,16 @@ def tiny_served(tiny_onnx) -> ServedModel:
     return ServedModel(classifier, "tiny", "ONNX Runtime", tiny_onnx)
 
 
+def _drain(stream: IO[str], lines: deque[str]) -> None:
+    """Read a pipe to its end, keeping its last lines: a server that logs more than a pipe
+    holds (uvicorn warns on every malformed request) must never block on writing."""
+    for line in stream:
+        lines.append(line)
+
+
 class Server:
-    """``mobilenet-v1 serve`` in a subprocess on a free loopback port, stopped by SIGTERM."""
+    """``mobilenet-v1 serve`` in a subprocess on a free loopback port, ready when made,
+    stopped by SIGTERM; its output is read all along."""
 
     def __init__(self, *args: str, timeout: float = 120.0) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -60,19 +71,28 @@ class Server:
             text=True,
             env=env,
         )
+        self._out: deque[str] = deque(maxlen=10_000)
+        self._err: deque[str] = deque(maxlen=10_000)
+        self._readers = [threading.Thread(target=_drain, args=(self.proc.stderr, self._err), daemon=True)]
+        self._readers[0].start()
         deadline = time.monotonic() + timeout
         line = ""
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
+            self._out.append(line)
             if match := re.search(r"at http://([\d.]+):(\d+)/", line):
                 self.host, self.port = match[1], int(match[2])
                 self.url = f"http://{self.host}:{self.port}"
+                self._readers.append(threading.Thread(target=_drain, args=(self.proc.stdout, self._out), daemon=True))
+                self._readers[-1].start()
                 self._wait_ready(deadline)
                 return
             if not line and self.proc.poll() is not None:
                 break
         self.proc.kill()
-        raise RuntimeError(f"server did not start: {line!r} {self.proc.stderr.read()[-2000:]}")
+        self.proc.wait()
+        self._readers[0].join(10)
+        raise RuntimeError(f"server did not start: {line!r} {''.join(self._err)[-2000:]}")
 
     def _wait_ready(self, deadline: float) -> None:
         import httpx
@@ -87,14 +107,17 @@ class Server:
         raise RuntimeError("server never became ready")
 
     def stop(self) -> tuple[int, str, str]:
+        """SIGTERM (SIGKILL after a minute): the exit code, stdout and stderr."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            out, err = self.proc.communicate(timeout=60)
+            self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, err = self.proc.communicate()
-        return self.proc.returncode, out, err
+            self.proc.wait()
+        for reader in self._readers:
+            reader.join(10)
+        return self.proc.returncode, "".join(self._out), "".join(self._err)
 
 
 @pytest.fixture

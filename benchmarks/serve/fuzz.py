@@ -27,8 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
 from common import RESULTS, ROOT
 
-sys.path[:0] = [str(ROOT / "tests" / "robustness"), str(ROOT / "tests" / "serve"), str(Path(__file__).parent)]
-from load import start_server, stop_server
+sys.path[:0] = [str(ROOT / "tests" / d) for d in ("", "robustness", "serve")] + [str(Path(__file__).parent)]
+from serving import Server
 from test_fuzz import image_seeds
 from test_fuzz_uploads import check_answer, upload_case
 
@@ -80,8 +80,8 @@ def main() -> None:
         onnx = Path(tmp) / "tiny.onnx"
         export_onnx(mobilenet_v1(alpha=0.25, num_classes=10).eval(), onnx, Preprocessing(64),
                     labels=[f"class {i}" for i in range(10)])  # fmt: skip
-        proc, url = start_server(onnx, "tiny", 2, extra=("--max-body-mb", "1"))
-        host, port = url.removeprefix("http://").split(":")
+        server = Server("--model", str(onnx), "--name", "tiny", "--threads", "2", "--max-body-mb", "1")
+        url, host, port = server.url, server.host, server.port
         start = time.perf_counter()
         try:
             with httpx.Client(base_url=url, timeout=30) as client:
@@ -100,10 +100,10 @@ def main() -> None:
                     data = RAW_LINES[i % len(RAW_LINES)]
                     if i >= len(RAW_LINES):
                         data = bytes(b ^ (1 << rng.randrange(8)) if rng.random() < 0.02 else b for b in data)
-                    raw_replies[raw_request(host, int(port), data)[:40]] += 1
+                    raw_replies[raw_request(host, port, data)[:40]] += 1
                 ready = client.get("/v2/health/ready").status_code == 200
         finally:
-            code = stop_server(proc)
+            code = server.stop()[0]
     report.update(
         cases=args.cases, raw_cases=args.raw, seconds=time.perf_counter() - start, statuses=dict(statuses),
         raw_replies=dict(raw_replies), failures=failures, ready_after=ready, exit_code=code,

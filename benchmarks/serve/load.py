@@ -25,10 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,8 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
-from common import DATA, RESULTS
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[2] / "tests")]
+from common import DATA, RESULTS  # benchmarks/common.py
+from serving import Server  # tests/serving.py: serve in a subprocess, its output drained
 
 from mobilenet_v1.classify import Classifier
 from mobilenet_v1.data.images import decode_image
@@ -48,35 +46,6 @@ from mobilenet_v1.weights import load_weights
 
 CONFIGS = {"0.25/128": "mobilenet_v1_0.25_128_quant", "1.0/224": "mobilenet_v1_1.0_224_quant"}
 MAX_BATCH = 8
-
-
-def start_server(
-    onnx: Path, name: str, threads: int, extra: tuple[str, ...] = (), timeout: float = 120.0
-) -> tuple[subprocess.Popen, str]:
-    """``mobilenet-v1 serve`` of ``onnx`` on a free loopback port: the process and its URL."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mobilenet_v1", "serve", "--model", str(onnx), "--name", name, "--port", "0",
-         "--threads", str(threads), "--max-batch", str(MAX_BATCH), "--max-queue", "128", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if match := re.search(r"at (http://[\d.]+:\d+)/", line):
-            return proc, match[1]
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise RuntimeError(f"the server did not start: {proc.stderr.read()[-1000:]}")
-
-
-def stop_server(proc: subprocess.Popen) -> int:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
 
 
 def rss_bytes(pid: int) -> int:
@@ -147,11 +116,15 @@ async def closed_loop(url: str, requests: list[tuple[str, bytes, dict]], concurr
     return latencies, statuses, elapsed
 
 
-async def open_loop(url: str, requests: list[tuple[str, bytes, dict]], rate: float, seconds: float, cap: int = 512):
-    """Requests sent at ``rate`` per second whatever the answers (at most ``cap`` in flight)."""
+async def open_loop(
+    url: str, requests: list[tuple[str, bytes, dict]], rate: float, seconds: float, cap: int = 512, pid: int = 0
+):
+    """Requests sent at ``rate`` per second whatever the answers (at most ``cap`` in flight);
+    with ``pid``, also each minute's answers and the server's RSS at its end."""
     import aiohttp
 
     latencies, statuses = [], {}
+    minutes: list[dict[str, object]] = []
     in_flight = asyncio.Semaphore(cap)
     connector = aiohttp.TCPConnector(limit=cap)
     async with aiohttp.ClientSession(url, connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
@@ -162,21 +135,27 @@ async def open_loop(url: str, requests: list[tuple[str, bytes, dict]], rate: flo
                 await post(session, path, body, headers, latencies, statuses)
 
         tasks, start, i = set(), time.perf_counter(), 0
+        last = {}
         while (now := time.perf_counter()) - start < seconds:
             while i < int((now - start) * rate):
                 task = asyncio.create_task(one(i))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 i += 1
+            if pid and now - start >= 60 * (len(minutes) + 1):
+                counts = {str(k): v - last.get(k, 0) for k, v in statuses.items() if v - last.get(k, 0)}
+                minutes.append({"minute": len(minutes) + 1, "statuses": counts, "rss_bytes": rss_bytes(pid)})
+                last = dict(statuses)
             await asyncio.sleep(0.002)
         await asyncio.gather(*tasks)
-    return latencies, statuses, time.perf_counter() - start
+    return latencies, statuses, time.perf_counter() - start, minutes
 
 
-def summary(latencies: list[float], statuses: dict, elapsed: float) -> dict[str, object]:
+def summary(latencies: list[float], statuses: dict, elapsed: float, minutes: list | None = None) -> dict[str, object]:
     ms = np.array(latencies) * 1000
     ok = statuses.get(200, 0)
     return {
+        **({"minutes": minutes} if minutes else {}),
         "requests": len(latencies),
         "ok_per_s": ok / elapsed,
         "p50_ms": float(np.percentile(ms, 50)) if len(ms) else None,
@@ -239,7 +218,11 @@ def main() -> None:
                 "jpeg": [("/v1/classify", data, {"Content-Type": "image/jpeg"}) for data in jpegs],
                 "tensor": [(f"/v2/models/{name}/infer", *v2_body(x)) for x in tensors],
             }
-            proc, url = start_server(onnx, name, args.threads)
+            server = Server(
+                "--model", str(onnx), "--name", name, "--threads", str(args.threads),
+                "--max-batch", str(MAX_BATCH), "--max-queue", "128",
+            )  # fmt: skip
+            url, pid = server.url, server.proc.pid
             sync = httpx.Client(timeout=30)
             rows = {}
             try:
@@ -259,9 +242,10 @@ def main() -> None:
                 capacity = max(r["ok_per_s"] for k, r in rows.items() if k.startswith("tensor"))
                 entry["capacity_per_s"] = capacity
                 if label == args.fault_config and args.soak:
-                    rss0 = rss_bytes(proc.pid)
-                    soak = summary(*asyncio.run(open_loop(url, kinds["tensor"], 0.8 * capacity, args.soak)))
-                    soak["rss_start_bytes"], soak["rss_end_bytes"] = rss0, rss_bytes(proc.pid)
+                    rss0 = rss_bytes(pid)
+                    soaked = open_loop(url, kinds["tensor"], 0.8 * capacity, args.soak, pid=pid)
+                    soak = summary(*asyncio.run(soaked))
+                    soak["rss_start_bytes"], soak["rss_end_bytes"] = rss0, rss_bytes(pid)
                     soak["rss_growth"] = soak["rss_end_bytes"] / rss0 - 1
                     soak["rate_per_s"] = 0.8 * capacity
                     entry["soak"] = soak
@@ -274,7 +258,7 @@ def main() -> None:
                     print(f"{label} overload: {json.dumps(over)}", file=sys.stderr, flush=True)
             finally:
                 sync.close()
-                entry["exit_code"] = stop_server(proc)
+                entry["exit_code"] = server.stop()[0]
         report["configs"][label] = entry
     report["load_after"] = load_average()
     print("| config | path | concurrency | ok/s | p50 ms | p90 ms | p99 ms | avg batch | errors |")

@@ -4,11 +4,18 @@ or a Triton model repository."""
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import sys
 from pathlib import Path
 
+from ..classify import Classifier
 from ..deploy.formats import FORMATS
+from ..measure.evaluate import ExportDrop, compare_folder
+from ..untrusted import printable
+from ..weights import read_wnids
 from . import args as types
+from .predict import from_model
 
 INT8 = ("onnx-int8", "tflite-int8", "executorch-int8")
 FORMAT_HELP = (
@@ -56,6 +63,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the file to write (.onnx, .tflite, .pte, .pt2), or triton's folder",
     )
     p.add_argument("--name", help="triton: the model's name in the repository (default: the weights' name)")
+    p.add_argument(
+        "--val",
+        type=Path,
+        help="image folder (one sub-folder per class): evaluate the weights and the export on it, print the top-1 drop",
+    )
+    p.add_argument(
+        "--max-drop",
+        type=float,
+        default=1.0,
+        help="with --val: warn when the export loses more top-1 points than this (default 1)",
+    )
+    p.add_argument("--wnids", type=Path, help="with --val: ImageNet WordNet ids (default: the data directory's)")
     p.add_argument("--json", action="store_true", help="print the export report as JSON")
     p.set_defaults(func=run)
 
@@ -70,6 +89,8 @@ def check_options(args: argparse.Namespace) -> None:
             raise ValueError(f"--format triton writes a model repository (a folder), not the file {args.output}")
         if args.calibration is not None or args.float_layers is not None or args.qat_steps or args.dynamic_size:
             raise ValueError("--format triton takes the float32 ONNX export: no int8 or --dynamic-size options")
+        if args.val is not None:
+            raise ValueError("--val applies to the file formats; evaluate a Triton model's ONNX file with eval --model")
         return
     suffix = FORMATS[fmt]
     if args.output.suffix.lower() != suffix:
@@ -88,6 +109,10 @@ def check_options(args: argparse.Namespace) -> None:
         raise ValueError(f"--float-layers must be >= 0, got {args.float_layers}")
     if args.qat_steps and fmt not in ("onnx-int8", "tflite-int8"):
         raise ValueError(f"--qat-steps only applies to --format onnx-int8 or tflite-int8, got --format {fmt}")
+    if args.val is None and args.wnids is not None:
+        raise ValueError("--wnids only applies with --val DIR")
+    if not args.max_drop >= 0:
+        raise ValueError(f"--max-drop must be >= 0 points, got {args.max_drop}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,10 +125,12 @@ def run(args: argparse.Namespace) -> int:
         return run_triton(args)
     check_writable(args.output)  # first: a directory or a device is named as such
     check_options(args)
-    check_not_input(args.output, [args.weights, args.calibration])
+    check_not_input(args.output, [args.weights, args.calibration, args.val])
     files = calibration_files(args.calibration, args.calibration_images) if args.calibration else []
     model, loaded = load_weights(args.weights)
     int8 = args.format in INT8
+    # the weights as given: the export may fold batch norm or fine-tune (--qat-steps) in place
+    reference = Classifier(copy.deepcopy(model), loaded.preprocessing, loaded.classes, loaded.ignore)
     report = export_as(
         args.format,
         model,
@@ -116,15 +143,43 @@ def run(args: argparse.Namespace) -> int:
         qat_steps=args.qat_steps,
         dynamic_size=args.dynamic_size,
     )
-    if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-    else:
+    result = report.to_dict()
+    if not args.json:
         print(
             f"wrote {report.path} ({report.format}): "
             f"max |{report.compared} diff| vs PyTorch {report.max_abs_diff:.3g}, "
             f"top-1 agreement {100 * report.top1_agreement:.1f}% on {report.checked_on}"
         )
+    if args.val is not None:
+        exported = from_model(args.output, False, trust_native_code=True)  # the file this run wrote
+        cost = compare_folder(reference, exported, args.val, wnids=read_wnids(args.wnids), progress=True)
+        result["val"] = {"dir": str(args.val), **cost.to_dict()}
+        if not args.json:
+            print(describe_drop(cost, report.format, args.val))
+        if cost.drop > args.max_drop:
+            print(f"warning: {drop_advice(cost.drop, args.max_drop, report.format)}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result, indent=2))
     return 0
+
+
+def describe_drop(cost: ExportDrop, fmt: str, val: Path) -> str:
+    """One line: both top-1s (tie-rule-free), the drop and the agreement on ``val``."""
+    return (
+        f"{printable(str(val))}: top-1 {cost.reference.top1_ties_split:.2f}% (weights) -> "
+        f"{cost.exported.top1_ties_split:.2f}% ({fmt}), drop {cost.drop:+.2f} pt, "
+        f"top-1 agreement {100 * cost.agreement:.2f}% on {cost.reference.count} images"
+    )
+
+
+def drop_advice(drop: float, max_drop: float, fmt: str) -> str:
+    """What to try when an export loses more than ``max_drop`` top-1 points."""
+    hint = "more --calibration-images, drawn from the training folder"
+    if fmt in ("onnx-int8", "tflite-int8"):
+        hint += ", --qat-steps N (quantization-aware fine-tuning on the calibration images)"
+    if fmt == "onnx-int8":
+        hint += ", more --float-layers"
+    return f"the {fmt} export loses {drop:.2f} top-1 points, more than --max-drop {max_drop:g}: try {hint}"
 
 
 def run_triton(args: argparse.Namespace) -> int:

@@ -25,7 +25,16 @@ from ..classify import Classifier, top_classes
 from ..data.folders import ImageFolder, find_samples
 from ..data.transforms import Preprocessing, eval_transform, float_input
 
-__all__ = ["EvalResult", "evaluate", "evaluate_folder", "evaluate_samples", "make_loader", "worker_error"]
+__all__ = [
+    "EvalResult",
+    "ExportDrop",
+    "compare_folder",
+    "evaluate",
+    "evaluate_folder",
+    "evaluate_samples",
+    "make_loader",
+    "worker_error",
+]
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 
@@ -134,6 +143,49 @@ def evaluate_folder(
     samples, folders = find_samples(root, classifier.classes, wnids)
     loader = make_loader(ImageFolder(samples, classifier.transform), batch_size, workers)
     return evaluate(classifier.scores, loader, folders, ignore=classifier.ignore, progress=progress, total=len(loader))
+
+
+@dataclass
+class ExportDrop:
+    """What an export costs on a folder: the reference's and the export's results on the
+    same images, the top-1 drop in points (tie-rule-free, ``top1_ties_split``) and the
+    share of images whose top-1 class the two agree on."""
+
+    reference: EvalResult
+    exported: EvalResult
+
+    @property
+    def drop(self) -> float:
+        return self.reference.top1_ties_split - self.exported.top1_ties_split
+
+    @property
+    def agreement(self) -> float:
+        return float(np.mean(self.reference.predictions[:, 0] == self.exported.predictions[:, 0]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "count": self.reference.count,
+            "reference_top1": self.reference.top1_ties_split,
+            "top1": self.exported.top1_ties_split,
+            "drop": self.drop,
+            "top1_agreement": self.agreement,
+        }
+
+
+def compare_folder(
+    reference: Classifier,
+    exported: Classifier,
+    root: str | Path,
+    *,
+    wnids: Sequence[str] | None = None,
+    batch_size: int = 64,
+    workers: int = 2,
+    progress: bool = False,
+) -> ExportDrop:
+    """Evaluate a model and its export on the same folder: what the export (int8
+    quantization above all) costs. Each runs its own preprocessing preset."""
+    kwargs = {"wnids": wnids, "batch_size": batch_size, "workers": workers, "progress": progress}
+    return ExportDrop(evaluate_folder(reference, root, **kwargs), evaluate_folder(exported, root, **kwargs))
 
 
 _WORKER_HEADER = re.compile(r"^Caught (\S+) in DataLoader worker process \d+\.")
