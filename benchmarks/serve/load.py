@@ -135,7 +135,13 @@ async def open_loop(
                 await post(session, path, body, headers, latencies, statuses)
 
         tasks, start, i = set(), time.perf_counter(), 0
-        last = {}
+        last: dict = {}
+
+        def close_minute() -> None:
+            counts = {str(k): v - last.get(k, 0) for k, v in statuses.items() if v - last.get(k, 0)}
+            minutes.append({"minute": len(minutes) + 1, "statuses": counts, "rss_bytes": rss_bytes(pid)})
+            last.update(statuses)
+
         while (now := time.perf_counter()) - start < seconds:
             while i < int((now - start) * rate):
                 task = asyncio.create_task(one(i))
@@ -143,11 +149,11 @@ async def open_loop(
                 task.add_done_callback(tasks.discard)
                 i += 1
             if pid and now - start >= 60 * (len(minutes) + 1):
-                counts = {str(k): v - last.get(k, 0) for k, v in statuses.items() if v - last.get(k, 0)}
-                minutes.append({"minute": len(minutes) + 1, "statuses": counts, "rss_bytes": rss_bytes(pid)})
-                last = dict(statuses)
+                close_minute()
             await asyncio.sleep(0.002)
         await asyncio.gather(*tasks)
+        if pid:
+            close_minute()  # the last (partial) minute and the answers still in flight at the end
     return latencies, statuses, time.perf_counter() - start, minutes
 
 

@@ -79,10 +79,14 @@ def test_a_drop_over_max_drop_is_a_warning_with_what_to_try(tiny, val, tmp_path,
     report = json.loads(captured.out)["val"]
     assert report["drop"] == pytest.approx(2.5) and report["top1_agreement"] == pytest.approx(0.75)
     warning = captured.err.strip().splitlines()[-1]
-    assert warning.startswith("warning: the onnx-int8 export loses 2.50 top-1 points, more than --max-drop 2")
+    assert warning.startswith("warning: the onnx-int8 export loses 2.50 top-1 points against the weights, more than")
     assert "--qat-steps" in warning and "--float-layers" in warning
     assert main([*argv, "--val", str(val), "--max-drop", "3", "-o", str(out)]) == 0
     assert "warning" not in capsys.readouterr().err
+    gain = ExportDrop(_result(87.5, [0, 1, 0, 0]), _result(90.0, [0, 1, 2, 0]))
+    monkeypatch.setattr(export_cli, "compare_folder", lambda *args, **kwargs: gain)
+    assert main([*argv, "--val", str(val), "--max-drop", "2", "-o", str(out)]) == 0
+    assert "export gains 2.50 top-1 points against the weights" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -72,7 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-drop",
         type=float,
         default=1.0,
-        help="with --val: warn when the export loses more top-1 points than this (default 1)",
+        help="with --val: warn when the export's top-1 differs from the weights' by more points than this, "
+        "either way (default 1)",
     )
     p.add_argument("--wnids", type=Path, help="with --val: ImageNet WordNet ids (default: the data directory's)")
     p.add_argument("--json", action="store_true", help="print the export report as JSON")
@@ -156,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         result["val"] = {"dir": str(args.val), **cost.to_dict()}
         if not args.json:
             print(describe_drop(cost, report.format, args.val))
-        if cost.drop > args.max_drop:
+        if abs(cost.drop) > args.max_drop:
             print(f"warning: {drop_advice(cost.drop, args.max_drop, report.format)}", file=sys.stderr)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -173,13 +174,18 @@ def describe_drop(cost: ExportDrop, fmt: str, val: Path) -> str:
 
 
 def drop_advice(drop: float, max_drop: float, fmt: str) -> str:
-    """What to try when an export loses more than ``max_drop`` top-1 points."""
+    """What to try when an export's top-1 moves by more than ``max_drop`` points: a gain
+    that large is a different model too (the int8 ranges undo part of the training)."""
     hint = "more --calibration-images, drawn from the training folder"
     if fmt in ("onnx-int8", "tflite-int8"):
         hint += ", --qat-steps N (quantization-aware fine-tuning on the calibration images)"
     if fmt == "onnx-int8":
         hint += ", more --float-layers"
-    return f"the {fmt} export loses {drop:.2f} top-1 points, more than --max-drop {max_drop:g}: try {hint}"
+    moves = f"loses {drop:.2f}" if drop > 0 else f"gains {-drop:.2f}"
+    return (
+        f"the {fmt} export {moves} top-1 points against the weights, more than --max-drop {max_drop:g}: "
+        f"it is not the same model; try {hint}"
+    )
 
 
 def run_triton(args: argparse.Namespace) -> int:
