@@ -96,6 +96,8 @@ def test_a_drop_over_max_drop_is_a_warning_with_what_to_try(tiny, val, tmp_path,
         (["--max-drop", "nan"], "--max-drop must be >= 0"),
         (["--wnids", "w.txt"], "--wnids only applies with --val"),
         (["--format", "triton", "--val", "{val}"], "--val applies to the file formats"),
+        (["--val", "{val}/a"], "one sub-folder of images per class"),
+        (["--val", "{val}/missing"], "missing"),
     ],
 )
 def test_val_options_out_of_place_are_one_line(tiny, val, tmp_path, capsys, extra, needle) -> None:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ..classify import Classifier
+from ..data.folders import find_samples
 from ..deploy.formats import FORMATS
 from ..measure.evaluate import ExportDrop, compare_folder
 from ..untrusted import printable
@@ -129,6 +130,9 @@ def run(args: argparse.Namespace) -> int:
     check_not_input(args.output, [args.weights, args.calibration, args.val])
     files = calibration_files(args.calibration, args.calibration_images) if args.calibration else []
     model, loaded = load_weights(args.weights)
+    wnids = read_wnids(args.wnids) if args.val is not None else None
+    if args.val is not None:  # a folder that cannot be evaluated is said before the export, not after
+        find_samples(args.val, loaded.classes, wnids)
     int8 = args.format in INT8
     # the weights as given: the export may fold batch norm or fine-tune (--qat-steps) in place
     reference = Classifier(copy.deepcopy(model), loaded.preprocessing, loaded.classes, loaded.ignore)
@@ -153,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.val is not None:
         exported = from_model(args.output, False, trust_native_code=True)  # the file this run wrote
-        cost = compare_folder(reference, exported, args.val, wnids=read_wnids(args.wnids), progress=True)
+        cost = compare_folder(reference, exported, args.val, wnids=wnids, progress=True)
         result["val"] = {"dir": str(args.val), **cost.to_dict()}
         if not args.json:
             print(describe_drop(cost, report.format, args.val))
