@@ -44,6 +44,8 @@ FLAGS = {
     "float_layers": "--float-layers",
     "quantization": "--quantization",
     "sync_bn": "--sync-bn",
+    "freeze_backbone": "--freeze-backbone",
+    "train_backbone": "--train-backbone",
     "device": "--device",
     "resume": "--resume",
     "trust_native_code": "--trust-native-code",

@@ -13,6 +13,7 @@ from ..train.checkpoint import LAST
 from ..train.config import (
     DISTILL_TEMPERATURE,
     DISTILL_WEIGHT,
+    FINETUNE_MIN_PER_CLASS,
     RECIPES,
     SCRATCH_ALPHA,
     SCRATCH_RESOLUTION,
@@ -72,6 +73,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--freeze-backbone", action="store_true", default=None, help="train the classifier only")
     p.add_argument(
+        "--train-backbone",
+        action="store_true",
+        default=None,
+        help=f"fine-tuning: train the whole network even with fewer than {FINETUNE_MIN_PER_CLASS} photos per class "
+        "(by default the classifier alone there)",
+    )
+    p.add_argument(
         "--val-fraction",
         type=float,
         help=f"share of each class held out when there is no DIR/val ({default('val_fraction')})",
@@ -119,8 +127,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _settings(args: argparse.Namespace) -> dict[str, object]:
     names = (
         "weights scratch alpha variant resolution recipe optimizer epochs batch_size lr weight_decay label_smoothing "
-        "warmup_epochs freeze_backbone val_fraction seed workers worker_nice worker_idle ema ema_decay precision "
-        "channels_last checkpoint_minutes checkpoint_steps sync_bn device teacher distill_temperature distill_weight"
+        "warmup_epochs freeze_backbone train_backbone val_fraction seed workers worker_nice worker_idle ema ema_decay "
+        "precision channels_last checkpoint_minutes checkpoint_steps sync_bn device teacher distill_temperature "
+        "distill_weight"
     ).split()
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 

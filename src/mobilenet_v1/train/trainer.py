@@ -48,7 +48,7 @@ from .checkpoint import (
     restore_rng,
     test_signal_from_env,
 )
-from .config import check_device
+from .config import FINETUNE_MIN_PER_CLASS, check_device
 from .distill import Teacher, distillation_loss
 from .loaders import build_loaders
 from .optim import build_optimizer, exponential_decay, finetune_schedule, warmup_cosine
@@ -71,7 +71,15 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         model, self.preprocessing = build_model(cfg, self.classes)
         accelerate(model)  # faster CPU kernels, same parameters and state dict
-        if cfg.freeze_backbone:
+        # Fine-tuning on few photos per class: the classifier alone (FINETUNE_MIN_PER_CLASS).
+        self.photos_per_class = len(plan.split.train) / len(self.classes)
+        self.small_data = (
+            cfg.recipe_defaults.probe > 0
+            and not (cfg.freeze_backbone or cfg.train_backbone)
+            and self.photos_per_class < FINETUNE_MIN_PER_CLASS
+        )
+        self.classifier_only = cfg.freeze_backbone or self.small_data
+        if self.classifier_only:
             model.features.requires_grad_(False)
         memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.memory_format = memory_format
@@ -86,8 +94,8 @@ class Trainer:
         self.optimizer = build_optimizer(
             cfg.resolved_optimizer(), self.model_without_ddp, self.lr, cfg.weight_decay, recipe.backbone_lr_scale
         )
-        # --freeze-backbone: the classifier alone for the whole run, no probe phase to end.
-        self.probe_steps = 0 if cfg.freeze_backbone else round(recipe.probe * cfg.epochs * self.steps_per_epoch)
+        # The classifier alone for the whole run: no probe phase to end.
+        self.probe_steps = 0 if self.classifier_only else round(recipe.probe * cfg.epochs * self.steps_per_epoch)
         self.model = self._wrap()
         self.scheduler = self._build_scheduler()
         self.ema = self._build_ema()
@@ -209,7 +217,7 @@ class Trainer:
         p, cfg = self.progress, self.config
         self.sampler.set_epoch(p.epoch, skip=p.step_in_epoch * cfg.batch_size)
         self.model.train()
-        if cfg.freeze_backbone or cfg.recipe_defaults.frozen_bn:
+        if self.classifier_only or cfg.recipe_defaults.frozen_bn:
             self.model_without_ddp.features.eval()  # the pretrained BN statistics stay
         bar = tqdm(
             total=self.steps_per_epoch,
@@ -338,6 +346,12 @@ class Trainer:
         lines, cfg = [], self.config
         start = f"starting from {printable(cfg.weights)}" if cfg.weights else "starting from scratch (random weights)"
         lines.append(start + ("" if not cfg.weights else " (--scratch for random weights)"))
+        if self.small_data:
+            lines.append(
+                f"fine-tuning: the classifier alone ({self.photos_per_class:.0f} training photos per class, fewer "
+                f"than {FINETUNE_MIN_PER_CLASS}: training the whole network on so few lowers accuracy; "
+                "--train-backbone trains it anyway)"
+            )
         if self.probe_steps:
             scale, steps = cfg.recipe_defaults.backbone_lr_scale, self.probe_steps
             lines.append(
