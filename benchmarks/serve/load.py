@@ -204,7 +204,8 @@ def main() -> None:
     args = parser.parse_args()
     import httpx
 
-    photos = sorted(args.photos.rglob("*.JPEG"))[:: max(1, len(list(args.photos.rglob("*.JPEG"))) // 64)][:64]
+    photos = sorted(args.photos.rglob("*.JPEG"))
+    photos = photos[:: max(1, len(photos) // 64)][:64]  # 64 photos spread over the classes
     jpegs = [p.read_bytes() for p in photos]
     report = {"machine": machine(args.threads), "command": " ".join(["python", *sys.argv]), "max_batch": MAX_BATCH}
     report["load_before"], report["configs"] = load_average(), {}

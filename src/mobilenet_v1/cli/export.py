@@ -130,8 +130,9 @@ def run(args: argparse.Namespace) -> int:
     check_not_input(args.output, [args.weights, args.calibration, args.val])
     files = calibration_files(args.calibration, args.calibration_images) if args.calibration else []
     model, loaded = load_weights(args.weights)
-    wnids = read_wnids(args.wnids) if args.val is not None else None
+    wnids = None
     if args.val is not None:  # a folder that cannot be evaluated is said before the export, not after
+        wnids = read_wnids(args.wnids)
         find_samples(args.val, loaded.classes, wnids)
     int8 = args.format in INT8
     # the weights as given: the export may fold batch norm or fine-tune (--qat-steps) in place
