@@ -30,6 +30,7 @@ from mobilenet_v1.deploy.onnx import OnnxModel, export_onnx
 from mobilenet_v1.deploy.quantize import calibration_files, load_batch, quantize_onnx, tflite_overrides
 from mobilenet_v1.measure.evaluate import evaluate_samples
 from mobilenet_v1.weights import load_weights, read_wnids
+from mobilenet_v1.weights.grids import Int8Grids
 
 MODELS = (
     "mobilenet_v1_0.25_128_quant",
@@ -80,7 +81,7 @@ def one_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
         record("fp32_onnx", OnnxModel(fp32))
     for mode, float_layers in (v for v in VARIANTS if f"{v[0]}_f{v[1]}" in args.variants):
         out = tmp / f"{name}_{mode}_{float_layers}.onnx"
-        overrides = tflite_overrides(fp32, tflite) if mode == "tflite" else None
+        overrides = tflite_overrides(fp32, Int8Grids.read(tflite)) if mode == "tflite" else None
         quantize_onnx(fp32, out, calibration, float_layers=float_layers, overrides=overrides)
         record(f"int8_{mode}_f{float_layers}", OnnxModel(out))
     if args.bf16:

@@ -34,18 +34,12 @@ from common import DATA, RESULTS
 
 from mobilenet_v1.deploy.litert import LiteRTModel
 from mobilenet_v1.deploy.onnx import OnnxModel, export_onnx
-from mobilenet_v1.deploy.quantize import (
-    calibration_files,
-    export_int8,
-    int8_grids,
-    load_batch,
-    quantize_onnx,
-    tflite_overrides,
-)
+from mobilenet_v1.deploy.quantize import calibration_files, export_int8, load_batch, quantize_onnx, tflite_overrides
 from mobilenet_v1.files import write_text
 from mobilenet_v1.measure.bench import layer_profile, measure
 from mobilenet_v1.measure.conditions import cpu_name
 from mobilenet_v1.weights import load_weights
+from mobilenet_v1.weights.grids import google_tflite, int8_grids
 
 CONFIGS = {
     "0.25/128": "mobilenet_v1_0.25_128_quant",
@@ -56,7 +50,7 @@ CONFIGS = {
 
 
 def export_pair(name: str, folder: Path, images_folder: Path) -> tuple:
-    """(model, resolution, grids, before, after): the int8 file with the classifier per
+    """(model, resolution, Google's files, before, after): the int8 file with the classifier per
     channel (``before``) and as ``export_int8`` writes it (``after``)."""
     import onnx
 
@@ -70,22 +64,22 @@ def export_pair(name: str, folder: Path, images_folder: Path) -> tuple:
     del overrides[gemm.input[1]]  # quantize_static's default: symmetric int8 per output channel
     quantize_onnx(fp32, before, images, overrides=overrides)
     export_int8(model, after, pre, images, labels=info.classes, grids=grids)
-    return model, pre.resolution, grids, before, after
+    return model, pre.resolution, google_tflite(info), before, after
 
 
-def runners(resolution: int, grids: list[Path], before: Path, after: Path) -> dict:
+def runners(resolution: int, google: list[Path], before: Path, after: Path) -> dict:
     x = np.random.default_rng(0).uniform(-1, 1, (1, 3, resolution, resolution)).astype(np.float32)
     pixels = np.random.default_rng(0).integers(0, 256, (1, resolution, resolution, 3), dtype=np.uint8)
     files = {"ours-before": (before, 2), "ours-after": (after, 2), "ours-after-1thread": (after, 1)}
     out = {name: OnnxModel(path, threads, metadata=False).run for name, (path, threads) in files.items()}
-    litert = LiteRTModel(grids, threads=2)
+    litert = LiteRTModel(google, threads=2)
     return {**{name: partial(run, x) for name, run in out.items()}, "litert": partial(litert.run, pixels)}
 
 
 def run_config(label: str, runs: int, repeats: int, images_folder: Path) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        model, res, grids, before, after = export_pair(CONFIGS[label], Path(tmp), images_folder)
-        subjects = runners(res, grids, before, after)
+        model, res, google, before, after = export_pair(CONFIGS[label], Path(tmp), images_folder)
+        subjects = runners(res, google, before, after)
         rounds = []
         for _ in range(repeats):
             timing = measure(subjects, runs=runs, warmup=50, rounds=20)

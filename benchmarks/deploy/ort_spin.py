@@ -32,10 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/commo
 from common import DATA, RESULTS
 
 from mobilenet_v1.deploy.onnx import OnnxModel, export_onnx
-from mobilenet_v1.deploy.quantize import calibration_files, export_int8, int8_grids, load_batch
+from mobilenet_v1.deploy.quantize import calibration_files, export_int8, load_batch
 from mobilenet_v1.measure.bench import measure
 from mobilenet_v1.measure.conditions import load_average, machine
 from mobilenet_v1.weights import load_weights
+from mobilenet_v1.weights.grids import int8_grids
 
 
 @contextmanager

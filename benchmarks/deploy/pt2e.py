@@ -34,6 +34,7 @@ from mobilenet_v1.deploy.quantize import calibration_files, load_batch, quantize
 from mobilenet_v1.measure.bench import measure, onnx_runner
 from mobilenet_v1.measure.evaluate import evaluate, make_loader
 from mobilenet_v1.weights import load_weights, read_wnids
+from mobilenet_v1.weights.grids import Int8Grids
 
 
 def pt2e_int8(model: torch.nn.Module, calibration: torch.Tensor) -> torch.nn.Module:
@@ -74,7 +75,7 @@ def one_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
     prepare_s = time.perf_counter() - start
     fp32, int8 = tmp / f"{name}.onnx", tmp / f"{name}_int8.onnx"
     export_onnx(model, fp32, pre)
-    quantize_onnx(fp32, int8, calibration[:16], overrides=tflite_overrides(fp32, info.record.files()))
+    quantize_onnx(fp32, int8, calibration[:16], overrides=tflite_overrides(fp32, Int8Grids.read(info.record.files())))
 
     def run_pt2e() -> torch.Tensor:
         with torch.no_grad():

@@ -28,12 +28,13 @@ from common import DATA, RESULTS
 
 from mobilenet_v1.data.folders import find_samples
 from mobilenet_v1.deploy.litert import LiteRTModel, export_tflite
-from mobilenet_v1.deploy.quantize import calibration_files, int8_grids, load_batch
+from mobilenet_v1.deploy.quantize import calibration_files, load_batch
 from mobilenet_v1.measure.bench import measure
 from mobilenet_v1.measure.conditions import cpu_name
 from mobilenet_v1.measure.evaluate import evaluate_samples
 from mobilenet_v1.weights import load_weights, read_wnids
 from mobilenet_v1.weights.google_tflite.int8 import load_int8
+from mobilenet_v1.weights.grids import google_tflite, int8_grids
 
 MODELS = (
     "mobilenet_v1_0.25_128_quant",
@@ -77,7 +78,7 @@ def google_row(name: str, args: argparse.Namespace, tmp: Path) -> dict:
     start = time.perf_counter()
     report = export_tflite(model, ours_path, pre, labels=info.classes, int8=True, calibration=calibration, grids=grids)
     row = {"model": name, "images": len(samples), "export_s": time.perf_counter() - start, "report": report.checked_on}
-    ours, google = LiteRTModel(ours_path, args.threads), LiteRTModel(grids, threads=args.threads)
+    ours, google = LiteRTModel(ours_path, args.threads), LiteRTModel(google_tflite(info), threads=args.threads)
     crops = uint8_crops(samples, pre, EMULATION_IMAGES)
     ours_bytes = ours(crops)
     row["vs_google"] = byte_agreement(ours_bytes, google(crops))

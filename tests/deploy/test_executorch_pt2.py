@@ -131,7 +131,7 @@ def test_executorch_int8_quantizes_relu6_after_the_activation(shared_data, monke
     model, info = load_weights("mobilenet_v1_0.25_128_quant")
     folded = _Lowerable(fuse_bn(model)).eval()
     calibration = load_batch(calibration_files(imagenette / "train", 16), info.preprocessing)
-    quantized = _quantize(folded, calibration)
+    quantized = _quantize(folded, calibration, (), [])  # every layer calibrated
     relu6 = [n for n in quantized.graph.nodes if n.target == torch.ops.aten.hardtanh_.default]
     assert len(relu6) == 27 and all(n.args[0].target == torch.ops.aten.conv2d.default for n in relu6)
     for node in relu6:

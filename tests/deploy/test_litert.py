@@ -14,7 +14,8 @@ from conftest import randomize_batch_norm
 from mobilenet_v1 import Classifier, mobilenet_v1
 from mobilenet_v1.data.transforms import Preprocessing
 from mobilenet_v1.deploy.common import FP32_TOLERANCE
-from mobilenet_v1.deploy.quantize import calibration_files, int8_grids, load_batch
+from mobilenet_v1.deploy.quantize import calibration_files, load_batch
+from mobilenet_v1.weights.grids import google_tflite, int8_grids
 
 pytest.importorskip("ai_edge_litert")
 pytest.importorskip("tflite")
@@ -67,7 +68,7 @@ def test_google_int8_export_is_googles_file_byte_for_byte(shared_data, tmp_path)
     ours = LiteRTModel(path)
     nhwc = ours.to_pixels(batch).permute(0, 2, 3, 1).contiguous()
     litert = torch.from_numpy(ours.run(nhwc.numpy()))
-    google = LiteRTModel(int8_grids(info))
+    google = LiteRTModel(google_tflite(info))
     expected = torch.from_numpy(google.run(nhwc.numpy()))
     assert torch.equal(litert, expected)  # every weight, bias and grid is Google's
     emulation, _ = load_int8(path)  # the brief's check: the project's emulation of our file
@@ -102,7 +103,7 @@ def test_calibrated_int8_export_of_any_checkpoint(tmp_path):
     ("kwargs", "needle"),
     [
         ({"int8": True}, "needs calibration images"),
-        ({"qat_steps": 2}, "qat_steps=2 needs calibrated int8"),
+        ({"qat_steps": 2}, "qat_steps=2 needs fmt='tflite-int8'"),
         ({"int8": True, "calibration": images(2), "model": {"padding": "symmetric"}}, "needs TensorFlow SAME padding"),
         ({"int8": True, "calibration": images(2), "preset": Preprocessing(64, mean=(0.485, 0.456, 0.406))}, "one grid"),
     ],

@@ -196,12 +196,13 @@ def test_google_int8_keeps_googles_weight_grid_per_channel(shared_data, tmp_path
 
     from mobilenet_v1.deploy.quantize import tflite_overrides
     from mobilenet_v1.weights import load_weights
+    from mobilenet_v1.weights.grids import Int8Grids
 
     model, info = load_weights(GOOGLE)
     fp32, int8 = tmp_path / "f.onnx", tmp_path / "q.onnx"
     export_onnx(model, fp32, info.preprocessing)
     files = calibration_files(shared_data / "imagenette" / "train", 4)
-    overrides = tflite_overrides(fp32, info.record.files())
+    overrides = tflite_overrides(fp32, Int8Grids.read(info.record.files()))
     quantize_onnx(fp32, int8, load_batch(files, info.preprocessing), overrides=overrides)
     floats = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(fp32)).graph.initializer}
     graph = onnx.load(str(int8)).graph

@@ -8,9 +8,10 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from mobilenet_v1.deploy.quantize import calibration_files, export_int8, int8_grids, load_batch
+from mobilenet_v1.deploy.quantize import calibration_files, export_int8, load_batch
 from mobilenet_v1.weights import load_weights
 from mobilenet_v1.weights.google_tflite.reader import read_tflite_files
+from mobilenet_v1.weights.grids import google_tflite, int8_grids
 
 GOOGLE = "mobilenet_v1_0.25_128_quant"
 
@@ -22,7 +23,7 @@ def google_int8(shared_data, tmp_path_factory):
     folder = tmp_path_factory.mktemp("int8")
     images = load_batch(calibration_files(shared_data / "imagenette" / "val", 8), info.preprocessing)
     report = export_int8(model, folder / "q.onnx", info.preprocessing, images, grids=int8_grids(info))
-    return folder, images, int8_grids(info), report, model
+    return folder, images, google_tflite(info), report, model
 
 
 def _classifier(path):

@@ -41,6 +41,9 @@ SUBCOMMANDS = (cost, train, export, bench, tradeoff, predict, evaluate, serve)
 FLAGS = {
     "fmt": "--format",
     "qat_steps": "--qat-steps",
+    "qat_epochs": "--qat-epochs",
+    "epochs": "--epochs",
+    "ema": "--ema",
     "float_layers": "--float-layers",
     "quantization": "--quantization",
     "sync_bn": "--sync-bn",

@@ -119,9 +119,10 @@ def check_options(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..deploy.formats import export_as
-    from ..deploy.quantize import calibration_files, int8_grids, load_batch
+    from ..deploy.quantize import calibration_files, load_batch
     from ..files import check_not_input, check_writable
     from ..weights import load_weights
+    from ..weights.grids import int8_grids
 
     if args.format == TRITON:
         return run_triton(args)
@@ -144,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         loaded.preprocessing,
         labels=loaded.classes,
         calibration=load_batch(files, loaded.preprocessing) if files else None,
-        grids=int8_grids(loaded, args.quantization) if int8 else (),
+        grids=int8_grids(loaded, args.quantization) if int8 else None,
         float_layers=args.float_layers,
         qat_steps=args.qat_steps,
         dynamic_size=args.dynamic_size,

@@ -120,6 +120,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=float,
         help=f"share of the loss from the teacher, in [0, 1]; the rest from the labels (default {DISTILL_WEIGHT:g})",
     )
+    p.add_argument(
+        "--qat-epochs",
+        type=types.non_negative_int,
+        help="train the last N epochs with int8 arithmetic in the loop (quantization-aware): the saved weights "
+        "carry their int8 grids, which every int8 export keeps (default 0)",
+    )
     p.add_argument("--device", help=f"auto, cpu, cuda, cuda:1 ... (default {default('device')})")
     p.set_defaults(func=run)
 
@@ -129,7 +135,7 @@ def _settings(args: argparse.Namespace) -> dict[str, object]:
         "weights scratch alpha variant resolution recipe optimizer epochs batch_size lr weight_decay label_smoothing "
         "warmup_epochs freeze_backbone train_backbone val_fraction seed workers worker_nice worker_idle ema ema_decay "
         "precision channels_last checkpoint_minutes checkpoint_steps sync_bn device teacher distill_temperature "
-        "distill_weight"
+        "distill_weight qat_epochs"
     ).split()
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 

@@ -38,6 +38,7 @@ from ..model import MobileNetV1
 from ..optional import require
 from ..untrusted import parse_json, printable, read_bounded
 from ..weights import LoadedWeights
+from ..weights.grids import Grid, Int8Grids, layers_on_grids, quantized_layers
 from .common import (
     FP32_TOLERANCE,
     ExportReport,
@@ -49,6 +50,7 @@ from .common import (
     random_inputs,
 )
 from .fold import fuse_bn
+from .int8 import correct_biases, grids_used, int8_weight_steps, per_channel_int8
 
 __all__ = ["ExecuTorchModel", "export_executorch", "load_executorch"]
 
@@ -62,6 +64,8 @@ EXTRA = "mobile"  # pip install 'mobilenet-v1[mobile]'
 _CONVS = (torch.ops.aten.conv2d.default, torch.ops.aten.convolution.default)
 _ACTIVATIONS = (torch.ops.aten.relu.default, torch.ops.aten.relu_.default, torch.ops.aten.hardtanh.default,
                 torch.ops.aten.hardtanh_.default)  # fmt: skip
+_LINEAR = torch.ops.aten.linear.default
+_POOLED = (torch.ops.aten.mean.dim, torch.ops.aten.flatten.using_ints)  # the pooled features and their flattening
 
 
 class _Lowerable(nn.Module):
@@ -134,8 +138,9 @@ def _quantizer() -> Any:
     return Quantizer().set_global(config)
 
 
-def _quantize(model: nn.Module, calibration: torch.Tensor) -> torch.nn.Module:
-    """PT2E: observers placed by :func:`_quantizer`, calibrated, converted to q/dq form."""
+def _quantize(model: nn.Module, calibration: torch.Tensor, grids: Int8Grids | None, keep: Sequence[bool]) -> nn.Module:
+    """PT2E: observers placed by :func:`_quantizer`, calibrated, the layers ``keep`` names
+    given their ``grids`` (:func:`_kept_ranges`), converted to q/dq form."""
     pt2e = _require("torchao.quantization.pt2e.quantize_pt2e")
     quantizer = _quantizer()
     example = (calibration[:2],)
@@ -143,7 +148,53 @@ def _quantize(model: nn.Module, calibration: torch.Tensor) -> torch.nn.Module:
     with torch.no_grad():
         for batch in calibration.split(16):
             prepared(batch)
+    if grids is not None and any(keep):
+        _kept_ranges(prepared, grids, keep)
     return pt2e.convert_pt2e(prepared)
+
+
+def _kept_ranges(prepared: torch.fx.GraphModule, grids: Int8Grids, keep: Sequence[bool]) -> None:
+    """Set the observed ranges of the layers ``keep`` names so that their parameters are
+    ``grids``' (:mod:`.int8`): a uint8 activation grid ``(s, z)`` is the int8 grid
+    ``(s, z - 128)``, the range ``[-s z, s (255 - z)]``; a weight grid the symmetric
+    per-channel steps of :func:`~.int8.int8_weight_steps`, the range ``127`` steps either
+    way. The padding before a stride-2 layer and the pooled features follow their inputs,
+    as Google's files have them."""
+    layers = [n for n in prepared.graph.nodes if n.op == "call_function" and n.target in (*_CONVS, _LINEAR)]
+    if len(layers) != len(grids.weights):
+        raise ValueError(f"the program has {len(layers)} layers, {grids.source} {len(grids.weights)}")
+
+    def observer(node: torch.fx.Node) -> Any:
+        return prepared.get_submodule(str(node.target))
+
+    def activation(node: torch.fx.Node, grid: Grid) -> None:
+        obs, low, high = observer(node), -grid.scale * grid.zero_point, grid.scale * (255 - grid.zero_point)
+        obs.min_val, obs.max_val = torch.tensor(low), torch.tensor(high)
+
+    def output(node: torch.fx.Node) -> torch.fx.Node:
+        (user,) = node.users  # the activation after a convolution, or the observer after the classifier
+        return next(iter(user.users)) if user.op == "call_function" else user
+
+    for node, w, y, kept in zip(layers, grids.weights, grids.outputs, keep, strict=True):
+        if not kept:
+            continue
+        weights = prepared.get_parameter(str(node.args[1].args[0].target)).detach().numpy()
+        steps = torch.from_numpy(int8_weight_steps(w, weights))
+        obs = observer(node.args[1])
+        obs.min_val, obs.max_val = -127 * steps, 127 * steps
+        activation(output(node), y)
+    if keep[0]:
+        activation(layers[0].args[0], grids.input)
+    if keep[-2]:
+        for node in prepared.graph.nodes:
+            if node.op == "call_module" and node.args[0].target in _POOLED:
+                activation(node, grids.pool)
+    for node in prepared.graph.nodes:  # a padding keeps its input's grid (zero lies on it)
+        if node.op == "call_module" and node.args[0].target == torch.ops.aten.pad.default:
+            source = node.args[0].args[0]
+            if source.op == "call_module":
+                obs, src = observer(node), observer(source)
+                obs.min_val, obs.max_val = src.min_val.clone(), src.max_val.clone()
 
 
 def _lower(module: torch.nn.Module, resolution: int, metadata: dict[str, str]) -> bytes:
@@ -173,13 +224,16 @@ def export_executorch(
     labels: Sequence[str] | None = None,
     int8: bool = False,
     calibration: torch.Tensor | None = None,
+    grids: Int8Grids | None = None,
 ) -> ExportReport:
     """``model`` to an ExecuTorch program at ``path`` (``.pte``), lowered to XNNPACK.
 
     float32 is checked against the folded PyTorch model on ``calibration`` (or 4 random
     images): max |logit diff| <= ``FP32_TOLERANCE``, else ``ValueError`` and nothing is
     written. int8 needs ``calibration`` (a preprocessed batch, e.g. 100-200 images) and
-    reports its difference and top-1 agreement with the float model on it.
+    reports its difference and top-1 agreement with the float model on it; the layers
+    that lie on ``grids`` (Google's or a QAT checkpoint's,
+    :func:`~mobilenet_v1.deploy.quantize.int8_grids`) keep them (:mod:`.int8`).
     """
     if int8 and (calibration is None or len(calibration) == 0):
         raise ValueError("an int8 ExecuTorch export needs calibration images")
@@ -189,8 +243,13 @@ def export_executorch(
     inputs = calibration if given else random_inputs(res)
     fmt = "executorch-int8" if int8 else "executorch"
     meta = metadata_props(preprocessing, labels, folded.config, fmt)
-    lowerable = _Lowerable(folded).eval()
-    module = _quantize(lowerable, inputs) if int8 else lowerable
+    keep = layers_on_grids(folded, grids) if grids is not None else [False] * len(quantized_layers(folded))
+    if int8:  # the calibrated layers' biases corrected for their per-channel weight grids
+        meta["mobilenet_v1.quantization"] = grids_used(keep)
+        corrected = correct_biases(folded, inputs, per_channel_int8, [not kept for kept in keep])
+        module = _quantize(_Lowerable(corrected).eval(), inputs, grids, keep)
+    else:
+        module = _Lowerable(folded).eval()
     buffer = _lower(module, res, meta)
     with atomic_write(path) as tmp:
         with open(tmp, "wb") as f:

@@ -23,6 +23,7 @@ from ..model import MobileNetV1
 from ..weights import LoadedWeights
 
 if TYPE_CHECKING:  # the CLI reads FORMATS at start-up: no exporter is imported before it is used
+    from ..weights.grids import Int8Grids
     from .common import ExportReport
 
 __all__ = ["FORMATS", "INT8_FORMATS", "RUNTIMES", "SUFFIXES", "export_as", "load_exported"]
@@ -50,14 +51,14 @@ def export_as(
     *,
     labels: Sequence[str] | None = None,
     calibration: torch.Tensor | None = None,
-    grids: Sequence[Path] = (),
+    grids: Int8Grids | None = None,
     float_layers: int | None = None,
     qat_steps: int = 0,
     dynamic_size: bool = False,
 ) -> ExportReport:
     """``model`` exported to ``path`` in format ``fmt`` (:data:`FORMATS`) by that format's
     one exporter; ``calibration`` (a preprocessed batch) and ``grids`` (Google's
-    ``.tflite`` files, :func:`~.quantize.int8_grids`) serve the int8 formats,
+    or a QAT checkpoint's, :func:`~.quantize.int8_grids`) serve the int8 formats,
     ``float_layers`` onnx-int8, ``qat_steps`` onnx-int8/tflite-int8, ``dynamic_size`` onnx."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown fmt={fmt!r}; choose from {', '.join(FORMATS)}")
@@ -89,13 +90,15 @@ def export_as(
         int8 = fmt == "tflite-int8"
         return export_tflite(
             model, path, preprocessing, labels=labels, int8=int8, calibration=calibration,
-            grids=list(grids) if int8 and grids else None, qat_steps=qat_steps,
+            grids=grids if int8 else None, qat_steps=qat_steps,
         )  # fmt: skip
     if fmt.startswith("executorch"):
         from .executorch import export_executorch
 
         int8 = fmt == "executorch-int8"
-        return export_executorch(model, path, preprocessing, labels=labels, int8=int8, calibration=calibration)
+        return export_executorch(
+            model, path, preprocessing, labels=labels, int8=int8, calibration=calibration, grids=grids if int8 else None
+        )
     from .pt2 import DTYPES, export_pt2
 
     dtype = DTYPES[fmt]

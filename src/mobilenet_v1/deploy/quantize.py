@@ -11,6 +11,9 @@ activations, int8 weights) that it fuses into ``QLinearConv`` on VNNI kernels:
   channels of 0.25/128, see :func:`_int8_weight`) and the classifier's as per-tensor
   int8 (exact, :func:`_classifier_weight`); calibration images then only check the result.
 
+Both at once for a checkpoint fine-tuned from Google's quantized weights: the layers that
+still hold them keep Google's quantization, the others are calibrated (:mod:`.int8`).
+
 The first ``float_layers`` convolutions (the 3x3 stem and the first depthwise layer,
 Table 1's widest maps with the fewest channels) stay in float: ORT's int8 kernels are
 slowest there (too few channels to fill a vector), see docs/deployment.md.
@@ -32,9 +35,10 @@ from ..data.transforms import Preprocessing, eval_transform
 from ..files import atomic_write
 from ..model import MobileNetV1
 from ..optional import require
-from ..weights import LoadedWeights
-from ..weights.google_tflite.reader import read_tflite_files
+from ..weights.grids import Grid, Int8Grids, layers_on_grids, quantized_layers
 from .common import ExportReport, compare_with_torch
+from .fold import fuse_bn
+from .int8 import check_qat_grids, correct_biases, grids_used, int8_weight_steps, per_channel_int8
 from .onnx import EXTRA, OnnxModel, export_onnx, read_metadata, set_metadata
 from .qat import qat_finetune
 
@@ -42,7 +46,6 @@ __all__ = [
     "DEFAULT_FLOAT_LAYERS",
     "calibration_files",
     "export_int8",
-    "int8_grids",
     "load_batch",
     "quantize_onnx",
     "tflite_overrides",
@@ -100,76 +103,73 @@ def _float_nodes(model: Any, float_layers: int) -> list[str]:
     return [n.name for n in convs + acts]
 
 
-def params(tensor: Any) -> list[dict[str, Any]]:
-    """A uint8 TFLite activation's (scale, zero point) as an ORT override."""
-    return [{"scale": np.array(tensor.scale[0], np.float32), "zero_point": np.array(tensor.zero_point[0], np.uint8)}]
+def params(grid: Grid) -> list[dict[str, Any]]:
+    """A uint8 activation grid as an ORT override."""
+    return [{"scale": np.array(grid.scale, np.float32), "zero_point": np.array(grid.zero_point, np.uint8)}]
 
 
-def _int8_weight(tensor: Any, values: np.ndarray) -> list[dict[str, Any]]:
-    """Google's uint8 weight grid ``s * (q - z)`` as per-channel *symmetric* int8, the form
-    ORT's fastest U8S8 kernels take (zero point 0; a per-tensor zero point ``z - 128``
-    is as exact but 1.3-1.6x slower, docs/deployment.md). An output channel whose steps
-    ``q - z`` all lie in [-127, 127] keeps Google's grid exactly (scale ``s``); the rare
-    channel reaching further gets the step ``s * max|q - z| / 127``.
-    ``values`` is the ONNX weight (the dequantized grid), output channels first."""
-    if tensor.scale.size != 1:
-        raise ValueError(f"expected per-tensor TFLite weights, got {tensor.scale.size} scales for {tensor.name}")
-    step = float(tensor.scale[0])
-    reach = np.abs(np.rint(values / step)).reshape(len(values), -1).max(axis=1)
+def _int8_weight(grid: Grid, values: np.ndarray) -> list[dict[str, Any]]:
+    """A uint8 weight grid as per-channel symmetric int8 (:func:`~.int8.int8_weight_steps`;
+    a per-tensor zero point ``z - 128`` is as exact but 1.3-1.6x slower, docs/deployment.md).
+    ``values`` is the ONNX weight (on the grid), output channels first."""
     channels = [
-        {"scale": np.array(step if r <= 127 else step * r / 127, np.float32), "zero_point": np.array(0, np.int8)}
-        for r in reach
+        {"scale": np.array(step, np.float32), "zero_point": np.array(0, np.int8)}
+        for step in int8_weight_steps(grid, values)
     ]
     channels[0]["axis"] = 0
     return channels
 
 
-def _classifier_weight(tensor: Any) -> list[dict[str, Any]]:
-    """Google's per-tensor uint8 grid ``s * (q - z)`` of the classifier as per-tensor int8
+def _classifier_weight(grid: Grid) -> list[dict[str, Any]]:
+    """The classifier's per-tensor uint8 grid ``s * (q - z)`` as per-tensor int8
     ``s * ((q - 128) - (z - 128))``: exact for every weight (22 of the 1001 rows of
-    0.25/128 reach past 127 steps and would lose it per channel), and ORT's ``QGemm``
-    runs a per-tensor weight faster: one requantization scale for all 1001 outputs
+    Google's 0.25/128 reach past 127 steps and would lose it per channel), and ORT's
+    ``QGemm`` runs a per-tensor weight faster: one requantization scale for all outputs
     instead of a scale per output (3.5 µs of ~7 at batch 1; convolutions show no such
     difference, docs/deployment.md)."""
-    if tensor.scale.size != 1:
-        raise ValueError(f"expected per-tensor TFLite weights, got {tensor.scale.size} scales for {tensor.name}")
-    zero = int(tensor.zero_point[0]) - 128
-    return [{"scale": np.array(tensor.scale[0], np.float32), "zero_point": np.array(zero, np.int8)}]
+    return [{"scale": np.array(grid.scale, np.float32), "zero_point": np.array(grid.zero_point - 128, np.int8)}]
 
 
-def tflite_overrides(fp32: str | Path, tflite: Sequence[str | Path]) -> dict[str, list[dict[str, Any]]]:
-    """Google's own quantization (weights and activations), as ORT ``TensorQuantOverrides``.
+def tflite_overrides(
+    fp32: str | Path, grids: Int8Grids, keep: Sequence[bool] | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """``grids`` (Google's own quantization, or a QAT checkpoint's) as ORT
+    ``TensorQuantOverrides`` for the layers ``keep`` names (:func:`~.int8.layers_on_grids`;
+    default all): the rest is calibrated.
 
     Google's models were trained with quantization in the loop (QAT): each layer's output
     range and weight grid were learned with it. Re-quantizing the dequantized weights per
     channel symmetrically doubles the step wherever a channel's range is lopsided and
-    costs about 1 pt of top-1 (docs/deployment.md); keeping Google's grid costs nothing. The k-th Conv (and
-    its Clip) of our graph is the k-th conv of the TFLite file; the pooled features and
-    the logits map to AVERAGE_POOL_2D and the classifier conv (our Gemm).
+    costs about 1 pt of top-1 (docs/deployment.md); keeping the grid costs nothing. The
+    k-th Conv (and its Clip) of our graph is the k-th layer of the grids, the Gemm the
+    classifier; the pooled features keep the last convolution's grid.
     """
     onnx = require("onnx", EXTRA, "ONNX export")
-    ops = read_tflite_files(list(tflite))
-    convs = [op for op in ops if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D")]
-    pool = [op for op in ops if op.name == "AVERAGE_POOL_2D"]
     graph = onnx.load(str(fp32)).graph
     weights = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
     ours = [n for n in graph.node if n.op_type in ("Conv", "Gemm")]
-    if len(ours) != len(convs) or len(pool) != 1:
-        raise ValueError(f"TFLite model has {len(convs)} convs, the ONNX graph {len(ours)}: not the same network")
+    if len(ours) != len(grids.weights):
+        raise ValueError(f"{grids.source} has {len(grids.weights)} layers, the ONNX graph {len(ours)}")
+    keep = [True] * len(ours) if keep is None else list(keep)
+    if len(keep) != len(ours):
+        raise ValueError(f"keep names {len(keep)} layers, the ONNX graph has {len(ours)}")
 
-    out = {graph.input[0].name: params(ops[0].inputs[0])}
+    out = {graph.input[0].name: params(grids.input)} if keep[0] else {}
     after = {n.input[0]: n.output[0] for n in graph.node if n.op_type in ("Clip", "Relu")}
-    for node, op in zip(ours, convs, strict=True):
-        out[node.output[0]] = params(op.outputs[0])
+    for node, w, y, kept in zip(ours, grids.weights, grids.outputs, keep, strict=True):
+        if not kept:
+            continue
+        out[node.output[0]] = params(y)
         if node.op_type == "Gemm":
-            out[node.input[1]] = _classifier_weight(op.inputs[1])
+            out[node.input[1]] = _classifier_weight(w)
         else:
-            out[node.input[1]] = _int8_weight(op.inputs[1], weights[node.input[1]])
+            out[node.input[1]] = _int8_weight(w, weights[node.input[1]])
         if node.output[0] in after:
-            out[after[node.output[0]]] = params(op.outputs[0])
-    means = [n for n in graph.node if n.op_type in ("ReduceMean", "GlobalAveragePool", "Reshape", "Flatten")]
-    for node in means:
-        out[node.output[0]] = params(pool[0].outputs[0])
+            out[after[node.output[0]]] = params(y)
+    if keep[-2]:  # the pooled features keep the last convolution's grid
+        means = [n for n in graph.node if n.op_type in ("ReduceMean", "GlobalAveragePool", "Reshape", "Flatten")]
+        for node in means:
+            out[node.output[0]] = params(grids.pool)
     return out
 
 
@@ -208,6 +208,7 @@ def quantize_onnx(
     reference: torch.nn.Module | None = None,
     float_layers: int = DEFAULT_FLOAT_LAYERS,
     overrides: dict[str, Any] | None = None,
+    mode: str | None = None,
 ) -> ExportReport:
     """Quantize the float ONNX file ``fp32_path`` to int8 at ``path``.
 
@@ -215,10 +216,12 @@ def quantize_onnx(
     compared with ``reference`` (the float PyTorch model) on the calibration images: the
     max absolute logit difference and the top-1 agreement are reported (int8 logits
     differ by design, so there is no hard tolerance). Metadata is carried over.
-    ``overrides`` fixes the quantization of named tensors (see :func:`tflite_overrides`).
+    ``overrides`` fixes the quantization of named tensors (see :func:`tflite_overrides`);
+    ``mode`` is what the metadata says of it (default ``tflite`` with overrides, else
+    ``calibrated``, :func:`~.int8.grids_used`).
     """
     onnx = require("onnx", EXTRA, "ONNX export")
-    mode = "tflite" if overrides else "calibrated"
+    mode = mode or ("tflite" if overrides else "calibrated")
     read_metadata(fp32_path)  # a file we exported: its metadata is carried over
     with atomic_write(path) as tmp:
         _quantize(Path(fp32_path), tmp, calibration, float_layers, overrides)
@@ -238,21 +241,6 @@ def quantize_onnx(
     return ExportReport(Path(path), "onnx-int8", diff, agree, checked)
 
 
-def int8_grids(loaded: LoadedWeights, quantization: str = "auto") -> list[Path]:
-    """The ``.tflite`` file(s) whose int8 grids an export carries over: Google's quantized
-    files behind ``loaded`` (``auto``, ``tflite``), or none (``calibrated``, or weights
-    that came from no ``.tflite``: ``tflite`` then raises)."""
-    if quantization not in ("auto", "calibrated", "tflite"):
-        raise ValueError(f"unknown quantization {quantization!r}; choose from auto, calibrated, tflite")
-    if quantization == "calibrated":
-        return []
-    record = loaded.record
-    files = record.files(download=False) if record is not None and record.quantized else list(loaded.tflite_files)
-    if quantization == "tflite" and not files:
-        raise ValueError("quantization='tflite' needs Google's quantized .tflite weights")
-    return files
-
-
 def export_int8(
     model: MobileNetV1,
     path: str | Path,
@@ -260,28 +248,32 @@ def export_int8(
     calibration: torch.Tensor,
     *,
     labels: Sequence[str] | None = None,
-    grids: Sequence[Path] = (),
+    grids: Int8Grids | None = None,
     float_layers: int = DEFAULT_FLOAT_LAYERS,
     qat_steps: int = 0,
 ) -> ExportReport:
     """``model`` to a static int8 ONNX file at ``path``: the one int8 export path.
 
-    With ``grids`` (see :func:`int8_grids`) Google's own quantization is carried over;
-    otherwise it is calibrated on ``calibration`` (a preprocessed batch), after
-    ``qat_steps`` of quantization-aware fine-tuning on it when asked. The result is
-    compared with ``model`` on the calibration images.
+    Layers that still lie on ``grids`` (see :func:`~mobilenet_v1.weights.grids.int8_grids`) keep them; the rest is
+    calibrated on ``calibration`` (a preprocessed batch; biases corrected,
+    :func:`~.int8.correct_biases`), after ``qat_steps`` of
+    quantization-aware fine-tuning on it when asked (refused while layers keep Google's
+    grids, :func:`check_qat_grids`). The result is compared with ``model`` on the
+    calibration images.
     """
-    if qat_steps and grids:
-        raise ValueError(
-            f"qat_steps={qat_steps} needs calibrated quantization: these weights carry Google's own QAT int8 grids"
-        )
     if float_layers < 0:
         raise ValueError(f"float_layers={float_layers}: must be >= 0")
+    check_qat_grids(model, grids, qat_steps)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
-        export_onnx(model, fp32, preprocessing, labels=labels)
-        overrides = tflite_overrides(fp32, grids) if grids else None
-        if qat_steps:
-            tuned = qat_finetune(model, calibration, steps=qat_steps, float_layers=float_layers)
-            export_onnx(tuned, fp32, preprocessing, labels=labels)  # what gets quantized; compared with `model`
-        return quantize_onnx(fp32, path, calibration, reference=model, float_layers=float_layers, overrides=overrides)
+        tuned = qat_finetune(model, calibration, steps=qat_steps, float_layers=float_layers) if qat_steps else model
+        folded = fuse_bn(tuned)
+        keep = layers_on_grids(folded, grids) if grids is not None else [False] * len(quantized_layers(folded))
+        calibrated = [not kept and index >= float_layers for index, kept in enumerate(keep)]
+        corrected = correct_biases(folded, calibration, per_channel_int8, calibrated)
+        export_onnx(corrected, fp32, preprocessing, labels=labels)  # what gets quantized; compared with `model`
+        overrides = tflite_overrides(fp32, grids, keep) if grids is not None and any(keep) else None
+        return quantize_onnx(
+            fp32, path, calibration, reference=model, float_layers=float_layers, overrides=overrides,
+            mode=grids_used(keep),
+        )  # fmt: skip

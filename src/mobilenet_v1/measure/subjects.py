@@ -70,13 +70,13 @@ def _export(fmt: str, model: Any, loaded: Any, stem: Path, calibration: Any) -> 
     them, else calibrated on ``calibration``; ``None`` (with a note on stderr) when the
     format's optional extra is not installed."""
     from ..deploy.formats import FORMATS, export_as
-    from ..deploy.quantize import int8_grids
+    from ..weights.grids import int8_grids
 
     path = stem.with_name(f"{stem.name}_{fmt}{FORMATS[fmt]}")
     try:
         export_as(
             fmt, model, path, loaded.preprocessing, labels=loaded.classes, calibration=calibration,
-            grids=int8_grids(loaded) if fmt.endswith("int8") else (),
+            grids=int8_grids(loaded) if fmt.endswith("int8") else None,
         )  # fmt: skip
     except ImportError as exc:
         print(f"{fmt} left out: {exc}", file=sys.stderr, flush=True)
@@ -89,8 +89,9 @@ def prepare(
 ) -> BenchSetup:
     """Load ``weights`` and export them into ``workdir``: ONNX float32 and int8 (and timm's
     float32), and with ``exports`` every other format of :data:`EXPORTED` (minutes)."""
-    from ..deploy.quantize import int8_grids, load_batch
+    from ..deploy.quantize import load_batch
     from ..weights import load_weights
+    from ..weights.grids import google_tflite
 
     model, loaded = load_weights(weights)
     pre = loaded.preprocessing
@@ -101,4 +102,4 @@ def prepare(
     exported = {fmt: _export(fmt, model, loaded, stem, images) for fmt in formats}
     timm_path = export_timm(model.config.alpha, pre.resolution, workdir / f"timm_{stem.name}.onnx") if timm else None
     files = {fmt: path for fmt, path in exported.items() if path is not None}
-    return BenchSetup(label, model, pre.resolution, files, int8_grids(loaded), timm_path)
+    return BenchSetup(label, model, pre.resolution, files, google_tflite(loaded), timm_path)

@@ -122,6 +122,7 @@ FIXED_AT_START: dict[str, str] = {
     "distill_weight": "the loss",
     "optimizer": "the optimizer state",
     "batch_size": "the steps of an epoch and the schedule",
+    "qat_epochs": "the epochs trained with int8 arithmetic in the loop",
 }
 
 
@@ -163,6 +164,7 @@ class TrainConfig:
     teacher: str | None = None  # distil from these weights (Section 4.5)
     distill_temperature: float | None = None  # None: DISTILL_TEMPERATURE with a teacher
     distill_weight: float | None = None  # None: DISTILL_WEIGHT with a teacher
+    qat_epochs: int = 0  # the last epochs train with fake quantization (train/qat.py)
 
     def __post_init__(self) -> None:
         # Every value is checked (and made a plain Python value) before anything is read or
@@ -211,6 +213,9 @@ class TrainConfig:
         for name, minimum in (("epochs", 1), ("batch_size", 1), ("workers", 0), ("worker_nice", 0)):
             self._set(name, _check_int(name, getattr(self, name), minimum))
         self._set("checkpoint_steps", _check_int("checkpoint_steps", self.checkpoint_steps, 0))
+        self._set("qat_epochs", _check_int("qat_epochs", self.qat_epochs, 0))
+        if self.qat_epochs > self.epochs:
+            raise ValueError(f"qat_epochs={self.qat_epochs} is more than the run's epochs={self.epochs}")
         self._set("seed", _check_int("seed", self.seed, 0))
         if self.seed > MAX_SEED:
             raise ValueError(f"seed must be an integer in [0, 2**63 - 1], got {self.seed!r}")
@@ -223,6 +228,11 @@ class TrainConfig:
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.freeze_backbone and self.train_backbone:
             raise ValueError("freeze_backbone=True and train_backbone=True contradict each other: give one")
+        if self.ema and self.qat_epochs:
+            raise ValueError(
+                f"qat_epochs={self.qat_epochs} with ema=True: the averaged weights would not lie on the int8 grids; "
+                "give one"
+            )
 
     def _check_rates(self) -> None:
         if self.lr is not None:

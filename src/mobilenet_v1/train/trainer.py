@@ -36,8 +36,10 @@ from tqdm import tqdm
 from ..data.transforms import float_input
 from ..files import write_text
 from ..untrusted import printable
-from ..weights import save_safetensors
+from ..weights import load_weights, save_safetensors
+from ..weights.grids import Int8Grids, int8_grids
 from . import distributed as dist
+from . import qat
 from .accel import accelerate, kernels_summary
 from .checkpoint import (
     BEST,
@@ -105,7 +107,13 @@ class Trainer:
         self.test_signal = test_signal_from_env(env.rank)
         self.last_save = time.monotonic()
         self.tensorboard: TensorBoard | None = None
+        self.qat_start = cfg.epochs - cfg.qat_epochs if cfg.qat_epochs else None
+        if self.qat_start is not None:  # refused now, not after the epochs before the phase
+            qat.check_model(model, self.preprocessing)
         if plan.checkpoint is not None:
+            kept = plan.checkpoint["model"].get(f"{qat.RANGES}.kept")
+            if kept is not None:  # saved during the QAT phase: the same fake quantization first
+                qat.instrument(self.model_without_ddp, self.preprocessing, self._start_grids(), kept.tolist())
             self.load_state_dict(plan.checkpoint)
 
     def _wrap(self) -> torch.nn.Module:
@@ -317,7 +325,11 @@ class Trainer:
         """The evaluated weights (EMA when enabled) as ``.safetensors`` with the metadata that
         ``predict``, ``eval`` and ``export`` read (:func:`~mobilenet_v1.weights.save_safetensors`)."""
         model = self.ema.module if self.ema is not None else self.model_without_ddp
-        save_safetensors(model, path, model_metadata(self.config, self.classes, self.preprocessing))
+        metadata = model_metadata(self.config, self.classes, self.preprocessing)
+        if qat.is_instrumented(model):  # the weights on their int8 grids, and the grids
+            model, grids = qat.finalize(model, self.preprocessing)
+            metadata["int8_grids"] = grids.to_json()
+        save_safetensors(model, path, metadata)
 
     def fit(self) -> dict[str, Any]:
         """Train the remaining epochs; returns the run summary."""
@@ -330,6 +342,7 @@ class Trainer:
         previous = signal.signal(signal.SIGINT, self._on_sigint)
         try:
             while self.progress.epoch < self.config.epochs:
+                self._start_qat_phase()
                 self.train_epoch()
                 if self.stop_requested:
                     print(f"interrupted: checkpoint saved; continue with --resume {self.run_dir}", file=sys.stderr)
@@ -340,6 +353,25 @@ class Trainer:
             signal.signal(signal.SIGINT, previous)
             if self.tensorboard is not None:
                 self.tensorboard.close()
+
+    def _start_qat_phase(self) -> None:
+        """At the first epoch of the QAT phase: fake quantization into the model (its
+        parameters stay the optimizer's), DDP wrapped again around it."""
+        start = self.qat_start
+        if start is None or self.progress.epoch < start or qat.is_instrumented(self.model_without_ddp):
+            return
+        qat.instrument(self.model_without_ddp, self.preprocessing, self._start_grids())
+        self.model = self._wrap()
+        if self.env.is_main:
+            line = f"epoch {start + 1}: quantization-aware training from here (int8 arithmetic in the loop)"
+            print(line, file=sys.stderr)
+
+    def _start_grids(self) -> Int8Grids | None:
+        """The int8 grids of the starting weights (Google's quantized checkpoints), if any."""
+        if not self.config.weights:
+            return None
+        _, loaded = load_weights(self.config.weights, download=False)
+        return int8_grids(loaded)
 
     def _plan_lines(self) -> list[str]:
         """What this run does beyond the plain recipe, said once at its start."""
@@ -360,6 +392,12 @@ class Trainer:
             )
         if self.teacher is not None:
             lines.append(self.teacher.describe())
+        if self.qat_start is not None:
+            epochs = cfg.qat_epochs
+            lines.append(
+                f"quantization-aware training: the last {epochs} epoch{'s' * (epochs != 1)} with int8 arithmetic in "
+                "the loop; the saved weights carry their int8 grids, which every int8 export keeps"
+            )
         if self.device.type == "cpu":
             lines.append(kernels_summary())
         if self.left_out:

@@ -22,11 +22,13 @@ from ...files import atomic_write
 from ...model import MobileNetV1
 from ...weights.google_tflite.int8 import Int8MobileNetV1
 from ...weights.google_tflite.reader import read_tflite
+from ...weights.grids import Int8Grids, layers_on_grids
 from ..common import FP32_TOLERANCE, ExportReport, compare_with_torch, metadata_props, random_inputs
 from ..fold import fuse_bn
+from ..int8 import check_qat_grids, correct_biases, grids_used, per_tensor_uint8
 from ..qat import qat_finetune
 from .graph import Layer, build_graph, conv_layers
-from .grids import calibrated_grids, google_grids
+from .grids import calibrated_grids, kept_grids
 from .runtime import METADATA_NAME, LiteRTModel
 from .schema import write_model
 
@@ -44,7 +46,7 @@ def export_tflite(
     labels: Sequence[str] | None,
     int8: bool = False,
     calibration: torch.Tensor | None = None,
-    grids: Sequence[str | Path] | None = None,
+    grids: Int8Grids | None = None,
     qat_steps: int = 0,
 ) -> ExportReport:
     """``model`` to a LiteRT ``.tflite`` at ``path`` (batch 1, NHWC input), checked before
@@ -52,18 +54,16 @@ def export_tflite(
 
     float32 (``int8=False``): the logits, checked against PyTorch on ``calibration`` or
     random inputs (max |logit diff| <= ``FP32_TOLERANCE``). uint8 (``int8=True``): uint8
-    pixels in, Google's uint8 softmax out; the grids are Google's own from ``grids`` (its
-    ``.tflite`` files, :func:`~mobilenet_v1.deploy.quantize.int8_grids`) or calibrated on
-    ``calibration`` (a preprocessed float batch, :func:`~mobilenet_v1.deploy.quantize.load_batch`),
+    pixels in, Google's uint8 softmax out; the layers that lie on ``grids`` (Google's own
+    or a QAT checkpoint's, :func:`~mobilenet_v1.deploy.quantize.int8_grids`) keep them, the
+    rest are calibrated on ``calibration`` (a preprocessed float batch,
+    :func:`~mobilenet_v1.deploy.quantize.load_batch`),
     after ``qat_steps`` of quantization-aware fine-tuning on it; LiteRT's output must equal
     the int8-exact emulation's byte for byte, and is compared with the float model.
     """
-    if qat_steps and (grids or not int8):
-        raise ValueError(
-            f"qat_steps={qat_steps} needs calibrated int8 quantization (not Google's own grids, not float)"
-        )
-    if int8 and not grids and calibration is None:
-        raise ValueError("fmt='tflite-int8' needs calibration images for weights without Google's int8 grids")
+    if qat_steps and not int8:
+        raise ValueError(f"qat_steps={qat_steps} needs fmt='tflite-int8'")
+    check_qat_grids(model, grids, qat_steps)
     res = preprocessing.resolution
     folded = fuse_bn(model)
     layers = conv_layers(folded, res)
@@ -72,15 +72,26 @@ def export_tflite(
         _check_int8_layers(layers)
         source = folded
         if qat_steps:
+            if calibration is None:
+                raise ValueError(f"qat_steps={qat_steps} needs calibration images")
             source = qat_finetune(model, calibration, steps=qat_steps, float_layers=0)
             layers = conv_layers(source, res)
-        grid_map = (
-            google_grids(layers, list(grids)) if grids else calibrated_grids(source, layers, calibration, preprocessing)
-        )
+        keep = layers_on_grids(source, grids) if grids is not None else [False] * len(layers)
+        if not all(keep) and calibration is None:
+            raise ValueError(
+                "fmt='tflite-int8' needs calibration images for the layers without Google's int8 grids "
+                f"({len(keep) - sum(keep)} of {len(keep)})"
+            )
+        if not all(keep):  # the calibrated layers' biases corrected for their per-tensor weight grids
+            source = correct_biases(source, calibration, per_tensor_uint8, [not kept for kept in keep])
+            layers = conv_layers(source, res)
+        grid_map = calibrated_grids(source, layers, calibration, preprocessing) if not all(keep) else {}
+        if any(keep):
+            grid_map |= kept_grids(layers, grids, keep)
     fmt = "tflite-int8" if int8 else "tflite"
     props = metadata_props(preprocessing, labels, folded.config, fmt)
     if int8:
-        props["mobilenet_v1.quantization"] = "tflite" if grids else "calibrated"
+        props["mobilenet_v1.quantization"] = grids_used(keep)
     tensors, ops = build_graph(layers, res, grid_map)
     data = write_model(tensors, ops, metadata={METADATA_NAME: json.dumps(props).encode()}, description=fmt)
     inputs = calibration if calibration is not None else _random_inputs(preprocessing, int8)

@@ -21,22 +21,12 @@ import numpy as np
 from torch import nn
 
 from ...model import Conv2dSame, ConvBNAct, MobileNetV1, same_padding
+from ...weights.grids import Grid
 from .schema import Op, Tensor
 
-__all__ = ["Grid", "Layer", "build_graph", "conv_layers"]
+__all__ = ["Layer", "build_graph", "conv_layers"]
 
 SOFTMAX_GRID = (1 / 256, 0)  # TFLite's uint8 softmax output: probability q / 256
-
-
-@dataclass(frozen=True)
-class Grid:
-    """A uint8 grid: real value ``scale * (q - zero_point)``."""
-
-    scale: float
-    zero_point: int
-
-    def quantize(self, values: np.ndarray) -> np.ndarray:
-        return np.clip(np.rint(values / self.scale) + self.zero_point, 0, 255).astype(np.uint8)
 
 
 @dataclass(frozen=True)

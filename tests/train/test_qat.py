@@ -1,0 +1,129 @@
+"""Quantization-aware training as the last epochs of a run (``--qat-epochs``): the saved
+weights lie on their int8 grids and carry them, every int8 export keeps them and computes
+what the QAT model computed, resume is exact, and bad settings are one line."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from test_finetune_distill import GOOGLE, imagenette_subset
+from test_train import run_cli
+
+from mobilenet_v1.cli import main
+from mobilenet_v1.deploy.fold import fuse_bn
+from mobilenet_v1.deploy.quantize import calibration_files, load_batch
+from mobilenet_v1.model import ConvBNAct
+from mobilenet_v1.train import qat
+from mobilenet_v1.weights import load_weights
+from mobilenet_v1.weights.grids import Int8Grids, int8_grids, layers_on_grids
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def photos(shared_data, tmp_path_factory):
+    return imagenette_subset(shared_data, tmp_path_factory.mktemp("photos"), train=16, val=12)
+
+
+COMMON = ["--weights", GOOGLE, "--epochs", "2", "--qat-epochs", "1", "--batch-size", "16", "--workers", "0"]
+COMMON += ["--train-backbone", "--checkpoint-steps", "3"]  # 64 photos: 4 steps an epoch, QAT in steps 5-8
+
+
+@pytest.fixture(scope="module")
+def qat_run(photos, tmp_path_factory):
+    run = tmp_path_factory.mktemp("qat") / "run"
+    done = run_cli(["--data", photos, *COMMON, "--output", run])
+    assert done.returncode == 0, done.stderr
+    return run, done.stderr
+
+
+def test_qat_run_says_so_and_saves_weights_on_the_grids_they_carry(qat_run):
+    run, stderr = qat_run
+    assert "quantization-aware training: the last 1 epoch with int8 arithmetic in the loop" in stderr
+    assert "epoch 2: quantization-aware training from here" in stderr
+    model, loaded = load_weights(run / "model-final.safetensors")
+    grids = int8_grids(loaded)
+    assert isinstance(grids, Int8Grids) and len(grids.weights) == 28
+    assert layers_on_grids(fuse_bn(model), grids) == [True] * 28  # every layer, so every export keeps them all
+    with safe_open(run / "model-final.safetensors", "pt") as f:  # a plain model: no QAT state saved with it
+        assert not any("parametrizations" in key or qat.RANGES in key for key in f.keys())
+
+
+def test_every_int8_export_keeps_the_qat_grids_and_computes_the_qat_model(qat_run, photos, tmp_path):
+    """The exported files against the QAT model's own fake-quantized forward pass: the same
+    top class on every photo, the first layer's uint8 outputs equal but for a rare 1-step
+    rounding tie between float and integer requantization (such ties then spread with
+    depth: about 70 % of the last layer's bytes are equal)."""
+    from mobilenet_v1.deploy.formats import export_as, load_exported
+    from mobilenet_v1.weights.google_tflite.int8 import Int8MobileNetV1
+    from mobilenet_v1.weights.google_tflite.reader import read_tflite
+
+    run, _ = qat_run
+    model, loaded = load_weights(run / "model-final.safetensors")
+    grids, pre = int8_grids(loaded), loaded.preprocessing
+    images = load_batch(calibration_files(photos / "val", 48), pre)
+    simulated = copy.deepcopy(model)
+    qat.instrument(simulated, pre, grids, [True] * 28)
+    with torch.no_grad():
+        reference = simulated.eval()(images)
+    for fmt, suffix in (("onnx-int8", "onnx"), ("tflite-int8", "tflite"), ("executorch-int8", "pte")):
+        if fmt == "executorch-int8":
+            pytest.importorskip("executorch")
+        path = tmp_path / f"m.{suffix}"
+        export_as(fmt, model, path, pre, labels=loaded.classes, calibration=images, grids=grids)
+        exported, info = load_exported(path)
+        assert info.metadata["quantization"] == "tflite", fmt  # every layer on the QAT grids
+        assert torch.equal(exported(images).argmax(1), reference.argmax(1)), fmt
+    first = []
+    hook = next(m for m in simulated.modules() if isinstance(m, ConvBNAct)).register_forward_hook(
+        lambda m, a, out: first.append(out)
+    )
+    with torch.no_grad():
+        simulated(images)
+    hook.remove()
+    litert, _ = load_exported(tmp_path / "m.tflite")
+    pixels = litert.to_pixels(images).permute(0, 2, 3, 1).contiguous()
+    ours = Int8MobileNetV1(read_tflite(tmp_path / "m.tflite"), kernels="xnnpack").forward_intermediates(pixels)[0][1]
+    grid = grids.outputs[0]
+    expected = (first[0] / grid.scale).round() + grid.zero_point
+    difference = (ours.permute(0, 3, 1, 2).float() - expected).abs()
+    assert difference.max() <= 1 and (difference == 0).float().mean() > 0.999  # a tie now and then
+
+
+def test_qat_resumes_exactly_after_a_kill_in_the_phase(qat_run, photos, tmp_path):
+    run = tmp_path / "run"
+    killed = run_cli(["--data", photos, *COMMON, "--output", run], signal_at="9@7")  # checkpoint at step 6
+    assert killed.returncode == -9, killed.stderr
+    resumed = run_cli(["--resume", run])
+    assert resumed.returncode == 0, resumed.stderr
+    ref, _ = qat_run
+    a, b = load_file(ref / "model-final.safetensors"), load_file(run / "model-final.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with safe_open(ref / "model-final.safetensors", "pt") as f, safe_open(run / "model-final.safetensors", "pt") as g:
+        assert json.loads(f.metadata()["int8_grids"]) == json.loads(g.metadata()["int8_grids"])
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (
+            ["--weights", GOOGLE, "--epochs", "2", "--qat-epochs", "3"],
+            "--qat-epochs 3 is more than the run's --epochs 2",
+        ),
+        (["--weights", GOOGLE, "--qat-epochs", "1", "--ema"], "--qat-epochs 1 with --ema"),
+        (["--alpha", "0.25", "--resolution", "32", "--qat-epochs", "1"], "needs a model with folded batch norm"),
+    ],
+)
+def test_bad_qat_settings_are_one_line_exit_2_nothing_written(photos, tmp_path, capsys, args, needle):
+    with pytest.raises(SystemExit) as exc:
+        sys.exit(main(["train", "--data", str(photos), *args, "--workers", "0", "--output", str(tmp_path / "out")]))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
