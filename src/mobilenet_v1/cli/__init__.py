@@ -42,6 +42,7 @@ FLAGS = {
     "fmt": "--format",
     "qat_steps": "--qat-steps",
     "qat_epochs": "--qat-epochs",
+    "unlabeled": "--unlabeled",
     "epochs": "--epochs",
     "ema": "--ema",
     "float_layers": "--float-layers",

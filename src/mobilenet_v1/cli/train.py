@@ -121,6 +121,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"share of the loss from the teacher, in [0, 1]; the rest from the labels (default {DISTILL_WEIGHT:g})",
     )
     p.add_argument(
+        "--unlabeled",
+        help="with --teacher: a folder of photos without labels (any tree of images); the student also learns "
+        "the teacher's soft labels on them",
+    )
+    p.add_argument(
         "--qat-epochs",
         type=types.non_negative_int,
         help="train the last N epochs with int8 arithmetic in the loop (quantization-aware): the saved weights "
@@ -135,7 +140,7 @@ def _settings(args: argparse.Namespace) -> dict[str, object]:
         "weights scratch alpha variant resolution recipe optimizer epochs batch_size lr weight_decay label_smoothing "
         "warmup_epochs freeze_backbone train_backbone val_fraction seed workers worker_nice worker_idle ema ema_decay "
         "precision channels_last checkpoint_minutes checkpoint_steps sync_bn device teacher distill_temperature "
-        "distill_weight qat_epochs"
+        "distill_weight qat_epochs unlabeled"
     ).split()
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 

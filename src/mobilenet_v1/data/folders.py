@@ -21,21 +21,24 @@ from torch.utils.data import Dataset
 from ..untrusted import printable
 from .images import IMAGE_EXTENSIONS, is_skipped_name, list_images, load_image
 
-__all__ = ["DataSplit", "ImageFolder", "Sample", "find_classes", "find_samples", "load_splits"]
+__all__ = ["UNLABELED", "DataSplit", "ImageFolder", "Sample", "find_classes", "find_samples", "load_splits"]
 
 Sample = tuple[Path, int]
+UNLABELED = -1  # the label of a photo without one (``train --unlabeled``)
 
 
 @dataclass(frozen=True)
 class DataSplit:
-    """The class names and the (path, label) samples of the train and val sets, and the
-    files of the class folders left out as not images (extension -> count)."""
+    """The class names and the (path, label) samples of the train and val sets, the files
+    of the class folders left out as not images (extension -> count), and the training
+    photos without labels (label :data:`UNLABELED`)."""
 
     classes: list[str]
     train: list[Sample]
     val: list[Sample]
     source: str  # "train/val folders" or "split of one folder"
     left_out: dict[str, int] = field(default_factory=dict)
+    unlabeled: list[Path] = field(default_factory=list)
 
 
 def find_classes(root: str | Path, min_classes: int = 2, left_out: Counter[str] | None = None) -> dict[str, list[Path]]:

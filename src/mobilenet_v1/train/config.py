@@ -118,6 +118,7 @@ FIXED_AT_START: dict[str, str] = {
     "ema_decay": "the evaluated and saved model (EMA)",
     "recipe": "the optimizer and the schedule",
     "teacher": "the distillation targets",
+    "unlabeled": "the training photos",
     "distill_temperature": "the distillation targets",
     "distill_weight": "the loss",
     "optimizer": "the optimizer state",
@@ -165,6 +166,7 @@ class TrainConfig:
     distill_temperature: float | None = None  # None: DISTILL_TEMPERATURE with a teacher
     distill_weight: float | None = None  # None: DISTILL_WEIGHT with a teacher
     qat_epochs: int = 0  # the last epochs train with fake quantization (train/qat.py)
+    unlabeled: str | None = None  # a folder of photos without labels: the teacher's soft labels only
 
     def __post_init__(self) -> None:
         # Every value is checked (and made a plain Python value) before anything is read or
@@ -186,7 +188,7 @@ class TrainConfig:
     def _check_paths(self) -> None:
         for name in ("data", "output"):
             self._set(name, _check_path(name, getattr(self, name)))
-        for name in ("weights", "teacher"):
+        for name in ("weights", "teacher", "unlabeled"):
             if getattr(self, name) is not None:
                 self._set(name, _check_path(name, getattr(self, name)))
 
@@ -260,7 +262,7 @@ class TrainConfig:
 
     def _check_distillation(self) -> None:
         if self.teacher is None:
-            given = [n for n in ("distill_temperature", "distill_weight") if getattr(self, n) is not None]
+            given = [n for n in ("distill_temperature", "distill_weight", "unlabeled") if getattr(self, n) is not None]
             if given:
                 raise ValueError(f"{given[0]} needs a teacher (--teacher WEIGHTS)")
             return

@@ -15,6 +15,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
+from ..data.folders import UNLABELED
 from ..data.transforms import Preprocessing, float_input
 from ..untrusted import printable
 from ..weights import load_weights
@@ -94,9 +95,13 @@ def distillation_loss(
 ) -> torch.Tensor:
     """``weight`` x the KL divergence from the teacher's to the student's distribution, both
     softened by ``temperature`` (scaled by its square so that the gradients keep their size,
-    as Hinton et al. do), plus ``1 - weight`` x the cross-entropy with the labels."""
+    as Hinton et al. do), plus ``1 - weight`` x the cross-entropy with the labels, over the
+    photos that have one (``UNLABELED`` photos learn from the teacher alone)."""
     log_student = F.log_softmax(logits.float() / temperature, dim=1)
     log_teacher = F.log_softmax(teacher_logits / temperature, dim=1)
     soft = F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True) * temperature**2
-    hard = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    labelled = labels != UNLABELED
+    if not bool(labelled.any()):
+        return weight * soft + 0 * logits.sum()  # every parameter still in the graph (DDP)
+    hard = F.cross_entropy(logits[labelled], labels[labelled], label_smoothing=label_smoothing)
     return weight * soft + (1 - weight) * hard

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Sampler, default_collate
 
-from ..data.folders import DataSplit, ImageFolder
+from ..data.folders import UNLABELED, DataSplit, ImageFolder
 from ..data.transforms import Preprocessing, eval_transform, train_transform
 from . import distributed as dist
 from .config import TrainConfig
@@ -106,7 +106,8 @@ def build_loaders(
     """
     recipe = config.recipe_defaults
     augment = train_transform(preprocessing, min_scale=recipe.min_scale, strong=recipe.strong_augment, to_float=False)
-    train_set = ImageFolder(split.train, augment, skip_unreadable=True)
+    unlabeled = [(photo, UNLABELED) for photo in split.unlabeled]  # the teacher's soft labels only
+    train_set = ImageFolder(split.train + unlabeled, augment, skip_unreadable=True)
     val_set = ImageFolder(split.val, eval_transform(preprocessing, to_float=False), skip_unreadable=True)
     sampler = SeededSampler(dist.make_sampler(train_set, env, shuffle=True, seed=config.seed), seed=config.seed)
     common: dict[str, Any] = {

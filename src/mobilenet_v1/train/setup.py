@@ -26,6 +26,7 @@ from ..builders import mobilenet_v1
 from ..config import MobileNetV1Config
 from ..cost import model_cost
 from ..data.folders import DataSplit, load_splits
+from ..data.images import IMAGE_EXTENSIONS, list_images
 from ..data.transforms import Preprocessing
 from ..model import MobileNetV1
 from ..untrusted import printable
@@ -170,7 +171,7 @@ def _available_memory() -> int | None:
 def _absolute(config: TrainConfig) -> TrainConfig:
     """The run's paths made absolute, so that a resume from another folder reads the same data."""
     paths = {"data": config.data}
-    paths |= {name: getattr(config, name) for name in ("weights", "teacher") if getattr(config, name)}
+    paths |= {name: getattr(config, name) for name in ("weights", "teacher", "unlabeled") if getattr(config, name)}
     found = {name: os.path.abspath(value) for name, value in paths.items() if Path(value).exists()}
     return replace(config, **found)
 
@@ -187,6 +188,13 @@ def _check_folders(config: TrainConfig, run_dir: Path) -> None:
         )
     if out in data.parents:
         raise ValueError(f"data folder {config.data} is inside the run folder {run_dir}; move one out of the other")
+    if config.unlabeled is not None:
+        unlabeled = Path(config.unlabeled).resolve()
+        if out == unlabeled or unlabeled in out.parents or out in unlabeled.parents:
+            raise ValueError(
+                f"run folder {run_dir} and unlabeled folder {config.unlabeled} hold one another: the run's images "
+                "(curves.png) would become training photos; keep them apart"
+            )
 
 
 def _check_creatable(run_dir: Path) -> None:
@@ -206,7 +214,32 @@ def _load_data(config: TrainConfig) -> DataSplit:
         raise ValueError(f"batch size {config.batch_size} is larger than the {len(split.train)} training images")
     if not split.val:
         raise ValueError(f"no validation images in {config.data}")
+    if config.unlabeled is not None:
+        split = replace(split, unlabeled=_unlabeled_photos(Path(config.unlabeled), split))
     return split
+
+
+def _unlabeled_photos(folder: Path, split: DataSplit) -> list[Path]:
+    """The images below ``folder`` (any tree, no classes); none of them a validation photo,
+    whose soft labels would leak the validation set into training."""
+    if not folder.exists():
+        raise FileNotFoundError(f"unlabeled folder not found: {folder}")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"unlabeled path is not a folder: {folder}")
+    try:
+        photos = list_images(folder)
+    except PermissionError:
+        raise PermissionError(f"unlabeled folder is not readable: {folder}") from None
+    if not photos:
+        raise ValueError(f"no images in unlabeled folder {folder} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    val = {path.resolve() for path, _ in split.val}
+    leaked = sum(photo.resolve() in val for photo in photos)
+    if leaked:
+        raise ValueError(
+            f"unlabeled folder {folder} holds {leaked} of the validation photos: their teacher's labels would leak "
+            "the validation set into training; give a folder without them"
+        )
+    return photos
 
 
 def build_model(config: TrainConfig, classes: list[str]) -> tuple[MobileNetV1, Preprocessing]:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from ..data.folders import UNLABELED
 from ..data.transforms import float_input
 from ..files import write_text
 from ..untrusted import printable
@@ -67,14 +68,15 @@ class Trainer:
 
     def __init__(self, plan: RunPlan, env: dist.DistEnv, device: torch.device) -> None:
         self.config, self.classes, self.run_dir = plan.config, plan.split.classes, plan.run_dir
-        self.left_out = plan.split.left_out
+        self.left_out, self.unlabeled = plan.split.left_out, len(plan.split.unlabeled)
         self.env, self.device = env, device
         cfg = self.config
         torch.manual_seed(cfg.seed)
         model, self.preprocessing = build_model(cfg, self.classes)
         accelerate(model)  # faster CPU kernels, same parameters and state dict
-        # Fine-tuning on few photos per class: the classifier alone (FINETUNE_MIN_PER_CLASS).
-        self.photos_per_class = len(plan.split.train) / len(self.classes)
+        # Fine-tuning on few photos per class: the classifier alone (FINETUNE_MIN_PER_CLASS);
+        # unlabelled photos count, for the teacher labels them.
+        self.photos_per_class = (len(plan.split.train) + self.unlabeled) / len(self.classes)
         self.small_data = (
             cfg.recipe_defaults.probe > 0
             and not (cfg.freeze_backbone or cfg.train_backbone)
@@ -215,10 +217,10 @@ class Trainer:
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update_parameters(self.model_without_ddp)
-        p = self.progress
-        p.loss_sum += loss.item() * len(labels)
+        p, labelled = self.progress, labels != UNLABELED  # accuracy over the photos with labels
+        p.loss_sum += loss.item() * int(labelled.sum())
         p.correct += int((logits.argmax(1) == labels).sum())
-        p.seen += len(labels)
+        p.seen += int(labelled.sum())
         return loss
 
     def train_epoch(self) -> None:
@@ -392,6 +394,12 @@ class Trainer:
             )
         if self.teacher is not None:
             lines.append(self.teacher.describe())
+        if self.unlabeled:
+            labelled = len(self.train_loader.dataset) - self.unlabeled
+            lines.append(
+                f"training photos: {labelled} labelled and {self.unlabeled} unlabelled (--unlabeled: the teacher's "
+                "soft labels only), each epoch all of them"
+            )
         if self.qat_start is not None:
             epochs = cfg.qat_epochs
             lines.append(
@@ -420,6 +428,7 @@ class Trainer:
             "best_val_acc": p.best_acc,
             "final_val_acc": p.history[-1]["val_acc"] if p.history else None,
             "skipped_images": p.history[-1]["skipped_images"] if p.history else p.skipped_images,
+            "unlabeled_images": self.unlabeled,
             "train_seconds": p.train_seconds,
         }
         if self.env.is_main:

@@ -1,0 +1,89 @@
+"""Distillation from unlabelled photos (``--teacher T --unlabeled U``): the student learns the
+teacher's soft labels on U besides the labelled photos, resumes exactly, and bad folders
+are one line before anything is written."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from test_finetune_distill import CLASSES, GOOGLE, imagenette_subset
+from test_train import run_cli
+
+from mobilenet_v1.cli import main
+from mobilenet_v1.data.folders import UNLABELED
+from mobilenet_v1.train.distill import distillation_loss
+
+
+@pytest.fixture(scope="module")
+def photos(shared_data, tmp_path_factory):
+    return imagenette_subset(shared_data, tmp_path_factory.mktemp("photos"), train=16, val=12)
+
+
+@pytest.fixture(scope="module")
+def unlabeled(shared_data, tmp_path_factory):
+    """8 more photos of each class, in a tree without classes (one level nested)."""
+    root = tmp_path_factory.mktemp("unlabeled")
+    (root / "nested").mkdir()
+    for i, cls in enumerate(CLASSES):
+        for f in sorted((shared_data / "imagenette" / "train" / cls).iterdir())[28:36]:
+            (root / ("nested" if i % 2 else "") / f.name).symlink_to(f)
+    return root
+
+
+COMMON = ["--teacher", GOOGLE, "--epochs", "2", "--batch-size", "16", "--workers", "0", "--checkpoint-steps", "3"]
+
+
+def test_unlabelled_photos_are_trained_on_and_a_killed_run_resumes_exactly(photos, unlabeled, tmp_path):
+    common = ["--data", photos, "--unlabeled", unlabeled, *COMMON]
+    ref = run_cli([*common, "--output", tmp_path / "ref"])
+    assert ref.returncode == 0, ref.stderr
+    assert "training photos: 64 labelled and 32 unlabelled" in ref.stderr
+    summary = json.loads((tmp_path / "ref" / "summary.json").read_text())
+    assert summary["unlabeled_images"] == 32 and summary["steps"] == 2 * 96 // 16  # an epoch covers both
+    run = tmp_path / "run"
+    killed = run_cli([*common, "--output", run], signal_at="9@8")  # SIGKILL after step 8: checkpoint at 6
+    assert killed.returncode == -9, killed.stderr
+    resumed = run_cli(["--resume", run])
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = load_file(tmp_path / "ref" / "model-final.safetensors"), load_file(run / "model-final.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    changed = run_cli(["--resume", run, "--unlabeled", photos / "train"])
+    assert changed.returncode == 2 and "unlabeled" in changed.stderr
+
+
+def test_unlabelled_photos_take_the_teachers_share_of_the_loss_only():
+    torch.manual_seed(0)
+    logits, teacher = torch.randn(6, 4), torch.randn(6, 4)
+    labels = torch.tensor([0, 1, UNLABELED, 3, UNLABELED, 2])
+    soft = distillation_loss(logits, teacher, torch.full((6,), UNLABELED), 4.0, 0.7) / 0.7
+    mixed = distillation_loss(logits, teacher, labels, 4.0, 0.7)
+    known = labels != UNLABELED
+    assert torch.allclose(mixed, 0.7 * soft + 0.3 * F.cross_entropy(logits[known], labels[known]))
+    assert torch.isfinite(soft)
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--unlabeled", "{unlabeled}"], "unlabeled needs a teacher (--teacher WEIGHTS)"),
+        (["--teacher", GOOGLE, "--unlabeled", "{tmp}/missing"], "unlabeled folder not found"),
+        (["--teacher", GOOGLE, "--unlabeled", "{tmp}/empty"], "no images in unlabeled folder"),
+        (["--teacher", GOOGLE, "--unlabeled", "{photos}/val"], "holds 48 of the validation photos"),
+        (["--teacher", GOOGLE, "--unlabeled", "{tmp}"], "hold one another"),
+    ],
+)
+def test_bad_unlabeled_folder_is_one_line_exit_2_nothing_written(photos, unlabeled, tmp_path, capsys, extra, needle):
+    (tmp_path / "empty").mkdir()
+    extra = [a.format(tmp=tmp_path, unlabeled=unlabeled, photos=photos) for a in extra]
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        sys.exit(main(["train", "--data", str(photos), *extra, "--workers", "0", "--output", str(out)]))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
