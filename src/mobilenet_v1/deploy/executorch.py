@@ -233,7 +233,7 @@ def export_executorch(
     written. int8 needs ``calibration`` (a preprocessed batch, e.g. 100-200 images) and
     reports its difference and top-1 agreement with the float model on it; the layers
     that lie on ``grids`` (Google's or a QAT checkpoint's,
-    :func:`~mobilenet_v1.deploy.quantize.int8_grids`) keep them (:mod:`.int8`).
+    :func:`~mobilenet_v1.weights.grids.int8_grids`) keep them (:mod:`.int8`).
     """
     if int8 and (calibration is None or len(calibration) == 0):
         raise ValueError("an int8 ExecuTorch export needs calibration images")

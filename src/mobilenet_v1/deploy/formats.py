@@ -58,7 +58,7 @@ def export_as(
 ) -> ExportReport:
     """``model`` exported to ``path`` in format ``fmt`` (:data:`FORMATS`) by that format's
     one exporter; ``calibration`` (a preprocessed batch) and ``grids`` (Google's
-    or a QAT checkpoint's, :func:`~.quantize.int8_grids`) serve the int8 formats,
+    or a QAT checkpoint's, :func:`~mobilenet_v1.weights.grids.int8_grids`) serve the int8 formats,
     ``float_layers`` onnx-int8, ``qat_steps`` onnx-int8/tflite-int8, ``dynamic_size`` onnx."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown fmt={fmt!r}; choose from {', '.join(FORMATS)}")

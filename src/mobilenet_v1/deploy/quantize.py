@@ -134,7 +134,7 @@ def tflite_overrides(
     fp32: str | Path, grids: Int8Grids, keep: Sequence[bool] | None = None
 ) -> dict[str, list[dict[str, Any]]]:
     """``grids`` (Google's own quantization, or a QAT checkpoint's) as ORT
-    ``TensorQuantOverrides`` for the layers ``keep`` names (:func:`~.int8.layers_on_grids`;
+    ``TensorQuantOverrides`` for the layers ``keep`` names (:func:`~mobilenet_v1.weights.grids.layers_on_grids`;
     default all): the rest is calibrated.
 
     Google's models were trained with quantization in the loop (QAT): each layer's output
@@ -254,11 +254,11 @@ def export_int8(
 ) -> ExportReport:
     """``model`` to a static int8 ONNX file at ``path``: the one int8 export path.
 
-    Layers that still lie on ``grids`` (see :func:`~mobilenet_v1.weights.grids.int8_grids`) keep them; the rest is
-    calibrated on ``calibration`` (a preprocessed batch; biases corrected,
-    :func:`~.int8.correct_biases`), after ``qat_steps`` of
-    quantization-aware fine-tuning on it when asked (refused while layers keep Google's
-    grids, :func:`check_qat_grids`). The result is compared with ``model`` on the
+    Layers that still lie on ``grids`` (:func:`~mobilenet_v1.weights.grids.int8_grids`)
+    keep them; the rest is calibrated on ``calibration`` (a preprocessed batch; biases
+    corrected, :func:`~.int8.correct_biases`), after ``qat_steps`` of quantization-aware
+    fine-tuning on it when asked (refused while layers keep Google's grids,
+    :func:`~.int8.check_qat_grids`). The result is compared with ``model`` on the
     calibration images.
     """
     if float_layers < 0:

@@ -175,7 +175,7 @@ def input_grid(preprocessing: Preprocessing) -> Grid:
 
 def int8_grids(loaded: LoadedWeights, quantization: str = "auto") -> Int8Grids | None:
     """The grids an int8 export carries over to the layers that still lie on them
-    (:func:`~.int8.layers_on_grids`): a QAT checkpoint's own (its ``int8_grids``
+    (:func:`layers_on_grids`): a QAT checkpoint's own (its ``int8_grids``
     metadata), Google's quantized file behind ``loaded`` or behind the Google checkpoint
     it was fine-tuned from (``auto``, ``tflite``; ``auto`` gives none when that file is not
     on this machine), or none (``calibrated``; ``tflite`` raises when there is none)."""

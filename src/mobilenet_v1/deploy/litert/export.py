@@ -55,7 +55,7 @@ def export_tflite(
     float32 (``int8=False``): the logits, checked against PyTorch on ``calibration`` or
     random inputs (max |logit diff| <= ``FP32_TOLERANCE``). uint8 (``int8=True``): uint8
     pixels in, Google's uint8 softmax out; the layers that lie on ``grids`` (Google's own
-    or a QAT checkpoint's, :func:`~mobilenet_v1.deploy.quantize.int8_grids`) keep them, the
+    or a QAT checkpoint's, :func:`~mobilenet_v1.weights.grids.int8_grids`) keep them, the
     rest are calibrated on ``calibration`` (a preprocessed float batch,
     :func:`~mobilenet_v1.deploy.quantize.load_batch`),
     after ``qat_steps`` of quantization-aware fine-tuning on it; LiteRT's output must equal

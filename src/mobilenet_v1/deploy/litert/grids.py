@@ -30,7 +30,7 @@ CALIBRATION_BATCH = 16
 
 def kept_grids(layers: Sequence[Layer], grids: Int8Grids, keep: Sequence[bool] | None = None) -> dict[str, Grid]:
     """``grids`` (Google's own, or a QAT checkpoint's) for the layers ``keep`` names
-    (:func:`~mobilenet_v1.deploy.int8.layers_on_grids`; default all): the k-th layer of the
+    (:func:`~mobilenet_v1.weights.grids.layers_on_grids`; default all): the k-th layer of the
     grids is our k-th layer."""
     if len(grids.weights) != len(layers):
         raise ValueError(f"{grids.source} has {len(grids.weights)} layers, the model {len(layers)}")
