@@ -127,3 +127,17 @@ def test_bad_qat_settings_are_one_line_exit_2_nothing_written(photos, tmp_path, 
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_qat_phase_under_torchrun(photos, tmp_path):
+    """Two processes: the ranges are model buffers (rank 0's broadcast each step), the
+    run saves weights on the grids they carry, as one process does."""
+    from test_distributed import torchrun
+
+    run = tmp_path / "ddp"
+    args = ["-m", "mobilenet_v1", "train", "--data", photos, *COMMON, "--batch-size", "8", "--output", run]
+    result = torchrun(args, nproc=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es) x batch 8" in result.stderr
+    model, loaded = load_weights(run / "model-final.safetensors")
+    assert layers_on_grids(fuse_bn(model), int8_grids(loaded)) == [True] * 28
