@@ -87,12 +87,12 @@ def test_finetune_recipe_probes_first_then_trains_the_backbone_slower(photos, tm
     assert not any(p.requires_grad for p in trainer.model_without_ddp.features.parameters())
     head_lr, backbone_lr = (trainer.optimizer.param_groups[i]["lr"] for i in (0, -1))
     assert backbone_lr == 0 and head_lr == pytest.approx(0.00225)
-    images, labels, _ = next(iter(trainer.train_loader))
+    images, labels, indices, _ = next(iter(trainer.train_loader))
     for _ in range(4):
-        trainer.train_step(images, labels)
+        trainer.train_step(images, labels, indices)
         trainer.progress.global_step += 1
     assert trainer.model_without_ddp.features[0].conv.weight.grad is None  # no backward through it
-    trainer.train_step(images, labels)
+    trainer.train_step(images, labels, indices)
     assert trainer.model_without_ddp.features[0].conv.weight.grad is not None
     head_lr, backbone_lr = (trainer.optimizer.param_groups[i]["lr"] for i in (0, -1))
     assert 0 < backbone_lr < 0.03 * head_lr

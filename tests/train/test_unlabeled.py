@@ -87,3 +87,45 @@ def test_bad_unlabeled_folder_is_one_line_exit_2_nothing_written(photos, unlabel
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_stored_soft_labels_are_the_teachers_outputs_on_the_views_replayed(photos):
+    """Epoch e replays view e mod VIEWS: its stored top-k logits are the teacher's on the
+    very augmentation the student sees then (float16)."""
+    from mobilenet_v1.data.transforms import train_transform
+    from mobilenet_v1.train.config import TrainConfig
+    from mobilenet_v1.train.distill import Teacher
+    from mobilenet_v1.train.loaders import VIEWS, IndexedFolder, sample_seed
+    from mobilenet_v1.train.soft_labels import SoftLabels
+    from mobilenet_v1.weights import load_weights
+
+    _, loaded = load_weights(GOOGLE)
+    samples = [(f, i) for i, cls in enumerate(CLASSES) for f in sorted((photos / "train" / cls).iterdir())[:2]]
+    dataset = IndexedFolder(samples, train_transform(loaded.preprocessing, to_float=False), skip_unreadable=True)
+    config = TrainConfig(data=str(photos), output="unused", teacher=GOOGLE)
+    teacher = Teacher(config, list(CLASSES), loaded.preprocessing, torch.device("cpu"))
+    store = SoftLabels._label(teacher, dataset, seed=3, num_classes=4, batch_size=4, workers=0)
+    epoch = VIEWS + 1  # replays view 1
+    indices = torch.arange(len(samples))
+    images = torch.stack([dataset[(i, sample_seed(3, 1, i))][0] for i in range(len(samples))])
+    live = teacher(images)
+    stored = store.targets(epoch, indices, torch.device("cpu"))
+    assert torch.allclose(stored, live, rtol=2e-3, atol=2e-2)
+    other = torch.stack([dataset[(i, sample_seed(3, 2, i))][0] for i in range(len(samples))])
+    assert not torch.allclose(teacher(other), live, atol=2e-2)  # another view is another crop
+
+
+def test_a_second_run_reuses_the_store_and_other_settings_label_again(photos, tmp_path):
+    common = ["--data", photos, "--teacher", GOOGLE, "--epochs", "1", "--batch-size", "16", "--workers", "0"]
+    first = run_cli([*common, "--output", tmp_path / "a"])
+    again = run_cli([*common, "--output", tmp_path / "b"])
+    seed = run_cli([*common, "--seed", "1", "--output", tmp_path / "c"])
+    live = run_cli([*common, "--teacher-labels", "live", "--output", tmp_path / "d"])
+    for run in (first, again, seed, live):
+        assert run.returncode == 0, run.stderr
+    assert "soft labels: the teacher labelled 4 views x 64 photos" in first.stderr
+    assert "soft labels: 4 views x 64 photos from the cache" in again.stderr
+    assert "the teacher labelled" in seed.stderr  # another seed draws other views: a stale store is not used
+    assert "soft labels" not in live.stderr
+    a, b = load_file(tmp_path / "a" / "model-final.safetensors"), load_file(tmp_path / "b" / "model-final.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the cached store is the one labelled

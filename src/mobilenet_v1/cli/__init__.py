@@ -43,6 +43,7 @@ FLAGS = {
     "qat_steps": "--qat-steps",
     "qat_epochs": "--qat-epochs",
     "unlabeled": "--unlabeled",
+    "teacher_labels": "--teacher-labels",
     "epochs": "--epochs",
     "ema": "--ema",
     "float_layers": "--float-layers",

@@ -121,6 +121,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"share of the loss from the teacher, in [0, 1]; the rest from the labels (default {DISTILL_WEIGHT:g})",
     )
     p.add_argument(
+        "--teacher-labels",
+        choices=("stored", "live"),
+        help="with --teacher: its outputs stored once for 4 seeded views of each photo and replayed (default, "
+        "cached for later runs), or computed on every batch",
+    )
+    p.add_argument(
         "--unlabeled",
         help="with --teacher: a folder of photos without labels (any tree of images); the student also learns "
         "the teacher's soft labels on them",
@@ -140,7 +146,7 @@ def _settings(args: argparse.Namespace) -> dict[str, object]:
         "weights scratch alpha variant resolution recipe optimizer epochs batch_size lr weight_decay label_smoothing "
         "warmup_epochs freeze_backbone train_backbone val_fraction seed workers worker_nice worker_idle ema ema_decay "
         "precision channels_last checkpoint_minutes checkpoint_steps sync_bn device teacher distill_temperature "
-        "distill_weight qat_epochs unlabeled"
+        "distill_weight qat_epochs unlabeled teacher_labels"
     ).split()
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 

@@ -35,6 +35,7 @@ __all__ = [
     "RECIPES",
     "SCRATCH_ALPHA",
     "SCRATCH_RESOLUTION",
+    "TEACHER_LABELS",
     "Recipe",
     "TrainConfig",
     "changed_fixed_settings",
@@ -93,6 +94,9 @@ FINETUNE_LR_FACTOR = 0.1
 # the loss and the softening temperature.
 DISTILL_WEIGHT = 0.7
 DISTILL_TEMPERATURE = 4.0
+# The teacher's outputs: stored once for a few seeded views of each photo and replayed
+# (train/soft_labels.py, FKD), or computed on every batch of every epoch.
+TEACHER_LABELS = ("stored", "live")
 # From scratch, without --alpha/--resolution: the paper's base model (Table 1).
 SCRATCH_ALPHA = 1.0
 SCRATCH_RESOLUTION = 224
@@ -119,6 +123,7 @@ FIXED_AT_START: dict[str, str] = {
     "recipe": "the optimizer and the schedule",
     "teacher": "the distillation targets",
     "unlabeled": "the training photos",
+    "teacher_labels": "the distillation targets",
     "distill_temperature": "the distillation targets",
     "distill_weight": "the loss",
     "optimizer": "the optimizer state",
@@ -167,6 +172,7 @@ class TrainConfig:
     distill_weight: float | None = None  # None: DISTILL_WEIGHT with a teacher
     qat_epochs: int = 0  # the last epochs train with fake quantization (train/qat.py)
     unlabeled: str | None = None  # a folder of photos without labels: the teacher's soft labels only
+    teacher_labels: str | None = None  # None: "stored" with a teacher (train/soft_labels.py), or "live"
 
     def __post_init__(self) -> None:
         # Every value is checked (and made a plain Python value) before anything is read or
@@ -262,7 +268,8 @@ class TrainConfig:
 
     def _check_distillation(self) -> None:
         if self.teacher is None:
-            given = [n for n in ("distill_temperature", "distill_weight", "unlabeled") if getattr(self, n) is not None]
+            names = ("distill_temperature", "distill_weight", "unlabeled", "teacher_labels")
+            given = [n for n in names if getattr(self, n) is not None]
             if given:
                 raise ValueError(f"{given[0]} needs a teacher (--teacher WEIGHTS)")
             return
@@ -270,6 +277,10 @@ class TrainConfig:
         weight = DISTILL_WEIGHT if self.distill_weight is None else self.distill_weight
         self._set("distill_temperature", _check_positive("distill_temperature", temperature))
         self._set("distill_weight", _check_range("distill_weight", weight, "in [0, 1]", lambda v: 0 <= v <= 1))
+        labels = "stored" if self.teacher_labels is None else self.teacher_labels
+        if labels not in TEACHER_LABELS:
+            raise ValueError(f"unknown teacher_labels {labels!r}; choose from {', '.join(TEACHER_LABELS)}")
+        self._set("teacher_labels", labels)
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)  # normalise a frozen field (e.g. a Path to str)

@@ -23,7 +23,18 @@ from ..data.transforms import Preprocessing, eval_transform, train_transform
 from . import distributed as dist
 from .config import TrainConfig
 
-__all__ = ["PREFETCH_FACTOR", "SeededSampler", "build_loaders", "collate_skipping", "lower_priority", "sample_seed"]
+__all__ = [
+    "PREFETCH_FACTOR",
+    "VIEWS",
+    "IndexedFolder",
+    "SeededSampler",
+    "build_loaders",
+    "collate_skipping",
+    "lower_priority",
+    "sample_seed",
+]
+
+VIEWS = 4  # stored soft labels: augmented views of each photo; epoch e replays view e mod VIEWS
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -55,14 +66,23 @@ def _lower_worker(increment: int, idle: bool, worker_id: int) -> None:
         os.nice(increment)
 
 
-def collate_skipping(batch: list[tuple[torch.Tensor, int] | None]) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Stack the readable samples; also return how many were skipped."""
+def collate_skipping(batch: list[tuple | None], fields: int = 2) -> tuple:
+    """Stack the readable samples (``(image, label, ...)`` tuples of ``fields`` items) and
+    add how many were skipped: ``(images, labels, ..., skipped)``."""
     good = [item for item in batch if item is not None]
     skipped = len(batch) - len(good)
     if not good:
-        return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
-    images, labels = default_collate(good)
-    return images, labels, skipped
+        return torch.empty(0), *(torch.empty(0, dtype=torch.long) for _ in range(fields - 1)), skipped
+    return *default_collate(good), skipped
+
+
+class IndexedFolder(ImageFolder):
+    """An :class:`ImageFolder` whose samples also carry their index: stored soft labels
+    are looked up by it (:mod:`.soft_labels`)."""
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int] | None:
+        item = super().__getitem__(key)
+        return None if item is None else (*item, key[0] if isinstance(key, tuple) else key)
 
 
 class SeededSampler(Sampler):
@@ -73,9 +93,10 @@ class SeededSampler(Sampler):
     interrupted run already consumed.
     """
 
-    def __init__(self, base: Sampler, seed: int) -> None:
+    def __init__(self, base: Sampler, seed: int, views: int = 0) -> None:
         self.base = base
         self.seed = seed
+        self.views = views  # > 0: epoch e draws the augmentations of epoch e mod views (stored soft labels)
         self.epoch = 0
         self.skip = 0
 
@@ -86,8 +107,9 @@ class SeededSampler(Sampler):
             self.base.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
+        view = self.epoch % self.views if self.views else self.epoch
         for i in list(self.base)[self.skip :]:
-            yield i, sample_seed(self.seed, self.epoch, i)
+            yield i, sample_seed(self.seed, view, i)
 
     def __len__(self) -> int:
         return max(len(self.base) - self.skip, 0)
@@ -107,9 +129,11 @@ def build_loaders(
     recipe = config.recipe_defaults
     augment = train_transform(preprocessing, min_scale=recipe.min_scale, strong=recipe.strong_augment, to_float=False)
     unlabeled = [(photo, UNLABELED) for photo in split.unlabeled]  # the teacher's soft labels only
-    train_set = ImageFolder(split.train + unlabeled, augment, skip_unreadable=True)
+    train_set = IndexedFolder(split.train + unlabeled, augment, skip_unreadable=True)
     val_set = ImageFolder(split.val, eval_transform(preprocessing, to_float=False), skip_unreadable=True)
-    sampler = SeededSampler(dist.make_sampler(train_set, env, shuffle=True, seed=config.seed), seed=config.seed)
+    views = VIEWS if config.teacher_labels == "stored" else 0
+    base = dist.make_sampler(train_set, env, shuffle=True, seed=config.seed)
+    sampler = SeededSampler(base, seed=config.seed, views=views)
     common: dict[str, Any] = {
         "num_workers": config.workers,
         "collate_fn": collate_skipping,
@@ -121,7 +145,10 @@ def build_loaders(
         # starting an epoch does not advance the RNG that dropout uses.
         "generator": torch.Generator().manual_seed(config.seed),
     }
-    train_loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, drop_last=True, **common)
+    indexed = functools.partial(collate_skipping, fields=3)  # (images, labels, indices, skipped)
+    train_loader = DataLoader(
+        train_set, batch_size=config.batch_size, sampler=sampler, drop_last=True, **(common | {"collate_fn": indexed})
+    )
     val_sampler = dist.make_eval_sampler(val_set, env)
     val_loader = DataLoader(val_set, batch_size=config.batch_size, sampler=val_sampler, **common)
     return train_loader, sampler, val_loader

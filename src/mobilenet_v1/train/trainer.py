@@ -58,6 +58,7 @@ from .optim import build_optimizer, exponential_decay, finetune_schedule, warmup
 from .outputs import TensorBoard, format_row, model_metadata, plot_curves, write_metrics
 from .runlock import LOCK, RunLock
 from .setup import RunPlan, build_model, teacher_fingerprint
+from .soft_labels import SoftLabels, store_key
 from .validate import autocast_for, evaluate
 
 __all__ = ["Trainer", "train"]
@@ -91,6 +92,7 @@ class Trainer:
         self.progress = Progress()
         self.teacher = Teacher(cfg, self.classes, self.preprocessing, device) if cfg.teacher else None
         self.teacher_sha256 = teacher_fingerprint(cfg.teacher) if cfg.teacher else None
+        self.soft_labels: SoftLabels | None = None  # the stored teacher outputs, loaded as the run starts
         self.train_loader, self.sampler, self.val_loader = build_loaders(cfg, plan.split, self.preprocessing, env)
         self.steps_per_epoch = len(self.sampler) // cfg.batch_size
         self.lr = cfg.resolved_lr(dist.global_batch_size(cfg.batch_size, env))
@@ -194,11 +196,15 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         if self.probing and self.progress.global_step >= self.probe_steps:
             self.model = self._wrap()  # the probe is over: the backbone trains from here
         images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
-        targets = self.teacher(images) if self.teacher is not None else None
+        targets = None
+        if self.soft_labels is not None:
+            targets = self.soft_labels.targets(self.progress.epoch, indices, self.device)
+        elif self.teacher is not None:
+            targets = self.teacher(images)
         images = float_input(images, self.preprocessing)
         labels = labels.to(self.device, non_blocking=True)
         cfg = self.config
@@ -240,10 +246,10 @@ class Trainer:
         start = last = time.monotonic()
         images_done = 0
         try:
-            for images, labels, skipped in self.train_loader:
+            for images, labels, indices, skipped in self.train_loader:
                 p.skipped_images += skipped
                 if len(labels):
-                    self.train_step(images, labels)
+                    self.train_step(images, labels, indices)
                 images_done += len(labels)
                 p.step_in_epoch += 1
                 p.global_step += 1
@@ -341,6 +347,8 @@ class Trainer:
             print(dist.scaling_summary(self.config.batch_size, self.lr, self.env, reference), file=sys.stderr)
             for line in self._plan_lines():
                 print(line, file=sys.stderr)
+        if self.teacher is not None and self.config.teacher_labels == "stored":
+            self.soft_labels = self._stored_soft_labels()
         previous = signal.signal(signal.SIGINT, self._on_sigint)
         try:
             while self.progress.epoch < self.config.epochs:
@@ -367,6 +375,17 @@ class Trainer:
         if self.env.is_main:
             line = f"epoch {start + 1}: quantization-aware training from here (int8 arithmetic in the loop)"
             print(line, file=sys.stderr)
+
+    def _stored_soft_labels(self) -> SoftLabels:
+        """The teacher's stored outputs for this run's photos and views (labelled now, or cached)."""
+        cfg, dataset = self.config, self.train_loader.dataset
+        recipe = cfg.recipe_defaults
+        augmentation = {"preprocessing": self.preprocessing.to_dict(), "min_scale": recipe.min_scale,
+                        "strong": recipe.strong_augment, "classes": self.classes}  # fmt: skip
+        key = store_key(cfg.teacher, self.teacher_sha256, dataset, cfg.seed, augmentation)
+        return SoftLabels.load_or_label(
+            key, self.teacher, dataset, cfg.seed, len(self.classes), self.env, cfg.batch_size, cfg.workers
+        )
 
     def _start_grids(self) -> Int8Grids | None:
         """The int8 grids of the starting weights (Google's quantized checkpoints), if any."""
