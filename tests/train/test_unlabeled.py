@@ -129,3 +129,17 @@ def test_a_second_run_reuses_the_store_and_other_settings_label_again(photos, tm
     assert "soft labels" not in live.stderr
     a, b = load_file(tmp_path / "a" / "model-final.safetensors"), load_file(tmp_path / "b" / "model-final.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)  # the cached store is the one labelled
+
+
+def test_stored_soft_labels_and_unlabelled_photos_under_torchrun(photos, unlabeled, tmp_path):
+    """Rank 0 labels (or reads the cache) while rank 1 waits; both replay the same store."""
+    from test_distributed import torchrun
+
+    args = ["-m", "mobilenet_v1", "train", "--data", photos, "--unlabeled", unlabeled, "--teacher", GOOGLE]
+    args += ["--epochs", "1", "--batch-size", "8", "--workers", "0", "--seed", "5", "--output", tmp_path / "ddp"]
+    result = torchrun(args, nproc=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (
+        "2 process(es) x batch 8" in result.stderr and "soft labels: the teacher labelled 4 views x 96" in result.stderr
+    )
+    assert (tmp_path / "ddp" / "model-final.safetensors").is_file()
