@@ -38,6 +38,7 @@ __all__ = [
     "MAX_IMAGE_BYTES",
     "MAX_PIXELS",
     "decode_image",
+    "image_folder",
     "is_skipped_name",
     "list_images",
     "load_image",
@@ -109,6 +110,25 @@ def list_images(folder: Path, others: Counter[str] | None = None) -> list[Path]:
             if current == str(folder):
                 raise
     return sorted(found)
+
+
+def image_folder(folder: str | Path, what: str) -> list[Path]:
+    """:func:`list_images` of a folder a user named as the ``what`` folder (``"calibration"``,
+    ``"unlabeled"``), every way it can be unusable one error naming it:
+    ``FileNotFoundError``/``NotADirectoryError`` for a missing folder or a file,
+    ``PermissionError`` for one that cannot be listed, ``ValueError`` for one without images."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise FileNotFoundError(f"{what} folder not found: {folder}")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{what} path is not a folder: {folder}")
+    try:
+        images = list_images(folder)
+    except PermissionError:
+        raise PermissionError(f"{what} folder is not readable: {folder}") from None
+    if not images:
+        raise ValueError(f"no images in {what} folder {folder} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    return images
 
 
 def _is_regular(entry: os.DirEntry) -> bool:

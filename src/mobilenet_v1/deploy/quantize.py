@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.images import IMAGE_EXTENSIONS, list_images, load_image
+from ..data.images import image_folder, load_image
 from ..data.transforms import Preprocessing, eval_transform
 from ..files import atomic_write
 from ..model import MobileNetV1
@@ -61,17 +61,7 @@ def calibration_files(folder: str | Path, count: int, seed: int = 0) -> list[Pat
     Raises ``FileNotFoundError``/``NotADirectoryError`` for a missing folder, ``ValueError``
     for one without images and ``PermissionError`` for one that cannot be listed.
     """
-    folder = Path(folder)
-    if not folder.exists():
-        raise FileNotFoundError(f"calibration folder not found: {folder}")
-    if not folder.is_dir():
-        raise NotADirectoryError(f"calibration path is not a folder: {folder}")
-    try:
-        files = list_images(folder)
-    except PermissionError:
-        raise PermissionError(f"calibration folder is not readable: {folder}") from None
-    if not files:
-        raise ValueError(f"no images in calibration folder {folder} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    files = image_folder(folder, "calibration")
     if count < 1:
         raise ValueError(f"calibration image count must be >= 1, got {count}")
     return sorted(random.Random(seed).sample(files, min(count, len(files))))

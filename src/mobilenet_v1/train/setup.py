@@ -26,7 +26,7 @@ from ..builders import mobilenet_v1
 from ..config import MobileNetV1Config
 from ..cost import model_cost
 from ..data.folders import DataSplit, load_splits
-from ..data.images import IMAGE_EXTENSIONS, list_images
+from ..data.images import image_folder
 from ..data.transforms import Preprocessing
 from ..model import MobileNetV1
 from ..untrusted import printable
@@ -222,16 +222,7 @@ def _load_data(config: TrainConfig) -> DataSplit:
 def _unlabeled_photos(folder: Path, split: DataSplit) -> list[Path]:
     """The images below ``folder`` (any tree, no classes); none of them a validation photo,
     whose soft labels would leak the validation set into training."""
-    if not folder.exists():
-        raise FileNotFoundError(f"unlabeled folder not found: {folder}")
-    if not folder.is_dir():
-        raise NotADirectoryError(f"unlabeled path is not a folder: {folder}")
-    try:
-        photos = list_images(folder)
-    except PermissionError:
-        raise PermissionError(f"unlabeled folder is not readable: {folder}") from None
-    if not photos:
-        raise ValueError(f"no images in unlabeled folder {folder} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    photos = image_folder(folder, "unlabeled")
     val = {path.resolve() for path, _ in split.val}
     leaked = sum(photo.resolve() in val for photo in photos)
     if leaked:
