@@ -143,3 +143,11 @@ def test_stored_soft_labels_and_unlabelled_photos_under_torchrun(photos, unlabel
         "2 process(es) x batch 8" in result.stderr and "soft labels: the teacher labelled 4 views x 96" in result.stderr
     )
     assert (tmp_path / "ddp" / "model-final.safetensors").is_file()
+
+
+def test_a_run_saved_before_stored_soft_labels_resumes_with_the_live_teacher():
+    from mobilenet_v1.train.config import TrainConfig
+
+    old = {"data": "d", "output": "o", "teacher": GOOGLE}  # a config.json without teacher_labels
+    assert TrainConfig.from_dict(old, "config.json").teacher_labels == "live"
+    assert TrainConfig(data="d", output="o", teacher=GOOGLE).teacher_labels == "stored"  # new runs

@@ -320,8 +320,11 @@ class TrainConfig:
         missing = [name for name in ("data", "output") if name not in data]
         if missing:
             raise ValueError(f"bad run settings in {source}: no {missing[0]!r}")
+        settings = {k: v for k, v in data.items() if k in known}
+        if settings.get("teacher") and "teacher_labels" not in settings:
+            settings["teacher_labels"] = "live"  # saved before stored soft labels: the run continues as it began
         try:
-            return cls(**{k: v for k, v in data.items() if k in known})
+            return cls(**settings)
         except (TypeError, ValueError, OverflowError) as exc:
             raise ValueError(f"bad run settings in {source}: {exc}") from None
 
