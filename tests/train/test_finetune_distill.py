@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from test_train import run_cli
+from test_train import assert_same_final_model, kill_and_resume, run_cli
 
 from mobilenet_v1.cli import main
 from mobilenet_v1.train.config import DISTILL_TEMPERATURE, DISTILL_WEIGHT, TrainConfig
@@ -137,12 +137,8 @@ def test_distillation_end_to_end_and_exact_resume(photos, tmp_path):
     saved = json.loads((tmp_path / "ref" / "config.json").read_text())
     assert (saved["teacher"], saved["distill_weight"], saved["distill_temperature"]) == (GOOGLE, 0.9, 4.0)
     run = tmp_path / "run"
-    killed = run_cli([*common, "--output", run], signal_at="9@5")  # SIGKILL after step 5: checkpoint at 3
-    assert killed.returncode == -9, killed.stderr
-    resumed = run_cli(["--resume", run])
-    assert resumed.returncode == 0, resumed.stderr
-    a, b = load_file(tmp_path / "ref" / "model-final.safetensors"), load_file(run / "model-final.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    kill_and_resume(common, run, signal_at="9@5")  # SIGKILL after step 5: checkpoint at 3
+    assert_same_final_model(tmp_path / "ref", run)
     changed = run_cli(["--resume", run, "--distill-weight", "0.5"])
     assert changed.returncode == 2 and "distill_weight 0.9 -> 0.5" in changed.stderr
 

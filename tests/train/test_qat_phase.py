@@ -11,9 +11,8 @@ import sys
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
 from test_finetune_distill import GOOGLE, imagenette_subset
-from test_train import run_cli
+from test_train import assert_same_final_model, kill_and_resume, run_cli
 
 from mobilenet_v1.cli import main
 from mobilenet_v1.deploy.fold import fuse_bn
@@ -98,13 +97,9 @@ def test_every_int8_export_keeps_the_qat_grids_and_computes_the_qat_model(qat_ru
 
 def test_qat_resumes_exactly_after_a_kill_in_the_phase(qat_run, photos, tmp_path):
     run = tmp_path / "run"
-    killed = run_cli(["--data", photos, *COMMON, "--output", run], signal_at="9@7")  # checkpoint at step 6
-    assert killed.returncode == -9, killed.stderr
-    resumed = run_cli(["--resume", run])
-    assert resumed.returncode == 0, resumed.stderr
+    kill_and_resume(["--data", photos, *COMMON], run, signal_at="9@7")  # checkpoint at step 6
     ref, _ = qat_run
-    a, b = load_file(ref / "model-final.safetensors"), load_file(run / "model-final.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_final_model(ref, run)
     with safe_open(ref / "model-final.safetensors", "pt") as f, safe_open(run / "model-final.safetensors", "pt") as g:
         assert json.loads(f.metadata()["int8_grids"]) == json.loads(g.metadata()["int8_grids"])
 

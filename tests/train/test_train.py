@@ -50,6 +50,19 @@ def run_cli(args, signal_at: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
+def kill_and_resume(args: list, run: Path, signal_at: str) -> None:
+    """Train into ``run``, SIGKILLed as ``signal_at`` says, then ``--resume`` it to the end."""
+    killed = run_cli([*args, "--output", run], signal_at=signal_at)
+    assert killed.returncode == -9, killed.stderr
+    resumed = run_cli(["--resume", run])
+    assert resumed.returncode == 0, resumed.stderr
+
+
+def assert_same_final_model(a: Path, b: Path) -> None:
+    x, y = load_file(a / "model-final.safetensors"), load_file(b / "model-final.safetensors")
+    assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """One finished 2-epoch run (in-process), shared by the output and bad-input tests."""

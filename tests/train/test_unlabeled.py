@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from test_finetune_distill import CLASSES, GOOGLE, imagenette_subset
-from test_train import run_cli
+from test_train import assert_same_final_model, kill_and_resume, run_cli
 
 from mobilenet_v1.cli import main
 from mobilenet_v1.data.folders import UNLABELED
@@ -46,12 +46,8 @@ def test_unlabelled_photos_are_trained_on_and_a_killed_run_resumes_exactly(photo
     summary = json.loads((tmp_path / "ref" / "summary.json").read_text())
     assert summary["unlabeled_images"] == 32 and summary["steps"] == 2 * 96 // 16  # an epoch covers both
     run = tmp_path / "run"
-    killed = run_cli([*common, "--output", run], signal_at="9@8")  # SIGKILL after step 8: checkpoint at 6
-    assert killed.returncode == -9, killed.stderr
-    resumed = run_cli(["--resume", run])
-    assert resumed.returncode == 0, resumed.stderr
-    a, b = load_file(tmp_path / "ref" / "model-final.safetensors"), load_file(run / "model-final.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    kill_and_resume(common, run, signal_at="9@8")  # SIGKILL after step 8: checkpoint at 6
+    assert_same_final_model(tmp_path / "ref", run)
     changed = run_cli(["--resume", run, "--unlabeled", photos / "train"])
     assert changed.returncode == 2 and "unlabeled" in changed.stderr
 
