@@ -127,13 +127,13 @@ def test_distillation_settings_default_and_validate():
 
 def test_distillation_end_to_end_and_exact_resume(photos, tmp_path):
     """A small student from scratch with Google's 0.25/128 as teacher (its 1001 outputs mapped
-    to the four WordNet-id folders, the student's 48 px batches resized to 128 for it); killed
+    to the four WordNet-id folders; it sees the student's 48 px crops at 128 px); killed
     and resumed, it ends with the same weights as the uninterrupted run."""
     common = ["--data", photos, "--alpha", "0.25", "--resolution", "48", "--batch-size", "16", "--epochs", "2"]
     common += ["--workers", "0", "--teacher", GOOGLE, "--distill-weight", "0.9", "--checkpoint-steps", "3"]
     ref = run_cli([*common, "--output", tmp_path / "ref"])
     assert ref.returncode == 0, ref.stderr
-    assert f"distilling from {GOOGLE} (128 px; the student's 48 px batches are resized for it)" in ref.stderr
+    assert f"distilling from {GOOGLE} (it sees each of the student's crops at its own 128 px)" in ref.stderr
     saved = json.loads((tmp_path / "ref" / "config.json").read_text())
     assert (saved["teacher"], saved["distill_weight"], saved["distill_temperature"]) == (GOOGLE, 0.9, 4.0)
     run = tmp_path / "run"

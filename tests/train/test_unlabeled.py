@@ -99,7 +99,7 @@ def test_stored_soft_labels_are_the_teachers_outputs_on_the_views_replayed(photo
     samples = [(f, i) for i, cls in enumerate(CLASSES) for f in sorted((photos / "train" / cls).iterdir())[:2]]
     dataset = IndexedFolder(samples, train_transform(loaded.preprocessing, to_float=False), skip_unreadable=True)
     config = TrainConfig(data=str(photos), output="unused", teacher=GOOGLE)
-    teacher = Teacher(config, list(CLASSES), loaded.preprocessing, torch.device("cpu"))
+    teacher = Teacher(config, list(CLASSES), torch.device("cpu"))
     store = SoftLabels._label(teacher, dataset, seed=3, num_classes=4, batch_size=4, workers=0)
     epoch = VIEWS + 1  # replays view 1
     indices = torch.arange(len(samples))
@@ -109,6 +109,39 @@ def test_stored_soft_labels_are_the_teachers_outputs_on_the_views_replayed(photo
     assert torch.allclose(stored, live, rtol=2e-3, atol=2e-2)
     other = torch.stack([dataset[(i, sample_seed(3, 2, i))][0] for i in range(len(samples))])
     assert not torch.allclose(teacher(other), live, atol=2e-2)  # another view is another crop
+
+
+def test_the_teacher_sees_the_students_crop_at_its_own_resolution(photos, tmp_path):
+    """One sample seed, one crop and flip at any resolution: the teacher's 128 px view,
+    shrunk to the student's 48 px, is the student's view (another seed's is not); a live
+    teacher gets those views (PairedViews) and ends where the stored labels end."""
+    from mobilenet_v1.data.transforms import Preprocessing
+    from mobilenet_v1.train.config import TrainConfig
+    from mobilenet_v1.train.loaders import IndexedFolder, PairedViews, augmentation, sample_seed
+
+    config = TrainConfig(data=str(photos), output="unused", teacher=GOOGLE)
+    student, teacher = augmentation(config, Preprocessing(48)), augmentation(config, Preprocessing(128))
+    samples = [(f, i) for i, cls in enumerate(CLASSES) for f in sorted((photos / "train" / cls).iterdir())[:3]]
+    paired, alone = IndexedFolder(samples, PairedViews(student, teacher)), IndexedFolder(samples, student)
+    same, other = [], []
+    for i in range(len(samples)):
+        (view, big), label, index = paired[(i, sample_seed(3, 0, i))]
+        assert big.shape == (3, 128, 128) and (label, index) == (samples[i][1], i)
+        assert torch.equal(view, alone[(i, sample_seed(3, 0, i))][0])
+        shrunk = F.interpolate(big[None].float(), size=48, mode="bilinear", antialias=True)[0]
+        same.append((shrunk - view.float()).abs().mean())
+        other.append((shrunk - alone[(i, sample_seed(3, 1, i))][0].float()).abs().mean())
+    assert max(same) < 2 and min(other) > 10, (same, other)
+
+    common = ["--data", photos, "--resolution", "48", "--epochs", "1", "--batch-size", "16", "--workers", "0"]
+    common += ["--teacher", GOOGLE, "--train-backbone"]
+    runs = {"stored": [], "live": ["--teacher-labels", "live"], "plain": ["--distill-weight", "0"]}
+    for name, extra in runs.items():
+        result = run_cli([*common, *extra, "--output", tmp_path / name])
+        assert result.returncode == 0, result.stderr
+    a, b, plain = (load_file(tmp_path / name / "model-final.safetensors") for name in runs)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3  # float16 storage of the same targets
+    assert max((a[k] - plain[k]).abs().max().item() for k in a) > 1e-2  # which the student learns from
 
 
 def test_a_second_run_reuses_the_store_and_other_settings_label_again(photos, tmp_path):

@@ -2,9 +2,10 @@
 
 Section 4.5 trains a small MobileNet "to emulate the outputs of a larger model" instead of
 the ground-truth labels alone (distillation, Hinton et al. 2015). Here the teacher is any
-weights ``--weights`` accepts; it runs in inference mode on the same augmented batch as
-the student, so its targets follow every crop and flip (teacher outputs are therefore not
-cached: each epoch draws new crops). The loss mixes the hard labels with the teacher's
+weights ``--weights`` accepts; it runs in inference mode on the student's own crops and
+flips, each rendered at the teacher's resolution (a student crop upsampled for a larger
+teacher would cost the teacher accuracy), either live on every batch or once per stored
+view (:mod:`.soft_labels`). The loss mixes the hard labels with the teacher's
 distribution softened by a temperature (:func:`distillation_loss`).
 """
 
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.folders import UNLABELED
-from ..data.transforms import Preprocessing, float_input
+from ..data.transforms import float_input
 from ..untrusted import printable
 from ..weights import load_weights
 from .config import TrainConfig
@@ -53,31 +54,27 @@ def _fast_autocast(device: torch.device) -> contextlib.AbstractContextManager:
 class Teacher:
     """The teacher of a run: its logits for a student's uint8 batch, over the data's classes."""
 
-    def __init__(self, config: TrainConfig, classes: list[str], student: Preprocessing, device: torch.device) -> None:
+    def __init__(self, config: TrainConfig, classes: list[str], device: torch.device) -> None:
         assert config.teacher is not None
         model, loaded = load_weights(config.teacher)
         self.spec = config.teacher
         self.rows = torch.tensor(teacher_rows(config.teacher, loaded.classes, classes), device=device)
         self.preprocessing = loaded.preprocessing
-        self.student_resolution = student.resolution
         memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
         self.model = model.eval().requires_grad_(False).to(device, memory_format=memory_format)
         self.device = device
 
     def describe(self) -> str:
         """One line for the start of the run."""
-        line = f"distilling from {printable(self.spec)} ({self.preprocessing.resolution} px"
-        if self.preprocessing.resolution != self.student_resolution:
-            line += f"; the student's {self.student_resolution} px batches are resized for it"
-        return line + ")"
+        return (
+            f"distilling from {printable(self.spec)} (it sees each of the student's crops at its own "
+            f"{self.preprocessing.resolution} px)"
+        )
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """Float32 logits (N, classes) for a uint8 batch (N, 3, H, W) on the run's device."""
+        """Float32 logits (N, classes) for a uint8 batch (N, 3, H, W) of views at its resolution."""
         x = float_input(images, self.preprocessing)
-        size = self.preprocessing.resolution
-        if x.shape[-1] != size or x.shape[-2] != size:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         if self.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
         with _fast_autocast(self.device):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -27,7 +28,9 @@ __all__ = [
     "PREFETCH_FACTOR",
     "VIEWS",
     "IndexedFolder",
+    "PairedViews",
     "SeededSampler",
+    "augmentation",
     "build_loaders",
     "collate_skipping",
     "lower_priority",
@@ -119,16 +122,49 @@ PREFETCH_FACTOR = 4  # batches queued per worker: idle workers decode in the ste
 # out the busy stretches
 
 
+def augmentation(config: TrainConfig, preprocessing: Preprocessing) -> Callable:
+    """The run's training augmentation, to uint8 crops of ``preprocessing``'s resolution.
+
+    Its random draws (crop box, flip, TrivialAugment's operation) do not depend on the
+    output size, so one sample seed gives the same view at any resolution: a teacher labels
+    the student's view at its own resolution (:mod:`.soft_labels`). Random erasing (the
+    modern recipe) draws its box in output pixels, so its box may differ between sizes.
+    """
+    recipe = config.recipe_defaults
+    return train_transform(preprocessing, min_scale=recipe.min_scale, strong=recipe.strong_augment, to_float=False)
+
+
+class PairedViews:
+    """One augmentation drawn once and rendered for the student and for a teacher of
+    another resolution (live distillation): ``(student view, teacher view)``."""
+
+    def __init__(self, student: Callable, teacher: Callable) -> None:
+        self.student, self.teacher = student, teacher
+
+    def __call__(self, image: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        state = torch.get_rng_state()
+        view = self.student(image)
+        torch.set_rng_state(state)  # the same draws again
+        return view, self.teacher(image)
+
+
 def build_loaders(
-    config: TrainConfig, split: DataSplit, preprocessing: Preprocessing, env: dist.DistEnv
+    config: TrainConfig,
+    split: DataSplit,
+    preprocessing: Preprocessing,
+    env: dist.DistEnv,
+    teacher_resolution: int | None = None,
 ) -> tuple[DataLoader, SeededSampler, DataLoader]:
     """Training loader (seeded per-sample augmentation, resumable) and validation loader.
 
     Both yield uint8 batches; the loop normalizes them on its device (``float_input``).
+    With a live teacher of another ``teacher_resolution`` a training batch's images are
+    the pair ``[student views, teacher views]`` (:class:`PairedViews`).
     """
-    recipe = config.recipe_defaults
-    augment = train_transform(preprocessing, min_scale=recipe.min_scale, strong=recipe.strong_augment, to_float=False)
     unlabeled = [(photo, UNLABELED) for photo in split.unlabeled]  # the teacher's soft labels only
+    augment = augmentation(config, preprocessing)
+    if config.teacher_labels == "live" and teacher_resolution not in (None, preprocessing.resolution):
+        augment = PairedViews(augment, augmentation(config, replace(preprocessing, resolution=teacher_resolution)))
     train_set = IndexedFolder(split.train + unlabeled, augment, skip_unreadable=True)
     val_set = ImageFolder(split.val, eval_transform(preprocessing, to_float=False), skip_unreadable=True)
     views = VIEWS if config.teacher_labels == "stored" else 0

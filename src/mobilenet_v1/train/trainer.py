@@ -24,7 +24,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from ..data.folders import UNLABELED
+from ..data.folders import UNLABELED, ImageFolder
 from ..data.transforms import float_input
 from ..files import write_text
 from ..untrusted import printable
@@ -53,7 +53,7 @@ from .checkpoint import (
 )
 from .config import FINETUNE_MIN_PER_CLASS, check_device
 from .distill import Teacher, distillation_loss
-from .loaders import build_loaders
+from .loaders import augmentation, build_loaders
 from .optim import build_optimizer, exponential_decay, finetune_schedule, warmup_cosine
 from .outputs import TensorBoard, format_row, model_metadata, plot_curves, write_metrics
 from .runlock import LOCK, RunLock
@@ -90,10 +90,13 @@ class Trainer:
         self.memory_format = memory_format
         self.model_without_ddp = model.to(device, memory_format=memory_format)
         self.progress = Progress()
-        self.teacher = Teacher(cfg, self.classes, self.preprocessing, device) if cfg.teacher else None
+        self.teacher = Teacher(cfg, self.classes, device) if cfg.teacher else None
         self.teacher_sha256 = teacher_fingerprint(cfg.teacher) if cfg.teacher else None
         self.soft_labels: SoftLabels | None = None  # the stored teacher outputs, loaded as the run starts
-        self.train_loader, self.sampler, self.val_loader = build_loaders(cfg, plan.split, self.preprocessing, env)
+        teacher_resolution = self.teacher.preprocessing.resolution if self.teacher else None
+        self.train_loader, self.sampler, self.val_loader = build_loaders(
+            cfg, plan.split, self.preprocessing, env, teacher_resolution
+        )
         self.steps_per_epoch = len(self.sampler) // cfg.batch_size
         self.lr = cfg.resolved_lr(dist.global_batch_size(cfg.batch_size, env))
         recipe = cfg.recipe_defaults
@@ -199,12 +202,16 @@ class Trainer:
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         if self.probing and self.progress.global_step >= self.probe_steps:
             self.model = self._wrap()  # the probe is over: the backbone trains from here
+        teacher_images = None
+        if isinstance(images, list):  # a live teacher's views at its own resolution (PairedViews)
+            images, teacher_images = images
         images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
         targets = None
         if self.soft_labels is not None:
             targets = self.soft_labels.targets(self.progress.epoch, indices, self.device)
         elif self.teacher is not None:
-            targets = self.teacher(images)
+            views = images if teacher_images is None else teacher_images.to(self.device, non_blocking=True)
+            targets = self.teacher(views)
         images = float_input(images, self.preprocessing)
         labels = labels.to(self.device, non_blocking=True)
         cfg = self.config
@@ -378,11 +385,18 @@ class Trainer:
 
     def _stored_soft_labels(self) -> SoftLabels:
         """The teacher's stored outputs for this run's photos and views (labelled now, or cached)."""
-        cfg, dataset = self.config, self.train_loader.dataset
-        recipe = cfg.recipe_defaults
-        augmentation = {"preprocessing": self.preprocessing.to_dict(), "min_scale": recipe.min_scale,
-                        "strong": recipe.strong_augment, "classes": self.classes}  # fmt: skip
-        key = store_key(cfg.teacher, self.teacher_sha256, dataset, cfg.seed, augmentation)
+        cfg, recipe = self.config, self.config.recipe_defaults
+        # The teacher sees each view at its own resolution: the student's crop, not its pixels.
+        views = replace(self.preprocessing, resolution=self.teacher.preprocessing.resolution)
+        dataset = ImageFolder(self.train_loader.dataset.samples, augmentation(cfg, views), skip_unreadable=True)
+        settings = {
+            "preprocessing": self.preprocessing.to_dict(),
+            "teacher_resolution": views.resolution,
+            "min_scale": recipe.min_scale,
+            "strong": recipe.strong_augment,
+            "classes": self.classes,
+        }
+        key = store_key(cfg.teacher, self.teacher_sha256, dataset, cfg.seed, settings)
         return SoftLabels.load_or_label(
             key, self.teacher, dataset, cfg.seed, len(self.classes), self.env, cfg.batch_size, cfg.workers
         )
