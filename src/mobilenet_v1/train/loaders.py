@@ -125,10 +125,11 @@ PREFETCH_FACTOR = 4  # batches queued per worker: idle workers decode in the ste
 def augmentation(config: TrainConfig, preprocessing: Preprocessing) -> Callable:
     """The run's training augmentation, to uint8 crops of ``preprocessing``'s resolution.
 
-    Its random draws (crop box, flip, TrivialAugment's operation) do not depend on the
-    output size, so one sample seed gives the same view at any resolution: a teacher labels
-    the student's view at its own resolution (:mod:`.soft_labels`). Random erasing (the
-    modern recipe) draws its box in output pixels, so its box may differ between sizes.
+    Its random draws (crop box, flip, TrivialAugment's operation and strength) do not
+    depend on the output size, so one sample seed gives the same view at any resolution: a
+    teacher sees the student's view at its own resolution (:mod:`.soft_labels`). Only the
+    modern recipe's extras are sized in output pixels: TrivialAugment's translations and
+    random erasing's box.
     """
     recipe = config.recipe_defaults
     return train_transform(preprocessing, min_scale=recipe.min_scale, strong=recipe.strong_augment, to_float=False)
