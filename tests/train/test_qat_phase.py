@@ -95,6 +95,25 @@ def test_every_int8_export_keeps_the_qat_grids_and_computes_the_qat_model(qat_ru
     assert difference.max() <= 1 and (difference == 0).float().mean() > 0.999  # a tie now and then
 
 
+def test_saving_mid_phase_leaves_the_training_model_instrumented(photos):
+    """A best epoch inside the QAT phase saves a finalized copy; the model keeps training
+    with its fake quantization, and the next save finalizes it again."""
+    model, loaded = load_weights(GOOGLE)
+    pre = loaded.preprocessing
+    qat.instrument(model, pre, int8_grids(loaded))
+    images = load_batch(calibration_files(photos / "val", 8), pre)
+    with torch.no_grad():
+        before = model.eval()(images)
+    first, grids = qat.finalize(model, pre)
+    with torch.no_grad():
+        assert torch.equal(model(images), before)  # still the fake-quantized forward pass
+    model.train()(images).sum().backward()  # and it still trains
+    second, again = qat.finalize(model, pre)
+    a, b = first.state_dict(), second.state_dict()
+    assert again == grids and a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+    assert not any("parametrizations" in key for key in b)
+
+
 def test_qat_resumes_exactly_after_a_kill_in_the_phase(qat_run, photos, tmp_path):
     run = tmp_path / "run"
     kill_and_resume(["--data", photos, *COMMON], run, signal_at="9@7")  # checkpoint at step 6

@@ -206,7 +206,12 @@ def finalize(model: MobileNetV1, preprocessing: Preprocessing) -> tuple[MobileNe
     weights = []
     for conv in convs:
         weights.append(conv.parametrizations.weight[0].grid(conv.parametrizations.weight.original))
-        for name in ("bias", "weight"):  # the bias's grid is read from the weight's
-            parametrize.remove_parametrizations(conv, name, leave_parametrized=True)
+        # The values on their grids, set by hand: parametrize.remove_parametrizations would
+        # delete the properties of the parametrized class, which the copy shares with
+        # ``model``, and so break the model still training (a best epoch saved mid-phase).
+        weight, bias, plain_type = conv.weight, conv.bias, parametrize.type_before_parametrizations(conv)
+        del conv.parametrizations
+        conv.__class__ = plain_type
+        conv.weight, conv.bias = nn.Parameter(weight), nn.Parameter(bias)
     grids = Int8Grids(input_grid(preprocessing), tuple(weights), tuple(r.grid() for r in ranges), "QAT")
     return plain.eval(), grids
