@@ -122,8 +122,9 @@ PREFETCH_FACTOR = 4  # batches queued per worker: idle workers decode in the ste
 # out the busy stretches
 
 
-def augmentation(config: TrainConfig, preprocessing: Preprocessing) -> Callable:
-    """The run's training augmentation, to uint8 crops of ``preprocessing``'s resolution.
+def augmentation(config: TrainConfig, preprocessing: Preprocessing, resolution: int | None = None) -> Callable:
+    """The run's training augmentation, to uint8 crops of ``resolution`` (by default
+    ``preprocessing``'s).
 
     Its random draws (crop box, flip, TrivialAugment's operation and strength) do not
     depend on the output size, so one sample seed gives the same view at any resolution: a
@@ -132,6 +133,8 @@ def augmentation(config: TrainConfig, preprocessing: Preprocessing) -> Callable:
     random erasing's box.
     """
     recipe = config.recipe_defaults
+    if resolution is not None:
+        preprocessing = replace(preprocessing, resolution=resolution)
     return train_transform(preprocessing, min_scale=recipe.min_scale, strong=recipe.strong_augment, to_float=False)
 
 
@@ -165,7 +168,7 @@ def build_loaders(
     unlabeled = [(photo, UNLABELED) for photo in split.unlabeled]  # the teacher's soft labels only
     augment = augmentation(config, preprocessing)
     if config.teacher_labels == "live" and teacher_resolution not in (None, preprocessing.resolution):
-        augment = PairedViews(augment, augmentation(config, replace(preprocessing, resolution=teacher_resolution)))
+        augment = PairedViews(augment, augmentation(config, preprocessing, teacher_resolution))
     train_set = IndexedFolder(split.train + unlabeled, augment, skip_unreadable=True)
     val_set = ImageFolder(split.val, eval_transform(preprocessing, to_float=False), skip_unreadable=True)
     views = VIEWS if config.teacher_labels == "stored" else 0

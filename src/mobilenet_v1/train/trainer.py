@@ -24,7 +24,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -387,11 +387,12 @@ class Trainer:
         """The teacher's stored outputs for this run's photos and views (labelled now, or cached)."""
         cfg, recipe = self.config, self.config.recipe_defaults
         # The teacher sees each view at its own resolution: the student's crop, not its pixels.
-        views = replace(self.preprocessing, resolution=self.teacher.preprocessing.resolution)
-        dataset = ImageFolder(self.train_loader.dataset.samples, augmentation(cfg, views), skip_unreadable=True)
+        resolution = self.teacher.preprocessing.resolution
+        views = augmentation(cfg, self.preprocessing, resolution)
+        dataset = ImageFolder(self.train_loader.dataset.samples, views, skip_unreadable=True)
         settings = {
             "preprocessing": self.preprocessing.to_dict(),
-            "teacher_resolution": views.resolution,
+            "teacher_resolution": resolution,
             "min_scale": recipe.min_scale,
             "strong": recipe.strong_augment,
             "classes": self.classes,
