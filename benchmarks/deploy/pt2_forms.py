@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/commo
 from common import DATA, RESULTS
 
 from mobilenet_v1.deploy.executorch import ExecuTorchModel, export_executorch
-from mobilenet_v1.deploy.fold import fuse_bn
 from mobilenet_v1.deploy.onnx import dynamic_shapes, export_onnx
 from mobilenet_v1.deploy.pt2 import Pt2Model, export_pt2
 from mobilenet_v1.deploy.quantize import calibration_files, load_batch
+from mobilenet_v1.fold import fuse_bn
 from mobilenet_v1.measure.bench import measure, onnx_runner
 from mobilenet_v1.measure.conditions import cpu_name
 from mobilenet_v1.weights import load_weights

@@ -120,8 +120,8 @@ def test_executorch_int8_quantizes_relu6_after_the_activation(shared_data, monke
     convolution's wider pre-activation grid, and the logits on real photos stay within
     13% RMS of float (XNNPACK's quantizer alone: 18%)."""
     from mobilenet_v1.deploy.executorch import _Lowerable, _quantize
-    from mobilenet_v1.deploy.fold import fuse_bn
     from mobilenet_v1.deploy.quantize import calibration_files, load_batch
+    from mobilenet_v1.fold import fuse_bn
     from mobilenet_v1.weights import load_weights
 
     imagenette = shared_data / "imagenette"

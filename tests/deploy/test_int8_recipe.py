@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from mobilenet_v1.deploy.fold import fuse_bn
 from mobilenet_v1.deploy.int8 import grids_used
 from mobilenet_v1.deploy.quantize import calibration_files, load_batch
+from mobilenet_v1.fold import fuse_bn
 from mobilenet_v1.weights import LoadedWeights, load_weights
 from mobilenet_v1.weights.google_tflite.reader import read_tflite, read_tflite_files
 from mobilenet_v1.weights.grids import GRID_TOLERANCE, Int8Grids, google_tflite, int8_grids, layers_on_grids
@@ -149,7 +149,8 @@ def test_bias_correction_removes_the_mean_shift_of_rounded_weights():
     """Nagel et al.'s empirical bias correction: after it, a layer computed with its rounded
     weights has the float layer's mean output per channel on the calibration images."""
     from mobilenet_v1 import mobilenet_v1
-    from mobilenet_v1.deploy.int8 import correct_biases, per_tensor_uint8
+    from mobilenet_v1.deploy.int8 import per_tensor_uint8
+    from mobilenet_v1.weights.grids import correct_biases
 
     torch.manual_seed(0)
     model = fuse_bn(mobilenet_v1(alpha=0.25, num_classes=5).eval())

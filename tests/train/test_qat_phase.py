@@ -15,8 +15,8 @@ from test_finetune_distill import GOOGLE, imagenette_subset
 from test_train import assert_same_final_model, kill_and_resume, run_cli
 
 from mobilenet_v1.cli import main
-from mobilenet_v1.deploy.fold import fuse_bn
 from mobilenet_v1.deploy.quantize import calibration_files, load_batch
+from mobilenet_v1.fold import fuse_bn
 from mobilenet_v1.model import ConvBNAct
 from mobilenet_v1.train import qat
 from mobilenet_v1.weights import load_weights

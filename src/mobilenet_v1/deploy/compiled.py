@@ -18,8 +18,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..fold import fuse_bn
 from ..model import MobileNetV1
-from .fold import fuse_bn
 
 __all__ = ["BACKENDS", "compile_for_inference"]
 

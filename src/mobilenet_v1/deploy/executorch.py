@@ -34,11 +34,12 @@ from torch import nn
 
 from ..data.transforms import Preprocessing
 from ..files import atomic_write
+from ..fold import fuse_bn
 from ..model import MobileNetV1
 from ..optional import require
 from ..untrusted import parse_json, printable, read_bounded
 from ..weights import LoadedWeights
-from ..weights.grids import Grid, Int8Grids, layers_on_grids, quantized_layers
+from ..weights.grids import Grid, Int8Grids, correct_biases, layers_on_grids, quantized_layers
 from .common import (
     FP32_TOLERANCE,
     ExportReport,
@@ -49,8 +50,7 @@ from .common import (
     metadata_props,
     random_inputs,
 )
-from .fold import fuse_bn
-from .int8 import correct_biases, grids_used, int8_weight_steps, per_channel_int8
+from .int8 import grids_used, int8_weight_steps, per_channel_int8
 
 __all__ = ["ExecuTorchModel", "export_executorch", "load_executorch"]
 

@@ -16,7 +16,7 @@ backbone), and those are still the layers trained for int8. The recipe, the same
   images of the float model, its weights take the format's own grid (per output channel,
   symmetric, where the format has it: ONNX Runtime and XNNPACK; per tensor in LiteRT's
   uint8 files), and its bias is corrected for the mean error of those rounded weights
-  (:func:`correct_biases`).
+  (:func:`~mobilenet_v1.weights.grids.correct_biases`).
 
 On 4 Imagenette classes x 120 photos (the classifier-only fine-tune of 0.25/128), keeping
 the backbone's grids takes top-1 agreement with the float model from 97.8-98.2% (every
@@ -27,19 +27,17 @@ to 0.44 (docs/deployment.md).
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from ..fold import fuse_bn
 from ..model import MobileNetV1
-from ..weights.grids import Grid, Int8Grids, layers_on_grids, minmax_grid, quantized_layers
-from .fold import fuse_bn
+from ..weights.grids import Grid, Int8Grids, layers_on_grids, minmax_grid
 
 __all__ = [
     "check_qat_grids",
-    "correct_biases",
     "grids_used",
     "int8_weight_steps",
     "per_channel_int8",
@@ -89,53 +87,3 @@ def per_channel_int8(weight: torch.Tensor) -> torch.Tensor:
     shape = (-1,) + (1,) * (weight.ndim - 1)
     scale = (weight.abs().flatten(1).amax(1) / 127).clamp_min(2**-12).view(shape)
     return torch.clamp(torch.round(weight / scale), -127, 127) * scale
-
-
-@torch.no_grad()
-def correct_biases(
-    folded: MobileNetV1,
-    calibration: torch.Tensor,
-    quantize_weight: Callable[[torch.Tensor], torch.Tensor],
-    layers: Sequence[bool],
-) -> MobileNetV1:
-    """Empirical bias correction (Nagel et al., 2019, "Data-Free Quantization", Section 4.2):
-    a copy of ``folded`` in which each layer ``layers`` names has its bias lowered by the
-    mean shift its rounded weights cause, ``E[(W_q - W) x]`` per output channel over the
-    calibration images (``quantize_weight`` is the format's weight grid). Rounding a
-    depthwise layer's weights on one per-tensor grid shifts some channels' outputs by a
-    large fraction of their range; the mean part of that error is removed for free."""
-    corrected = copy.deepcopy(folded)
-    modules = quantized_layers(folded)
-    sums: list[torch.Tensor | None] = [None] * len(modules)
-    counts = [0] * len(modules)
-
-    inside = [False]  # the hook's own call of the layer (on the weight error) is not observed
-
-    def observe(index: int) -> Callable[..., None]:
-        def hook(module: torch.nn.Module, args: tuple) -> None:
-            if inside[0]:
-                return
-            error = quantize_weight(module.weight) - module.weight
-            inside[0] = True
-            try:
-                y = torch.func.functional_call(module, {"weight": error, "bias": torch.zeros_like(module.bias)}, args)
-            finally:
-                inside[0] = False
-            dims = (0,) if y.ndim == 2 else (0, 2, 3)
-            total = y.sum(dims)
-            sums[index] = total if sums[index] is None else sums[index] + total
-            counts[index] += y.numel() // y.shape[1]
-
-        return hook
-
-    handles = [m.register_forward_pre_hook(observe(i)) for i, m in enumerate(modules) if layers[i]]
-    try:
-        for batch in calibration.float().split(16):
-            folded(batch)
-    finally:
-        for handle in handles:
-            handle.remove()
-    for module, total, count in zip(quantized_layers(corrected), sums, counts, strict=True):
-        if total is not None:
-            module.bias -= total / count
-    return corrected

@@ -29,6 +29,7 @@ from torch import nn
 from ..config import MIN_INPUT_SIZE
 from ..data.transforms import Preprocessing
 from ..files import atomic_write
+from ..fold import fuse_bn
 from ..model import MobileNetV1
 from ..optional import require
 from ..untrusted import printable
@@ -44,7 +45,6 @@ from .common import (
     random_inputs,
     size_oblivious,
 )
-from .fold import fuse_bn
 
 __all__ = ["OnnxModel", "export_onnx", "load_onnx", "onnx_session", "read_metadata", "save_onnx_graph"]
 

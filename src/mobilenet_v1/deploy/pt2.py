@@ -46,6 +46,7 @@ from torch import nn
 
 from ..data.transforms import Preprocessing
 from ..files import atomic_write
+from ..fold import fuse_bn
 from ..model import Conv2dSame, ConvBNAct, MobileNetV1, same_padding
 from ..untrusted import printable
 from ..weights import LoadedWeights
@@ -59,7 +60,6 @@ from .common import (
     metadata_props,
     random_inputs,
 )
-from .fold import fuse_bn
 
 __all__ = ["BF16_TOLERANCE", "DTYPES", "GemmForm", "Pt2Model", "export_pt2", "load_pt2"]
 

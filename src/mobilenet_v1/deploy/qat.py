@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..fold import fuse_bn
 from ..model import ConvBNAct, MobileNetV1
-from .fold import fuse_bn
 
 __all__ = ["qat_finetune"]
 

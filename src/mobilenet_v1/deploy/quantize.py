@@ -33,12 +33,12 @@ import torch
 from ..data.images import image_folder, load_image
 from ..data.transforms import Preprocessing, eval_transform
 from ..files import atomic_write
+from ..fold import fuse_bn
 from ..model import MobileNetV1
 from ..optional import require
-from ..weights.grids import Grid, Int8Grids, layers_on_grids, quantized_layers
+from ..weights.grids import Grid, Int8Grids, correct_biases, layers_on_grids, quantized_layers
 from .common import ExportReport, compare_with_torch
-from .fold import fuse_bn
-from .int8 import check_qat_grids, correct_biases, grids_used, int8_weight_steps, per_channel_int8
+from .int8 import check_qat_grids, grids_used, int8_weight_steps, per_channel_int8
 from .onnx import EXTRA, OnnxModel, export_onnx, read_metadata, set_metadata
 from .qat import qat_finetune
 
@@ -246,7 +246,7 @@ def export_int8(
 
     Layers that still lie on ``grids`` (:func:`~mobilenet_v1.weights.grids.int8_grids`)
     keep them; the rest is calibrated on ``calibration`` (a preprocessed batch; biases
-    corrected, :func:`~.int8.correct_biases`), after ``qat_steps`` of quantization-aware
+    corrected, :func:`~mobilenet_v1.weights.grids.correct_biases`), after ``qat_steps`` of quantization-aware
     fine-tuning on it when asked (refused while layers keep Google's grids,
     :func:`~.int8.check_qat_grids`). The result is compared with ``model`` on the
     calibration images.

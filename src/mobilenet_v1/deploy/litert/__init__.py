@@ -7,7 +7,7 @@ with its own or calibrated grids (:mod:`.grids`); :mod:`.export` writes and chec
 runs it, or Google's own files, under LiteRT. Reading Google's files into our model is
 ``weights.google_tflite``'s.
 
-May import: ``config``, ``model``, ``data``, ``weights``, ``files``, ``untrusted``, ``optional``.
+May import: ``config``, ``model``, ``fold``, ``data``, ``weights``, ``files``, ``untrusted``, ``optional``.
 """
 
 from .export import export_tflite

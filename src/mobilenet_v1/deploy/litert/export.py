@@ -19,13 +19,13 @@ import torch
 
 from ...data.transforms import Preprocessing
 from ...files import atomic_write
+from ...fold import fuse_bn
 from ...model import MobileNetV1
 from ...weights.google_tflite.int8 import Int8MobileNetV1
 from ...weights.google_tflite.reader import read_tflite
-from ...weights.grids import Int8Grids, layers_on_grids
+from ...weights.grids import Int8Grids, correct_biases, layers_on_grids
 from ..common import FP32_TOLERANCE, ExportReport, compare_with_torch, metadata_props, random_inputs
-from ..fold import fuse_bn
-from ..int8 import check_qat_grids, correct_biases, grids_used, per_tensor_uint8
+from ..int8 import check_qat_grids, grids_used, per_tensor_uint8
 from ..qat import qat_finetune
 from .graph import Layer, build_graph, conv_layers
 from .grids import calibrated_grids, kept_grids

@@ -1,8 +1,10 @@
 """Batch norm folded into the convolution before it: the deployment form of Table 1.
 
 Inference-time BN is an affine map per channel, so it merges into the preceding
-convolution exactly; every export, the compiled path and QAT start from the folded model
-(the form Google's TFLite models come in).
+convolution exactly; every export, the compiled path and quantization-aware training
+start from the folded model (the form Google's TFLite models come in).
+
+May import: ``config``, ``model``.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ import copy
 import torch
 from torch import nn
 
-from ..config import MobileNetV1Config
-from ..model import ConvBNAct, MobileNetV1
+from .config import MobileNetV1Config
+from .model import ConvBNAct, MobileNetV1
 
 __all__ = ["fuse_bn"]
 
