@@ -21,6 +21,7 @@ from mobilenet_v1.train.optim import (
     exponential_decay,
     finetune_schedule,
     param_groups,
+    then_qat_phase,
     warmup_cosine,
 )
 from mobilenet_v1.train.setup import adapt_head, build_model
@@ -272,6 +273,18 @@ def test_schedules():
     assert head[0] == 1.0 and all(a > b for a, b in itertools.pairwise(head)) and head[-1] < 0.05
     assert body[:4] == [0.0] * 4 and body[4] == pytest.approx(0.05) and body[5] == pytest.approx(0.1)
     assert body[6] == pytest.approx(0.1) and all(a > b for a, b in itertools.pairwise(body[6:])) and body[-1] < 0.01
+    opt = build_optimizer("sgd", model, lr=1.0, weight_decay=0.0, backbone_lr_scale=0.1)
+    float_phase = finetune_schedule(opt, total_steps=12, probe_steps=4, warmup_steps=2)
+    sched = then_qat_phase(opt, float_phase, start_step=12, steps=6)
+    steps = []
+    for _ in range(18):
+        steps.append(sched.get_last_lr())
+        opt.step()
+        sched.step()
+    assert [lrs[0] for lrs in steps[:12]] == pytest.approx(head) and [lrs[-1] for lrs in steps[:12]] == body
+    qat_head, qat_body = [lrs[0] for lrs in steps[12:]], [lrs[-1] for lrs in steps[12:]]
+    assert qat_head[0] == 1.0 and qat_body[0] == pytest.approx(0.1)  # each group's own lr again
+    assert all(a > b for a, b in itertools.pairwise(qat_head)) and qat_head[-1] < 0.1
 
 
 def test_adapt_head_keeps_rows_of_known_classes():

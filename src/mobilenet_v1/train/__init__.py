@@ -7,6 +7,6 @@ exact resume (:mod:`.checkpoint`), distillation (:mod:`.distill`), run outputs (
 (:mod:`.distributed`, :mod:`.torchrun`) and the CPU kernels swapped in for training
 (:mod:`.accel`).
 
-May import: ``config``, ``model``, ``cost``, ``builders``, ``data``, ``weights``, ``files``, ``untrusted``,
+May import: ``config``, ``model``, ``fold``, ``cost``, ``builders``, ``data``, ``weights``, ``files``, ``untrusted``,
 ``optional``.
 """

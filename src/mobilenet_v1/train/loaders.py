@@ -25,6 +25,7 @@ from . import distributed as dist
 from .config import TrainConfig
 
 __all__ = [
+    "CALIBRATION_IMAGES",
     "PREFETCH_FACTOR",
     "VIEWS",
     "IndexedFolder",
@@ -32,11 +33,13 @@ __all__ = [
     "SeededSampler",
     "augmentation",
     "build_loaders",
+    "calibration_batch",
     "collate_skipping",
     "lower_priority",
     "sample_seed",
 ]
 
+CALIBRATION_IMAGES = 200  # training photos whose mean the QAT phase's bias correction takes
 VIEWS = 4  # stored soft labels: augmented views of each photo; epoch e replays view e mod VIEWS
 
 
@@ -192,3 +195,12 @@ def build_loaders(
     val_sampler = dist.make_eval_sampler(val_set, env)
     val_loader = DataLoader(val_set, batch_size=config.batch_size, sampler=val_sampler, **common)
     return train_loader, sampler, val_loader
+
+
+def calibration_batch(split: DataSplit, preprocessing: Preprocessing, count: int = CALIBRATION_IMAGES) -> torch.Tensor:
+    """``count`` training photos spread evenly over the training set (every class), in the
+    validation transform, as one uint8 batch; unreadable photos are left out."""
+    samples = split.train[:: max(1, len(split.train) // count)][:count]
+    dataset = ImageFolder(samples, eval_transform(preprocessing, to_float=False), skip_unreadable=True)
+    images = [item[0] for item in (dataset[i] for i in range(len(dataset))) if item is not None]
+    return torch.stack(images)

@@ -35,7 +35,15 @@ from torch.nn.utils import parametrize
 
 from ..data.transforms import Preprocessing
 from ..model import ConvBNAct, MobileNetV1
-from ..weights.grids import Grid, Int8Grids, input_grid, layers_on_grids, minmax_grid, quantized_layers
+from ..weights.grids import (
+    Grid,
+    Int8Grids,
+    correct_biases,
+    input_grid,
+    layers_on_grids,
+    minmax_grid,
+    quantized_layers,
+)
 
 __all__ = ["RANGES", "Ranges", "check_model", "finalize", "instrument", "is_instrumented"]
 
@@ -131,12 +139,13 @@ class Ranges(nn.Module):
 
 
 def check_model(model: MobileNetV1, preprocessing: Preprocessing) -> None:
-    """What fake quantization needs: folded batch norm (Google's checkpoints have it; the
-    exported arithmetic is the folded layer's) and one input grid for the three channels."""
+    """What fake quantization needs: folded batch norm (the exported arithmetic is the
+    folded layer's; trained weights are folded as the run starts, a network from scratch
+    has its batch norm still to learn) and one input grid for the three channels."""
     if not model.config.folded_bn:
         raise ValueError(
-            "qat_epochs needs a model with folded batch norm, as Google's weights and checkpoints fine-tuned from "
-            "them have: fake quantization must see the weights the int8 model will use"
+            "qat_epochs needs trained weights to start from: a network from scratch has its batch norm still to "
+            "learn; train it first, then start the quantization-aware run from its model-final.safetensors"
         )
     try:
         input_grid(preprocessing)
@@ -145,19 +154,27 @@ def check_model(model: MobileNetV1, preprocessing: Preprocessing) -> None:
 
 
 def instrument(
-    model: MobileNetV1, preprocessing: Preprocessing, grids: Int8Grids | None = None, kept: Sequence[bool] | None = None
+    model: MobileNetV1,
+    preprocessing: Preprocessing,
+    grids: Int8Grids | None = None,
+    kept: Sequence[bool] | None = None,
+    calibration: torch.Tensor | None = None,
 ) -> None:
     """Put fake quantization into ``model`` (in place): weight and bias parametrizations,
     and a hook after each layer. The layers that lie on ``grids`` (the starting weights'
     int8 grids, :func:`~mobilenet_v1.weights.grids.int8_grids`; ``kept`` when resuming:
-    the choice the phase made at its start) keep them. Needs folded batch norm (Google's
-    checkpoints have it): the exported arithmetic is the folded layer's."""
+    the choice the phase made at its start) keep them; the others first have their biases
+    corrected on the ``calibration`` images (float input) for the mean error of their
+    rounded weights. Needs folded batch norm (Google's checkpoints have it): the exported
+    arithmetic is the folded layer's."""
     check_model(model, preprocessing)
     pixels = input_grid(preprocessing)
     layers = [m for m in model.modules() if isinstance(m, ConvBNAct)]
     convs = quantized_layers(model)
     if kept is None:
         kept = layers_on_grids(model, grids) if grids is not None else [False] * len(convs)
+    if calibration is not None:
+        _correct_biases(model, calibration, kept)
     container = Ranges(len(convs), kept)  # each layer's output, the classifier's the logits
     setattr(model, RANGES, container)
     ranges = container.ranges
@@ -174,6 +191,19 @@ def instrument(
     last = ranges[len(layers) - 1]
     model.classifier.register_forward_pre_hook(lambda m, args: (fake_quantize(args[0], last.grid()),))
     model.classifier.register_forward_hook(_output_hook(ranges[-1]))
+
+
+@torch.no_grad()
+def _correct_biases(model: MobileNetV1, calibration: torch.Tensor, kept: Sequence[bool]) -> None:
+    """Bias correction (Nagel et al., 2019) of the layers put on new grids: one per-tensor
+    grid rounds a depthwise layer's small channels coarsely (after a whole-network
+    fine-tune of 0.25/128 the fake-quantized model starts 14 pt below float, 2 pt with the
+    correction), and the phase's small learning rate starts from the corrected model."""
+    training = model.training
+    corrected = correct_biases(model.eval(), calibration, _WeightOnGrid(), [not k for k in kept])
+    model.train(training)
+    for layer, source in zip(quantized_layers(model), quantized_layers(corrected), strict=True):
+        layer.bias.copy_(source.bias)
 
 
 def _as_pixels(x: torch.Tensor, preprocessing: Preprocessing, grid: Grid) -> torch.Tensor:

@@ -10,7 +10,7 @@ the start of the run (:data:`.config.FIXED_AT_START`: the split seed, the model,
 ``build_model`` starts from scratch or from pretrained weights; with weights, the
 classifier is replaced for the folder's classes, keeping the rows of classes the old
 head already knew (Google's 1001-output models: ImageNet class k is row k + 1, row 0 is
-"background").
+"background"), and a quantization-aware run folds batch norm into the convolutions.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from ..cost import model_cost
 from ..data.folders import DataSplit, load_splits
 from ..data.images import image_folder
 from ..data.transforms import Preprocessing
+from ..fold import fuse_bn
 from ..model import MobileNetV1
 from ..untrusted import printable
 from ..weights import load_weights, read_wnids
@@ -248,6 +249,10 @@ def build_model(config: TrainConfig, classes: list[str]) -> tuple[MobileNetV1, P
     if config.resolution is not None:
         preprocessing = replace(preprocessing, resolution=config.resolution)
     adapt_head(model, head_names(loaded.classes), classes)
+    if config.qat_epochs and not model.config.folded_bn:
+        # Quantization-aware training trains the folded layers the int8 model computes
+        # (Jacob et al., 2018): the trained batch norm goes into its conv, exactly.
+        model = fuse_bn(model).train()
     return model, preprocessing
 
 

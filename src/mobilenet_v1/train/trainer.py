@@ -53,8 +53,8 @@ from .checkpoint import (
 )
 from .config import FINETUNE_MIN_PER_CLASS, check_device
 from .distill import Teacher, distillation_loss
-from .loaders import augmentation, build_loaders
-from .optim import build_optimizer, exponential_decay, finetune_schedule, warmup_cosine
+from .loaders import augmentation, build_loaders, calibration_batch
+from .optim import build_optimizer, exponential_decay, finetune_schedule, then_qat_phase, warmup_cosine
 from .outputs import TensorBoard, format_row, model_metadata, plot_curves, write_metrics
 from .runlock import LOCK, RunLock
 from .setup import RunPlan, build_model, teacher_fingerprint
@@ -68,7 +68,7 @@ class Trainer:
     """One run: model, optimizer, schedule, EMA and loaders, built from a checked ``RunPlan``."""
 
     def __init__(self, plan: RunPlan, env: dist.DistEnv, device: torch.device) -> None:
-        self.config, self.classes, self.run_dir = plan.config, plan.split.classes, plan.run_dir
+        self.config, self.split, self.classes, self.run_dir = plan.config, plan.split, plan.split.classes, plan.run_dir
         self.left_out, self.unlabeled = plan.split.left_out, len(plan.split.unlabeled)
         self.env, self.device = env, device
         cfg = self.config
@@ -103,8 +103,12 @@ class Trainer:
         self.optimizer = build_optimizer(
             cfg.resolved_optimizer(), self.model_without_ddp, self.lr, cfg.weight_decay, recipe.backbone_lr_scale
         )
+        # The float schedule, then the QAT phase (``qat_epochs``) from the model it finished with.
+        self.qat_start = cfg.epochs - cfg.qat_epochs if cfg.qat_epochs else None
+        self.float_epochs = cfg.epochs - cfg.qat_epochs
         # The classifier alone for the whole run: no probe phase to end.
-        self.probe_steps = 0 if self.classifier_only else round(recipe.probe * cfg.epochs * self.steps_per_epoch)
+        probe = recipe.probe * self.float_epochs * self.steps_per_epoch
+        self.probe_steps = 0 if self.classifier_only else round(probe)
         self.model = self._wrap()
         self.scheduler = self._build_scheduler()
         self.ema = self._build_ema()
@@ -114,7 +118,6 @@ class Trainer:
         self.test_signal = test_signal_from_env(env.rank)
         self.last_save = time.monotonic()
         self.tensorboard: TensorBoard | None = None
-        self.qat_start = cfg.epochs - cfg.qat_epochs if cfg.qat_epochs else None
         if self.qat_start is not None:  # refused now, not after the epochs before the phase
             qat.check_model(model, self.preprocessing)
         if plan.checkpoint is not None:
@@ -133,10 +136,17 @@ class Trainer:
         return dist.wrap_model(self.model_without_ddp, self.env, self.device, sync_bn=self.config.sync_bn)
 
     def _build_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
+        schedule = self._float_schedule()
+        if self.qat_start is None:
+            return schedule
+        start = self.qat_start * self.steps_per_epoch
+        return then_qat_phase(self.optimizer, schedule, start, self.config.qat_epochs * self.steps_per_epoch)
+
+    def _float_schedule(self) -> torch.optim.lr_scheduler.LambdaLR:
         cfg = self.config
         if cfg.recipe_defaults.schedule == "exponential":
             return exponential_decay(self.optimizer, self.steps_per_epoch)
-        total, warmup = cfg.epochs * self.steps_per_epoch, round(cfg.warmup_epochs * self.steps_per_epoch)
+        total, warmup = self.float_epochs * self.steps_per_epoch, round(cfg.warmup_epochs * self.steps_per_epoch)
         if self.probe_steps:
             # The backbone warms up over at most half of what is left after the probe.
             warmup = min(warmup, (total - self.probe_steps) // 2)
@@ -377,7 +387,9 @@ class Trainer:
         start = self.qat_start
         if start is None or self.progress.epoch < start or qat.is_instrumented(self.model_without_ddp):
             return
-        qat.instrument(self.model_without_ddp, self.preprocessing, self._start_grids())
+        images = calibration_batch(self.split, self.preprocessing).to(self.device, memory_format=self.memory_format)
+        calibration = float_input(images, self.preprocessing)
+        qat.instrument(self.model_without_ddp, self.preprocessing, self._start_grids(), calibration=calibration)
         self.model = self._wrap()
         if self.env.is_main:
             line = f"epoch {start + 1}: quantization-aware training from here (int8 arithmetic in the loop)"
