@@ -187,7 +187,7 @@ def then_qat_phase(optimizer: torch.optim.Optimizer, schedule: LambdaLR, start_s
     every group's lr starts again at its own and decays by a cosine to 0. The
     fake-quantized network starts from the float model the schedule finished with; on
     Imagenette (0.25/128 after the 2-epoch fine-tune, one QAT epoch) a restart at 1/100 or
-    1/10 of the lr ended 0.8 pt lower, the backbone at the classifier's lr 20 pt lower."""
+    1/10 of the lr ended 0.6 pt lower, the backbone at the classifier's lr 20 pt lower."""
 
     def phase(factor: Callable[[int], float]) -> Callable[[int], float]:
         def combined(step: int) -> float:

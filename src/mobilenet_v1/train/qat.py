@@ -198,7 +198,7 @@ def _correct_biases(model: MobileNetV1, calibration: torch.Tensor, kept: Sequenc
     """Bias correction (Nagel et al., 2019) of the layers put on new grids: one per-tensor
     grid rounds a depthwise layer's small channels coarsely (after a whole-network
     fine-tune of 0.25/128 the fake-quantized model starts 14 pt below float, 2 pt with the
-    correction), and the phase's small learning rate starts from the corrected model."""
+    correction); the phase starts from the corrected model."""
     training = model.training
     corrected = correct_biases(model.eval(), calibration, _WeightOnGrid(), [not k for k in kept])
     model.train(training)
