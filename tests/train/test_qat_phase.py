@@ -95,11 +95,12 @@ def test_a_checkpoint_with_batch_norm_is_folded_for_the_qat_phase(tmp_path):
 
 def test_every_int8_export_keeps_the_qat_grids_and_computes_the_qat_model(qat_run, photos, tmp_path):
     """The exported files against the QAT model's own fake-quantized forward pass: the same
-    top class on every photo but near-ties, the first layer's uint8 outputs equal but for a
-    rare 1-step rounding tie between float and integer requantization (such ties then
-    spread with depth: about 70 % of the last layer's bytes are equal, the logits differ
-    by a few steps)."""
+    top class on every photo but near-ties, the logits within a few steps (1 on average),
+    the first layer's uint8 outputs equal but for a rare 1-step rounding tie between float
+    and integer requantization (such ties then spread with depth: about 70 % of the last
+    layer's bytes are equal)."""
     from mobilenet_v1.deploy.formats import export_as, load_exported
+    from mobilenet_v1.deploy.onnx import read_metadata
     from mobilenet_v1.weights.google_tflite.int8 import Int8MobileNetV1
     from mobilenet_v1.weights.google_tflite.reader import read_tflite
 
@@ -112,9 +113,10 @@ def test_every_int8_export_keeps_the_qat_grids_and_computes_the_qat_model(qat_ru
     with torch.no_grad():
         reference = simulated.eval()(images)
     # Rounding ties spread with depth (a few logit steps): the top class is the same
-    # wherever the simulated model's top two are more than 16 steps apart.
+    # wherever the simulated model's top two are more than 8 steps apart.
+    step = grids.outputs[-1].scale
     two = reference.topk(2, dim=1).values
-    clear = two[:, 0] - two[:, 1] > 16 * grids.outputs[-1].scale
+    clear = two[:, 0] - two[:, 1] > 8 * step
     assert clear.float().mean() > 0.6  # most photos
     for fmt, suffix in (("onnx-int8", "onnx"), ("tflite-int8", "tflite"), ("executorch-int8", "pte")):
         if fmt == "executorch-int8":
@@ -123,9 +125,14 @@ def test_every_int8_export_keeps_the_qat_grids_and_computes_the_qat_model(qat_ru
         export_as(fmt, model, path, pre, labels=loaded.classes, calibration=images, grids=grids)
         exported, info = load_exported(path)
         assert info.metadata["quantization"] == "tflite", fmt  # every layer on the QAT grids
-        top = exported(images).argmax(1)
+        out = exported(images)
+        top = out.argmax(1)
         assert torch.equal(top[clear], reference.argmax(1)[clear]), fmt
         assert (top == reference.argmax(1)).float().mean() >= 0.95, fmt
+        if fmt != "tflite-int8":  # logits (LiteRT's file ends in its softmax), on the same grid
+            error = (out - reference).abs() / step
+            assert error.mean() <= 1 and error.max() <= 6, (fmt, error.mean(), error.max())
+    assert read_metadata(tmp_path / "m.onnx")["float_layers"] == "0"  # the first layers too
     first = []
     hook = next(m for m in simulated.modules() if isinstance(m, ConvBNAct)).register_forward_hook(
         lambda m, a, out: first.append(out)

@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--float-layers",
         type=int,
         default=None,
-        help="leading convolutions kept in float in onnx-int8 exports (default 2: stem and first depthwise)",
+        help="leading convolutions kept in float in onnx-int8 exports (default 2: stem and first depthwise; "
+        "0 for the weights of a --qat-epochs run)",
     )
     p.add_argument(
         "--quantization",

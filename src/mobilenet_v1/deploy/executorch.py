@@ -70,15 +70,29 @@ _POOLED = (torch.ops.aten.mean.dim, torch.ops.aten.flatten.using_ints)  # the po
 
 class _Lowerable(nn.Module):
     """The model with its global average pooling kept 4-D (``keepdim``), the form
-    XNNPACK's mean takes; the same arithmetic as ``MobileNetV1.forward``."""
+    XNNPACK's mean takes; the same arithmetic as ``MobileNetV1.forward``. An int8 input
+    on its kept grid is first moved ``input_shift`` down: a quarter step, so that it is
+    quantized to the uint8 pixels it came from (:func:`_pixel_shift`)."""
 
-    def __init__(self, model: MobileNetV1) -> None:
+    def __init__(self, model: MobileNetV1, input_shift: float = 0.0) -> None:
         super().__init__()
         self.model = model
+        self.input_shift = input_shift
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_shift:
+            x = x - self.input_shift
         pooled = self.model.forward_features(x).mean((2, 3), keepdim=True).flatten(1)
         return self.model.classifier(pooled)
+
+
+def _pixel_shift(grid: Grid) -> float:
+    """A quarter of the input grid's step. With the presets' grid (zero point 128, step
+    ``2/255``) the float input ``(p/255 - 0.5) / 0.5`` falls halfway between two grid
+    points, where XNNPACK's round-half-to-even takes every other pixel value up a step;
+    a quarter step down quantizes it to ``p``, the input of LiteRT's uint8 files and of
+    the QAT model (0.25/128 on Imagenette: 0.2 pt)."""
+    return grid.scale / 4
 
 
 def _batch_dim() -> tuple[dict[int, Any]]:
@@ -247,7 +261,8 @@ def export_executorch(
     if int8:  # the calibrated layers' biases corrected for their per-channel weight grids
         meta["mobilenet_v1.quantization"] = grids_used(keep)
         corrected = correct_biases(folded, inputs, per_channel_int8, [not kept for kept in keep])
-        module = _quantize(_Lowerable(corrected).eval(), inputs, grids, keep)
+        shift = _pixel_shift(grids.input) if grids is not None and keep[0] else 0.0
+        module = _quantize(_Lowerable(corrected, shift).eval(), inputs, grids, keep)
     else:
         module = _Lowerable(folded).eval()
     buffer = _lower(module, res, meta)

@@ -69,11 +69,10 @@ def export_as(
 
         return export_onnx(model, path, preprocessing, labels=labels, dynamic_size=dynamic_size)
     if fmt == "onnx-int8":
-        from .quantize import DEFAULT_FLOAT_LAYERS, export_int8
+        from .quantize import export_int8
 
         if calibration is None:
             raise ValueError("fmt='onnx-int8' needs calibration images")
-        layers = DEFAULT_FLOAT_LAYERS if float_layers is None else float_layers
         return export_int8(
             model,
             path,
@@ -81,7 +80,7 @@ def export_as(
             calibration,
             labels=labels,
             grids=grids,
-            float_layers=layers,
+            float_layers=float_layers,
             qat_steps=qat_steps,
         )
     if fmt.startswith("tflite"):

@@ -67,6 +67,7 @@ class Int8Grids:
     weights: tuple[Grid, ...]
     outputs: tuple[Grid, ...]
     source: str = ""
+    qat_run: bool = False  # the grids a ``train --qat-epochs`` run ended with (the weights' metadata)
 
     @property
     def pool(self) -> Grid:
@@ -107,7 +108,7 @@ class Int8Grids:
         if not grids["weights"] or len(grids["weights"]) != len(grids["outputs"]):
             counts = f"{len(grids['weights'])} weights, {len(grids['outputs'])} outputs"
             raise ValueError(f"{source}: int8 grids name {counts}")
-        return cls(first, tuple(grids["weights"]), tuple(grids["outputs"]), source)
+        return cls(first, tuple(grids["weights"]), tuple(grids["outputs"]), source, qat_run=True)
 
 
 def _tflite_grid(tensor: TFLiteTensor, source: str) -> Grid:
