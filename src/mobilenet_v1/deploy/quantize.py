@@ -205,7 +205,7 @@ def _pixel_input(proto: Any) -> None:
     grid of the presets (zero point 128, step ``2/255``), ``(p/255 - 0.5) / 0.5`` falls
     halfway between two grid points, where ORT's round-half-to-even takes every other
     pixel value up a step; a quarter step down first gives ``p`` itself, the input of
-    LiteRT's uint8 files and of the QAT model (0.25/128 on Imagenette: 0.2 pt)."""
+    LiteRT's uint8 files and of the QAT model (0.25/128 on Imagenette: 0.3 pt)."""
     onnx = require("onnx", EXTRA, "ONNX export")
     graph = proto.graph
     name = graph.input[0].name
