@@ -50,7 +50,7 @@ from .common import (
     metadata_props,
     random_inputs,
 )
-from .int8 import grids_used, int8_weight_steps, per_channel_int8
+from .int8 import grids_used, int8_weight_steps, per_channel_int8, pixel_shift
 
 __all__ = ["ExecuTorchModel", "export_executorch", "load_executorch"]
 
@@ -71,8 +71,8 @@ _POOLED = (torch.ops.aten.mean.dim, torch.ops.aten.flatten.using_ints)  # the po
 class _Lowerable(nn.Module):
     """The model with its global average pooling kept 4-D (``keepdim``), the form
     XNNPACK's mean takes; the same arithmetic as ``MobileNetV1.forward``. An int8 input
-    on its kept grid is first moved ``input_shift`` down: a quarter step, so that it is
-    quantized to the uint8 pixels it came from (:func:`_pixel_shift`)."""
+    on its kept grid is first moved ``input_shift`` down, so that it is quantized to the
+    uint8 pixels it came from (:func:`~.int8.pixel_shift`)."""
 
     def __init__(self, model: MobileNetV1, input_shift: float = 0.0) -> None:
         super().__init__()
@@ -84,15 +84,6 @@ class _Lowerable(nn.Module):
             x = x - self.input_shift
         pooled = self.model.forward_features(x).mean((2, 3), keepdim=True).flatten(1)
         return self.model.classifier(pooled)
-
-
-def _pixel_shift(grid: Grid) -> float:
-    """A quarter of the input grid's step. With the presets' grid (zero point 128, step
-    ``2/255``) the float input ``(p/255 - 0.5) / 0.5`` falls halfway between two grid
-    points, where XNNPACK's round-half-to-even takes every other pixel value up a step;
-    a quarter step down quantizes it to ``p``, the input of LiteRT's uint8 files and of
-    the QAT model (0.25/128 on Imagenette: 0.3 pt)."""
-    return grid.scale / 4
 
 
 def _batch_dim() -> tuple[dict[int, Any]]:
@@ -261,8 +252,7 @@ def export_executorch(
     if int8:  # the calibrated layers' biases corrected for their per-channel weight grids
         meta["mobilenet_v1.quantization"] = grids_used(keep)
         corrected = correct_biases(folded, inputs, per_channel_int8, [not kept for kept in keep])
-        shift = _pixel_shift(grids.input) if grids is not None and keep[0] else 0.0
-        module = _quantize(_Lowerable(corrected, shift).eval(), inputs, grids, keep)
+        module = _quantize(_Lowerable(corrected, pixel_shift(grids, keep)).eval(), inputs, grids, keep)
     else:
         module = _Lowerable(folded).eval()
     buffer = _lower(module, res, meta)

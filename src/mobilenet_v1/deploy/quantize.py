@@ -40,7 +40,7 @@ from ..model import MobileNetV1
 from ..optional import require
 from ..weights.grids import Grid, Int8Grids, correct_biases, layers_on_grids, quantized_layers
 from .common import ExportReport, compare_with_torch
-from .int8 import check_qat_grids, grids_used, int8_weight_steps, per_channel_int8
+from .int8 import check_qat_grids, grids_used, int8_weight_steps, per_channel_int8, pixel_shift
 from .onnx import EXTRA, OnnxModel, export_onnx, read_metadata, set_metadata
 from .qat import qat_finetune
 
@@ -200,22 +200,18 @@ def default_float_layers(grids: Int8Grids | None) -> int:
     return 0 if grids is not None and grids.qat_run else DEFAULT_FLOAT_LAYERS
 
 
-def _pixel_input(proto: Any) -> None:
-    """Quantize the graph's float input to the uint8 pixels it came from. With the input
-    grid of the presets (zero point 128, step ``2/255``), ``(p/255 - 0.5) / 0.5`` falls
-    halfway between two grid points, where ORT's round-half-to-even takes every other
-    pixel value up a step; a quarter step down first gives ``p`` itself, the input of
-    LiteRT's uint8 files and of the QAT model (0.25/128 on Imagenette: 0.3 pt)."""
+def _shift_input(proto: Any, shift: float) -> None:
+    """An ``Add`` of ``-shift`` before the graph input's ``QuantizeLinear``
+    (:func:`~.int8.pixel_shift`: the quantized input is then the pixels it came from)."""
     onnx = require("onnx", EXTRA, "ONNX export")
     graph = proto.graph
     name = graph.input[0].name
     nodes = list(graph.node)
     index = next(i for i, n in enumerate(nodes) if n.op_type == "QuantizeLinear" and n.input[0] == name)
-    scale = next(t for t in graph.initializer if t.name == nodes[index].input[1])
-    shift = onnx.numpy_helper.from_array(-onnx.numpy_helper.to_array(scale) / np.float32(4), f"{name}_quarter_step")
-    graph.initializer.append(shift)
+    constant = onnx.numpy_helper.from_array(np.array(-shift, np.float32), f"{name}_pixel_shift")
+    graph.initializer.append(constant)
     nodes[index].input[0] = f"{name}_on_pixels"
-    graph.node.insert(index, onnx.helper.make_node("Add", [name, shift.name], [f"{name}_on_pixels"], "pixel_input"))
+    graph.node.insert(index, onnx.helper.make_node("Add", [name, constant.name], [f"{name}_on_pixels"], "pixel_input"))
 
 
 def quantize_onnx(
@@ -227,6 +223,7 @@ def quantize_onnx(
     float_layers: int = DEFAULT_FLOAT_LAYERS,
     overrides: dict[str, Any] | None = None,
     mode: str | None = None,
+    input_shift: float = 0.0,
 ) -> ExportReport:
     """Quantize the float ONNX file ``fp32_path`` to int8 at ``path``.
 
@@ -234,10 +231,10 @@ def quantize_onnx(
     compared with ``reference`` (the float PyTorch model) on the calibration images: the
     max absolute logit difference and the top-1 agreement are reported (int8 logits
     differ by design, so there is no hard tolerance). Metadata is carried over.
-    ``overrides`` fixes the quantization of named tensors (see :func:`tflite_overrides`;
-    an input kept on its grid is quantized to its pixels, :func:`_pixel_input`); ``mode``
-    is what the metadata says of it (default ``tflite`` with overrides, else
-    ``calibrated``, :func:`~.int8.grids_used`).
+    ``overrides`` fixes the quantization of named tensors (see :func:`tflite_overrides`);
+    ``mode`` is what the metadata says of it (default ``tflite`` with overrides, else
+    ``calibrated``, :func:`~.int8.grids_used`); ``input_shift`` moves the input down
+    before it is quantized (:func:`~.int8.pixel_shift`).
     """
     onnx = require("onnx", EXTRA, "ONNX export")
     mode = mode or ("tflite" if overrides else "calibrated")
@@ -245,8 +242,8 @@ def quantize_onnx(
     with atomic_write(path) as tmp:
         _quantize(Path(fp32_path), tmp, calibration, float_layers, overrides)
         proto = onnx.load(str(tmp))
-        if float_layers == 0 and proto.graph.input[0].name in (overrides or {}):
-            _pixel_input(proto)
+        if input_shift:
+            _shift_input(proto, input_shift)
         source = onnx.load(str(fp32_path))
         props = {p.key: p.value for p in source.metadata_props}
         props["mobilenet_v1.format"] = "onnx-int8"
@@ -298,5 +295,5 @@ def export_int8(
         overrides = tflite_overrides(fp32, grids, keep) if grids is not None and any(keep) else None
         return quantize_onnx(
             fp32, path, calibration, reference=model, float_layers=float_layers, overrides=overrides,
-            mode=grids_used(keep),
+            mode=grids_used(keep), input_shift=pixel_shift(grids, keep) if float_layers == 0 else 0.0,
         )  # fmt: skip
