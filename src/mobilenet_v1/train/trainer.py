@@ -104,8 +104,8 @@ class Trainer:
             cfg.resolved_optimizer(), self.model_without_ddp, self.lr, cfg.weight_decay, recipe.backbone_lr_scale
         )
         # The float schedule, then the QAT phase (``qat_epochs``) from the model it finished with.
-        self.qat_start = cfg.epochs - cfg.qat_epochs if cfg.qat_epochs else None
         self.float_epochs = cfg.epochs - cfg.qat_epochs
+        self.qat_start = self.float_epochs if cfg.qat_epochs else None
         # The classifier alone for the whole run: no probe phase to end.
         probe = recipe.probe * self.float_epochs * self.steps_per_epoch
         self.probe_steps = 0 if self.classifier_only else round(probe)
