@@ -5,6 +5,7 @@ are one line before anything is written."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pytest
@@ -93,6 +94,7 @@ def test_stored_soft_labels_are_the_teachers_outputs_on_the_views_replayed(photo
     from mobilenet_v1.train.distill import Teacher
     from mobilenet_v1.train.loaders import VIEWS, IndexedFolder, sample_seed
     from mobilenet_v1.train.soft_labels import SoftLabels
+    from mobilenet_v1.train.torchrun import DistEnv
     from mobilenet_v1.weights import load_weights
 
     _, loaded = load_weights(GOOGLE)
@@ -100,7 +102,7 @@ def test_stored_soft_labels_are_the_teachers_outputs_on_the_views_replayed(photo
     dataset = IndexedFolder(samples, train_transform(loaded.preprocessing, to_float=False), skip_unreadable=True)
     config = TrainConfig(data=str(photos), output="unused", teacher=GOOGLE)
     teacher = Teacher(config, list(CLASSES), torch.device("cpu"))
-    store = SoftLabels._label(teacher, dataset, seed=3, num_classes=4, batch_size=4, workers=0)
+    store = SoftLabels._label(teacher, dataset, seed=3, num_classes=4, batch_size=4, workers=0, env=DistEnv())
     epoch = VIEWS + 1  # replays view 1
     indices = torch.arange(len(samples))
     images = torch.stack([dataset[(i, sample_seed(3, 1, i))][0] for i in range(len(samples))])
@@ -109,6 +111,34 @@ def test_stored_soft_labels_are_the_teachers_outputs_on_the_views_replayed(photo
     assert torch.allclose(stored, live, rtol=2e-3, atol=2e-2)
     other = torch.stack([dataset[(i, sample_seed(3, 2, i))][0] for i in range(len(samples))])
     assert not torch.allclose(teacher(other), live, atol=2e-2)  # another view is another crop
+
+
+def test_each_process_labels_its_share_and_the_shares_sum_to_the_store(photos):
+    """Under torchrun rank r of W labels photos r, r + W, ... and leaves the others zero:
+    the shares' sum is the single process's store."""
+    from mobilenet_v1.data.transforms import train_transform
+    from mobilenet_v1.train.config import TrainConfig
+    from mobilenet_v1.train.distill import Teacher
+    from mobilenet_v1.train.loaders import IndexedFolder
+    from mobilenet_v1.train.soft_labels import SoftLabels
+    from mobilenet_v1.train.torchrun import DistEnv
+    from mobilenet_v1.weights import load_weights
+
+    _, loaded = load_weights(GOOGLE)
+    samples = [(f, i) for i, cls in enumerate(CLASSES) for f in sorted((photos / "train" / cls).iterdir())[:2]]
+    dataset = IndexedFolder(samples, train_transform(loaded.preprocessing, to_float=False), skip_unreadable=True)
+    config = TrainConfig(data=str(photos), output="unused", teacher=GOOGLE)
+    teacher = Teacher(config, list(CLASSES), torch.device("cpu"))
+    label = lambda env: SoftLabels._label(teacher, dataset, 3, 4, 3, 0, env)  # noqa: E731
+    whole = label(DistEnv())
+    shares = [label(DistEnv(rank=r, world_size=3, local_rank=r)) for r in range(3)]
+    for r, share in enumerate(shares):
+        mine = torch.zeros(len(samples), dtype=torch.bool)
+        mine[r::3] = True
+        assert share.values[:, ~mine].eq(0).all() and share.classes[:, ~mine].eq(0).all()
+        assert share.values[:, mine].ne(0).any()
+    assert torch.equal(sum(s.classes.int() for s in shares), whole.classes.int())
+    assert torch.allclose(sum(s.values.float() for s in shares), whole.values.float(), atol=2e-2)
 
 
 def test_the_teacher_sees_the_students_crop_at_its_own_resolution(photos, tmp_path):
@@ -161,7 +191,8 @@ def test_a_second_run_reuses_the_store_and_other_settings_label_again(photos, tm
 
 
 def test_stored_soft_labels_and_unlabelled_photos_under_torchrun(photos, unlabeled, tmp_path):
-    """Rank 0 labels (or reads the cache) while rank 1 waits; both replay the same store."""
+    """Both ranks label their share of the photos and replay the summed store, which rank
+    0 caches: every photo's every view labelled (its top-k classes distinct)."""
     from test_distributed import torchrun
 
     args = ["-m", "mobilenet_v1", "train", "--data", photos, "--unlabeled", unlabeled, "--teacher", GOOGLE]
@@ -169,8 +200,12 @@ def test_stored_soft_labels_and_unlabelled_photos_under_torchrun(photos, unlabel
     result = torchrun(args, nproc=2)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (
-        "2 process(es) x batch 8" in result.stderr and "soft labels: the teacher labelled 4 views x 96" in result.stderr
+        "2 process(es) x batch 8" in result.stderr
+        and "soft labels: the teacher labelled 4 views x 96 photos on 2 processes" in result.stderr
     )
+    cached = re.search(r"cached in (\S+\.pt)\)", result.stderr).group(1)
+    classes = torch.load(cached, weights_only=True)["classes"]
+    assert classes.shape[:2] == (4, 96) and all(len(set(row.tolist())) == 4 for row in classes.flatten(0, 1))
     assert (tmp_path / "ddp" / "model-final.safetensors").is_file()
 
 

@@ -13,7 +13,9 @@ The store is cached under the cache folder (``soft_labels/<key>.pt``), keyed by 
 teacher's file (its sha256), the training photos (paths, sizes, modification times), the
 seed, the preprocessing and augmentation, the views and the classes: any change is another
 key, so a stale store is never used, and another run on the same data and teacher reuses
-it (the labelling pass is one-off). Under torchrun rank 0 labels and the others wait.
+it (the labelling pass is one-off). Under torchrun each of the W processes labels its share
+of the photos (rank r: photos r, r + W, ...) and the shares are summed into every process's
+store (each is zero outside its share, so the sum is exact); rank 0 caches it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..data.folders import ImageFolder
 from ..files import atomic_write
@@ -87,22 +89,28 @@ class SoftLabels:
         cls, key: str, teacher: Teacher, dataset: ImageFolder, seed: int, num_classes: int, env: dist.DistEnv,
         batch_size: int, workers: int,
     ) -> SoftLabels:  # fmt: skip
-        """The cached store of ``key``, or label it now (rank 0) and cache it."""
+        """The cached store of ``key``, or label it now (every process its share) and cache it."""
         path = cache_dir() / "soft_labels" / f"{key}.pt"
-        if env.is_main and not path.is_file():
+        missing = dist.all_reduce_sum(torch.tensor([int(env.is_main and not path.is_file())]), env)  # rank 0's
+        if int(missing):
             start = time.monotonic()
-            store = cls._label(teacher, dataset, seed, num_classes, batch_size, workers)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_write(path) as tmp:
-                torch.save({"values": store.values, "classes": store.classes, "num_classes": num_classes}, tmp)
-            print(
-                f"soft labels: the teacher labelled {VIEWS} views x {len(dataset)} photos in "
-                f"{time.monotonic() - start:.0f} s (one-off; cached in {path})",
-                file=sys.stderr,
-            )
-        elif env.is_main:
+            share = cls._label(teacher, dataset, seed, num_classes, batch_size, workers, env)
+            values = dist.all_reduce_sum(share.values.float(), env).half()  # float16 -> float32 -> float16: exact
+            classes = dist.all_reduce_sum(share.classes.int(), env).short()
+            store = cls(values, classes, num_classes)
+            if env.is_main:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_write(path) as tmp:
+                    torch.save({"values": values, "classes": classes, "num_classes": num_classes}, tmp)
+                processes = f" on {env.world_size} processes" if env.is_distributed else ""
+                print(
+                    f"soft labels: the teacher labelled {VIEWS} views x {len(dataset)} photos{processes} in "
+                    f"{time.monotonic() - start:.0f} s (one-off; cached in {path})",
+                    file=sys.stderr,
+                )
+            return store
+        if env.is_main:
             print(f"soft labels: {VIEWS} views x {len(dataset)} photos from the cache ({path})", file=sys.stderr)
-        dist.barrier(env)
         data = torch.load(path, weights_only=True)
         values, classes = data["values"], data["classes"]
         if values.shape[:2] != (VIEWS, len(dataset)) or int(data["num_classes"]) != num_classes:
@@ -112,14 +120,18 @@ class SoftLabels:
     @classmethod
     @torch.no_grad()
     def _label(
-        cls, teacher: Teacher, dataset: ImageFolder, seed: int, num_classes: int, batch_size: int, workers: int
-    ) -> SoftLabels:
+        cls, teacher: Teacher, dataset: ImageFolder, seed: int, num_classes: int, batch_size: int, workers: int,
+        env: dist.DistEnv,
+    ) -> SoftLabels:  # fmt: skip
+        """The teacher's top-k logits for this process's share of the photos (``env.rank``,
+        ``env.rank + env.world_size``, ...); zero for the others'."""
         k = min(TOPK, num_classes)
         values = torch.zeros(VIEWS, len(dataset), k, dtype=torch.float16)
         classes = torch.zeros(VIEWS, len(dataset), k, dtype=torch.int16)
+        share = range(env.rank, len(dataset), env.world_size)
         for view in range(VIEWS):
             loader = DataLoader(
-                _Views(dataset, seed, view), batch_size=batch_size, num_workers=workers,
+                Subset(_Views(dataset, seed, view), share), batch_size=batch_size, num_workers=workers,
                 collate_fn=collate_skipping, generator=torch.Generator().manual_seed(seed),
             )  # fmt: skip  # its own generator: labelling leaves the run's random state as it was
             for images, indices, _ in loader:
