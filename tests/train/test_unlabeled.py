@@ -86,22 +86,30 @@ def test_bad_unlabeled_folder_is_one_line_exit_2_nothing_written(photos, unlabel
     assert not out.exists()
 
 
-def test_stored_soft_labels_are_the_teachers_outputs_on_the_views_replayed(photos):
-    """Epoch e replays view e mod VIEWS: its stored top-k logits are the teacher's on the
-    very augmentation the student sees then (float16)."""
+def _photos_and_teacher(photos):
+    """Two training photos of each class with the training augmentation (uint8), and
+    Google's teacher mapped to the classes."""
     from mobilenet_v1.data.transforms import train_transform
     from mobilenet_v1.train.config import TrainConfig
     from mobilenet_v1.train.distill import Teacher
-    from mobilenet_v1.train.loaders import VIEWS, IndexedFolder, sample_seed
-    from mobilenet_v1.train.soft_labels import SoftLabels
-    from mobilenet_v1.train.torchrun import DistEnv
+    from mobilenet_v1.train.loaders import IndexedFolder
     from mobilenet_v1.weights import load_weights
 
     _, loaded = load_weights(GOOGLE)
     samples = [(f, i) for i, cls in enumerate(CLASSES) for f in sorted((photos / "train" / cls).iterdir())[:2]]
     dataset = IndexedFolder(samples, train_transform(loaded.preprocessing, to_float=False), skip_unreadable=True)
     config = TrainConfig(data=str(photos), output="unused", teacher=GOOGLE)
-    teacher = Teacher(config, list(CLASSES), torch.device("cpu"))
+    return samples, dataset, Teacher(config, list(CLASSES), torch.device("cpu"))
+
+
+def test_stored_soft_labels_are_the_teachers_outputs_on_the_views_replayed(photos):
+    """Epoch e replays view e mod VIEWS: its stored top-k logits are the teacher's on the
+    very augmentation the student sees then (float16)."""
+    from mobilenet_v1.train.loaders import VIEWS, sample_seed
+    from mobilenet_v1.train.soft_labels import SoftLabels
+    from mobilenet_v1.train.torchrun import DistEnv
+
+    samples, dataset, teacher = _photos_and_teacher(photos)
     store = SoftLabels._label(teacher, dataset, seed=3, num_classes=4, batch_size=4, workers=0, env=DistEnv())
     epoch = VIEWS + 1  # replays view 1
     indices = torch.arange(len(samples))
@@ -116,19 +124,10 @@ def test_stored_soft_labels_are_the_teachers_outputs_on_the_views_replayed(photo
 def test_each_process_labels_its_share_and_the_shares_sum_to_the_store(photos):
     """Under torchrun rank r of W labels photos r, r + W, ... and leaves the others zero:
     the shares' sum is the single process's store."""
-    from mobilenet_v1.data.transforms import train_transform
-    from mobilenet_v1.train.config import TrainConfig
-    from mobilenet_v1.train.distill import Teacher
-    from mobilenet_v1.train.loaders import IndexedFolder
     from mobilenet_v1.train.soft_labels import SoftLabels
     from mobilenet_v1.train.torchrun import DistEnv
-    from mobilenet_v1.weights import load_weights
 
-    _, loaded = load_weights(GOOGLE)
-    samples = [(f, i) for i, cls in enumerate(CLASSES) for f in sorted((photos / "train" / cls).iterdir())[:2]]
-    dataset = IndexedFolder(samples, train_transform(loaded.preprocessing, to_float=False), skip_unreadable=True)
-    config = TrainConfig(data=str(photos), output="unused", teacher=GOOGLE)
-    teacher = Teacher(config, list(CLASSES), torch.device("cpu"))
+    samples, dataset, teacher = _photos_and_teacher(photos)
     label = lambda env: SoftLabels._label(teacher, dataset, 3, 4, 3, 0, env)  # noqa: E731
     whole = label(DistEnv())
     shares = [label(DistEnv(rank=r, world_size=3, local_rank=r)) for r in range(3)]
