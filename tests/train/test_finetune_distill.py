@@ -133,7 +133,10 @@ def test_distillation_end_to_end_and_exact_resume(photos, tmp_path):
     common += ["--workers", "0", "--teacher", GOOGLE, "--distill-weight", "0.9", "--checkpoint-steps", "3"]
     ref = run_cli([*common, "--output", tmp_path / "ref"])
     assert ref.returncode == 0, ref.stderr
-    assert f"distilling from {GOOGLE} (it sees each of the student's crops at its own 128 px)" in ref.stderr
+    assert (
+        f"distilling from {GOOGLE} (it sees each of the student's crops at its own 128 px): loss 0.9 x teacher "
+        "(temperature 4) + 0.1 x labels; its outputs stored once for 4 views of each photo and replayed"
+    ) in ref.stderr
     saved = json.loads((tmp_path / "ref" / "config.json").read_text())
     assert (saved["teacher"], saved["distill_weight"], saved["distill_temperature"]) == (GOOGLE, 0.9, 4.0)
     run = tmp_path / "run"
