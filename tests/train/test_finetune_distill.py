@@ -2,6 +2,7 @@
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from safetensors.torch import load_file
 from test_train import assert_same_final_model, kill_and_resume, run_cli
 
 from mobilenet_v1.cli import main
+from mobilenet_v1.fold import fuse_bn
 from mobilenet_v1.train.config import DISTILL_TEMPERATURE, DISTILL_WEIGHT, TrainConfig
 from mobilenet_v1.train.distill import distillation_loss, teacher_rows
 from mobilenet_v1.train.distributed import DistEnv
@@ -123,6 +125,77 @@ def test_distillation_settings_default_and_validate():
     config = TrainConfig(data="d", output="o", teacher="t")
     assert (config.distill_temperature, config.distill_weight) == (DISTILL_TEMPERATURE, DISTILL_WEIGHT)
     assert TrainConfig(data="d", output="o").distill_weight is None
+    # With pretrained weights a teacher brings its own recipe and schedule; given epochs stay.
+    assert (config.recipe, config.epochs) == ("distill", 30)
+    assert (TrainConfig(data="d", output="o").recipe, TrainConfig(data="d", output="o").epochs) == ("finetune", 10)
+    assert TrainConfig(data="d", output="o", teacher="t", epochs=4).epochs == 4
+    scratch = TrainConfig(data="d", output="o", teacher="t", scratch=True)
+    assert (scratch.recipe, scratch.epochs) == ("paper", 10)
+    assert config.resolved_lr(32) == TrainConfig(data="d", output="o").resolved_lr(32) == pytest.approx(0.0045)
+    with pytest.raises(ValueError, match="recipe 'distill' needs pretrained weights"):
+        TrainConfig(data="d", output="o", teacher="t", scratch=True, recipe="distill")
+
+
+def batch_norms(model: torch.nn.Module) -> list[torch.nn.BatchNorm2d]:
+    return [m for m in model.features.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+
+def test_distill_recipe_unfolds_batch_norm_for_the_whole_network_phase(photos, tmp_path, monkeypatch):
+    """Google's folded layers get batch norm back, the same model at the start; the probe
+    leaves it alone (pretrained features, statistics kept), the whole-network phase trains
+    it with batch statistics. The classifier alone or a QAT phase keep the folded layers."""
+    monkeypatch.setattr("mobilenet_v1.train.trainer.FINETUNE_MIN_PER_CLASS", 16)  # as if the data were large
+    config = TrainConfig(
+        data=str(photos), output=str(tmp_path / "r"), weights=GOOGLE, teacher=GOOGLE, epochs=3, batch_size=16
+    )
+    assert config.recipe == "distill"
+    trainer = Trainer(prepare_run(config), DistEnv(), torch.device("cpu"))
+    model = trainer.model_without_ddp
+    assert trainer.unfolded and not model.config.folded_bn and len(batch_norms(model)) == 27
+    google, _ = load_weights(GOOGLE)
+    images = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        assert torch.allclose(model.eval().features(images), google.features(images), atol=1e-4)
+    start = {k: v.clone() for k, v in model.features.state_dict().items()}
+    images, labels, indices, _ = next(iter(trainer.train_loader))
+    trainer._set_train_modes()  # as the loop does at the start of an epoch
+    assert not model.features.training and model.classifier.training
+    for _ in range(trainer.probe_steps):  # 4: a third of 3 epochs x 4 steps
+        trainer.train_step(images, labels, indices)
+        trainer.progress.global_step += 1
+    assert all(torch.equal(start[k], v) for k, v in model.features.state_dict().items())
+    trainer.train_step(images, labels, indices)
+    assert model.features.training
+    bn = model.features[0].bn
+    assert not torch.equal(bn.running_mean, start["0.bn.running_mean"]) and bn.weight.grad is not None
+    head_lr, backbone_lr = (trainer.optimizer.param_groups[i]["lr"] for i in (0, -1))
+    assert 0 < backbone_lr <= head_lr
+    qat = Trainer(prepare_run(replace(config, qat_epochs=1)), DistEnv(), torch.device("cpu"))
+    assert not qat.unfolded and qat.model_without_ddp.config.folded_bn and not batch_norms(qat.model_without_ddp)
+    monkeypatch.undo()
+    small = Trainer(prepare_run(config), DistEnv(), torch.device("cpu"))
+    assert small.small_data and not small.unfolded and not batch_norms(small.model_without_ddp)
+
+
+def test_distill_recipe_end_to_end_exact_resume_and_saved_model(photos, tmp_path):
+    """The default with a teacher: killed at the step the whole network starts to train and
+    resumed, the same weights as the uninterrupted run; the saved model has its batch norm
+    and folds back for export."""
+    common = ["--data", photos, "--weights", GOOGLE, "--teacher", GOOGLE, "--train-backbone", "--epochs", "2"]
+    common += ["--resolution", "64", "--batch-size", "16", "--workers", "0", "--checkpoint-steps", "3"]
+    ref = run_cli([*common, "--output", tmp_path / "ref"])
+    assert ref.returncode == 0, ref.stderr
+    assert f"starting from {GOOGLE} (--scratch for random weights); recipe distill, 2 epochs" in ref.stderr
+    assert "the classifier alone for the first 3 steps (linear probe)" in ref.stderr  # a third of 2 x 4
+    assert "batch norm: back into the folded layers" in ref.stderr
+    run = tmp_path / "run"
+    kill_and_resume(common, run, signal_at="9@5")  # SIGKILL after step 5: checkpoint at 3, the probe's end
+    assert_same_final_model(tmp_path / "ref", run)
+    model, _ = load_weights(str(run / "model-final.safetensors"))
+    assert not model.config.folded_bn and len(batch_norms(model)) == 27
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(fuse_bn(model)(images), model(images), atol=1e-4)
 
 
 def test_distillation_end_to_end_and_exact_resume(photos, tmp_path):
@@ -187,6 +260,8 @@ def test_finetune_with_teacher_under_torchrun(photos, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 process(es) x batch 8 = global batch 16" in result.stderr
     assert "the classifier alone for the first 3 steps (linear probe)" in result.stderr  # of 2 x 4
+    assert "batch norm: back into the folded layers" in result.stderr  # the distill recipe
     google, _ = load_weights(GOOGLE)
     tuned = load_file(tmp_path / "ddp" / "model-final.safetensors")
     assert not torch.equal(google.features[0].conv.weight, tuned["features.0.conv.weight"])
+    assert "features.0.bn.running_var" in tuned

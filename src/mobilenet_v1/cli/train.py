@@ -56,10 +56,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--recipe",
         choices=tuple(RECIPES),
         help="paper: RMSprop (TF) + exp. decay; modern: SGD + cosine; finetune: linear probe, then the whole "
-        "network with a 0.03x backbone lr (default: finetune with --weights, else paper)",
+        "network with a 0.03x backbone lr; distill: 30 epochs, linear probe, then the whole network at the "
+        "classifier's lr with batch norm unfolded (default: distill with pretrained weights and --teacher, "
+        "finetune with pretrained weights, else paper)",
     )
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="override the recipe's optimizer")
-    p.add_argument("--epochs", type=types.positive_int, help=f"default {default('epochs')}")
+    p.add_argument(
+        "--epochs",
+        type=types.positive_int,
+        help=f"default: the recipe's ({RECIPES['finetune'].epochs}; distill {RECIPES['distill'].epochs})",
+    )
     p.add_argument("--batch-size", type=types.positive_int, help=f"per process (default {default('batch_size')})")
     p.add_argument("--lr", type=types.positive_float, help="default: the recipe's, scaled to the batch size")
     p.add_argument(

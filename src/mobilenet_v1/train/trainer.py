@@ -36,6 +36,7 @@ from tqdm import tqdm
 from ..data.folders import UNLABELED, ImageFolder
 from ..data.transforms import float_input
 from ..files import write_text
+from ..fold import unfold_bn
 from ..untrusted import printable
 from ..weights import load_weights, save_safetensors
 from ..weights.grids import Int8Grids, int8_grids
@@ -74,7 +75,6 @@ class Trainer:
         cfg = self.config
         torch.manual_seed(cfg.seed)
         model, self.preprocessing = build_model(cfg, self.classes)
-        accelerate(model)  # faster CPU kernels, same parameters and state dict
         # Fine-tuning on few photos per class: the classifier alone (FINETUNE_MIN_PER_CLASS);
         # unlabelled photos count, for the teacher labels them.
         self.photos_per_class = (len(plan.split.train) + self.unlabeled) / len(self.classes)
@@ -86,6 +86,17 @@ class Trainer:
         self.classifier_only = cfg.freeze_backbone or self.small_data
         if self.classifier_only:
             model.features.requires_grad_(False)
+        # Batch norm back into folded layers whose backbone trains (the QAT phase trains the
+        # folded layers themselves): the same model on the training photos at the start.
+        self.unfolded = (
+            cfg.recipe_defaults.batch_norm == "unfolded"
+            and model.config.folded_bn
+            and not (self.classifier_only or cfg.qat_epochs)
+        )
+        if self.unfolded:
+            images = calibration_batch(plan.split, self.preprocessing)
+            model = unfold_bn(model, float_input(images, self.preprocessing))
+        accelerate(model)  # faster CPU kernels, same parameters and state dict
         memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.memory_format = memory_format
         self.model_without_ddp = model.to(device, memory_format=memory_format)
@@ -134,6 +145,14 @@ class Trainer:
         if self.probe_steps:
             self.model_without_ddp.features.requires_grad_(not self.probing)
         return dist.wrap_model(self.model_without_ddp, self.env, self.device, sync_bn=self.config.sync_bn)
+
+    def _set_train_modes(self) -> None:
+        """Training mode, but the backbone's batch norm keeps its statistics while the
+        backbone does not train (the classifier alone, the linear probe) and where the
+        recipe keeps the pretrained ones."""
+        self.model.train()
+        if self.classifier_only or self.probing or self.config.recipe_defaults.batch_norm == "frozen":
+            self.model_without_ddp.features.eval()
 
     def _build_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
         schedule = self._float_schedule()
@@ -212,6 +231,7 @@ class Trainer:
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         if self.probing and self.progress.global_step >= self.probe_steps:
             self.model = self._wrap()  # the probe is over: the backbone trains from here
+            self._set_train_modes()
         teacher_images = None
         if isinstance(images, list):  # a live teacher's views at its own resolution (PairedViews)
             images, teacher_images = images
@@ -249,9 +269,7 @@ class Trainer:
     def train_epoch(self) -> None:
         p, cfg = self.progress, self.config
         self.sampler.set_epoch(p.epoch, skip=p.step_in_epoch * cfg.batch_size)
-        self.model.train()
-        if self.classifier_only or cfg.recipe_defaults.frozen_bn:
-            self.model_without_ddp.features.eval()  # the pretrained BN statistics stay
+        self._set_train_modes()
         bar = tqdm(
             total=self.steps_per_epoch,
             initial=p.step_in_epoch,
@@ -425,7 +443,8 @@ class Trainer:
         """What this run does beyond the plain recipe, said once at its start."""
         lines, cfg = [], self.config
         start = f"starting from {printable(cfg.weights)}" if cfg.weights else "starting from scratch (random weights)"
-        lines.append(start + ("" if not cfg.weights else " (--scratch for random weights)"))
+        start += "" if not cfg.weights else " (--scratch for random weights)"
+        lines.append(f"{start}; recipe {cfg.recipe}, {cfg.epochs} epoch{'s' * (cfg.epochs != 1)}")
         if self.small_data:
             lines.append(
                 f"fine-tuning: the classifier alone ({self.photos_per_class:.0f} training photos per class, fewer "
@@ -437,6 +456,11 @@ class Trainer:
             lines.append(
                 f"fine-tuning: the classifier alone for the first {steps} step{'s' * (steps != 1)} (linear probe), "
                 f"then the whole network, the backbone at {scale:g}x the classifier's lr"
+            )
+        if self.unfolded:
+            lines.append(
+                "batch norm: back into the folded layers, each the identity on training photos at the start, "
+                "trained with batch statistics while the backbone trains (exports fold it again)"
             )
         if self.teacher is not None:
             lines.append(self.teacher.describe())
