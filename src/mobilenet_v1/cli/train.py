@@ -56,8 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--recipe",
         choices=tuple(RECIPES),
         help="paper: RMSprop (TF) + exp. decay; modern: SGD + cosine; finetune: linear probe, then the whole "
-        "network with a 0.03x backbone lr; distill: 30 epochs, linear probe, then the whole network at the "
-        "classifier's lr with batch norm unfolded (default: distill with pretrained weights and --teacher, "
+        "network with a 0.03x backbone lr; distill: 24 epochs, linear probe, then the whole network with a 0.5x "
+        "backbone lr and batch norm unfolded (default: distill with pretrained weights and --teacher, "
         "finetune with pretrained weights, else paper)",
     )
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="override the recipe's optimizer")
