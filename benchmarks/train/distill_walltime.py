@@ -2,7 +2,10 @@
 
 Runs ``mobilenet-v1 train`` in-process on Imagenette, alternating the plain fine-tune of
 the student and the same with ``--teacher`` (stored soft labels, the default) for
-``--rounds`` rounds, so that both see the same machine load. The first distilled run
+``--rounds`` rounds, so that both see the same machine load. Both take the ``finetune``
+recipe (``--teacher`` alone would take ``distill``, whose longer schedule and batch norm
+are measured in docs/training.md, "Distillation's recipe"), so the teacher's cost is all
+that differs. The first distilled run
 labels the photos unless the cache already holds the store (its wall time then includes
 that one-off pass, reported apart as what the labelling line says); the training steps'
 time (``train_seconds`` of ``summary.json``) never does. Prints a table and writes
@@ -34,7 +37,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA / "imagenette")
     parser.add_argument("--out", type=Path, default=RESULTS / "distill_walltime.json")
     args = parser.parse_args()
-    common = ["--weights", args.weights, "--epochs", str(args.epochs)]
+    common = ["--weights", args.weights, "--epochs", str(args.epochs), "--recipe", "finetune"]
     runs = []
     with tempfile.TemporaryDirectory() as work:
         for round_ in range(args.rounds):

@@ -36,8 +36,8 @@ job() {  # name, then train options
 }
 job distill_scratch_0.25_128_teacher --scratch --alpha 0.25 --resolution 128 --epochs $EP --teacher $T
 job distill_scratch_0.25_128_none --scratch --alpha 0.25 --resolution 128 --epochs $EP
-job distill_finetune_0.5_160_teacher --weights mobilenet_v1_0.5_160_quant --epochs $FT_EP --teacher $T
-job distill_finetune_0.5_160_none --weights mobilenet_v1_0.5_160_quant --epochs $FT_EP
+job distill_finetune_0.5_160_teacher --weights mobilenet_v1_0.5_160_quant --recipe finetune --epochs $FT_EP --teacher $T
+job distill_finetune_0.5_160_none --weights mobilenet_v1_0.5_160_quant --recipe finetune --epochs $FT_EP
 MODERN="--recipe modern --lr 0.1 --batch-size 64"
 job distill_modern_0.25_128_teacher --scratch --alpha 0.25 --resolution 128 --epochs $EP $MODERN --teacher $T
 job distill_modern_0.25_128_none --scratch --alpha 0.25 --resolution 128 --epochs $EP $MODERN
