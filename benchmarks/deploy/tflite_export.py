@@ -5,8 +5,9 @@ carried over) and Google's file under LiteRT (2 threads, batch 1, interleaved in
 process): median latency, tie-rule-free Imagenette top-1, and the share of output bytes
 equal between the two files and between our file and the int8-exact emulation. For a
 fine-tuned checkpoint (``--finetuned``): its float top-1 against our calibrated
-``tflite-int8`` and float ``tflite`` exports, and their latency. Calibration uses
-imagenette/train, never val.
+``tflite-int8`` and float ``tflite`` exports, and, for the weights of a ``--qat-epochs``
+run, the ``tflite-int8`` file of its own grids (TFLite's int8 scheme, per-channel
+weights); their latency interleaved. Calibration uses imagenette/train, never val.
 
     python benchmarks/deploy/tflite_export.py [--models ...] [--finetuned RUN/model-best.safetensors] [--limit N]
 """
@@ -102,6 +103,10 @@ def finetuned_row(path: Path, args: argparse.Namespace, tmp: Path) -> dict:
     export_tflite(model, files["tflite"], pre, labels=info.classes)
     report = export_tflite(model, files["tflite-int8"], pre, labels=info.classes, int8=True, calibration=calibration)
     row = {"model": str(path), "images": len(samples), "report": report.checked_on}
+    grids = int8_grids(info)
+    if grids is not None and grids.qat_run:  # the QAT run's own grids (int8 per channel)
+        files["tflite-int8-qat"] = tmp / "ft_int8_qat.tflite"
+        export_tflite(model, files["tflite-int8-qat"], pre, labels=info.classes, int8=True, grids=grids)
     row["top1_float_torch"] = accuracy(model.eval(), samples, folders, pre, info.ignore, uint8=False)
     runners = {}
     for fmt, file in files.items():
@@ -148,10 +153,10 @@ def main() -> None:
             f"| {r['ours_median_ms']:.3f} | {r['google_median_ms']:.3f} | {r['latency_ratio']:.3f} |"
         )
     for r in tuned:
+        forms = [key[len("top1_") :] for key in r if key.startswith("top1_") and key != "top1_float_torch"]
         print(
-            f"{r['model']}: top-1 float {r['top1_float_torch']:.2f}, tflite {r['top1_tflite']:.2f}, "
-            f"tflite-int8 {r['top1_tflite-int8']:.2f}; ms tflite {r['tflite_median_ms']:.3f}, "
-            f"tflite-int8 {r['tflite-int8_median_ms']:.3f}"
+            f"{r['model']}: top-1 float {r['top1_float_torch']:.2f}, "
+            + ", ".join(f"{form} {r['top1_' + form]:.2f} ({r[form + '_median_ms']:.3f} ms)" for form in forms)
         )
 
 

@@ -172,3 +172,91 @@ def test_bias_correction_removes_the_mean_shift_of_rounded_weights():
         name for name, p in corrected.named_parameters() if not torch.equal(p, dict(model.named_parameters())[name])
     ]
     assert changed == ["features.1.dw.conv.bias"]  # nothing else moves
+
+
+def test_per_channel_weight_grids_travel_as_json_and_are_checked(google):
+    """A QAT run's convolutions carry one symmetric int8 step per output channel: they
+    round-trip through the weights' metadata, every scale is checked, and a layer whose
+    channel count differs from the model's is a one-line error."""
+    from mobilenet_v1.weights.grids import ChannelGrid
+
+    model, _, _, grids, _ = google
+    channels = ChannelGrid(tuple(np.linspace(1e-3, 2e-2, 8).tolist()))
+    mixed = Int8Grids(grids.input, (channels, *grids.weights[1:]), grids.outputs)
+    again = Int8Grids.from_json(mixed.to_json(), "weights")
+    assert again.weights == mixed.weights and again.per_channel and not grids.per_channel
+    assert again.qat_run
+    pair = "[0.1, 128]"
+    for first, last, needle in (
+        ('{"scales": [0.1, 1e-20]}', pair, "not [scale, zero point] pairs"),
+        ('{"scales": []}', pair, "not [scale, zero point] pairs"),
+        ('{"scales": [0.1], "zero": 3}', pair, "not [scale, zero point] pairs"),
+        ('{"scales": "0.1"}', pair, "not [scale, zero point] pairs"),
+        (pair, '{"scales": [0.1, 0.2]}', "the classifier per-channel weights"),
+    ):
+        text = f'{{"input": [0.1, 0], "weights": [{first}, {last}], "outputs": [[0.1, 0], [0.1, 0]]}}'
+        with pytest.raises(ValueError, match=re.escape(needle)):
+            Int8Grids.from_json(text, "weights")
+    wrong = Int8Grids(grids.input, (ChannelGrid((0.01,) * 7), *grids.weights[1:]), grids.outputs, "weights")
+    with pytest.raises(ValueError, match="layer 0 has 7 channel scales for 8 channels"):
+        layers_on_grids(fuse_bn(model), wrong)
+
+
+@pytest.fixture(scope="module")
+def per_channel(google):
+    """Google's 0.25/128 moved off its grids and through a QAT forward pass: per-channel
+    grids for every convolution, the model on them (what a ``--qat-epochs`` run saves)."""
+    from mobilenet_v1.train import qat
+
+    model, info, _, _, images = google
+    tuned = copy.deepcopy(model)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in tuned.parameters():
+            p.add_(torch.randn_like(p) * p.abs().mean() * 0.05)
+    qat.instrument(tuned, info.preprocessing, None, None, images)
+    with torch.no_grad():
+        tuned.train()(images)
+    return qat.finalize(tuned, info.preprocessing)
+
+
+def test_per_channel_grids_give_an_int8_litert_file_that_runs_exactly(google, per_channel, tmp_path):
+    """TFLite's int8 scheme for a QAT run's per-channel grids: uint8 pixels in and uint8
+    probabilities out, int8 inside with one weight step per output channel; LiteRT's
+    default (XNNPACK, checked by the export), reference and optimized kernels all equal the
+    int8-exact emulation byte for byte."""
+    pytest.importorskip("ai_edge_litert")
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from mobilenet_v1.deploy.litert import export_tflite
+    from mobilenet_v1.weights.google_tflite.int8 import Int8MobileNetV1
+
+    _, info, *_ = google
+    model, grids = per_channel
+    assert grids.per_channel and layers_on_grids(model, grids) == [True] * 28
+    path = tmp_path / "m.tflite"
+    report = export_tflite(model, path, info.preprocessing, labels=info.classes, int8=True, grids=grids)
+    assert "bytes equal to the int8-exact emulation on 100.00%" in report.checked_on
+    ops = read_tflite(path)
+    assert [op.name for op in ops[:2]] == ["QUANTIZE", "CONV_2D"] and [op.name for op in ops[-2:]] == [
+        "QUANTIZE",
+        "SOFTMAX",
+    ]
+    assert (ops[0].inputs[0].dtype, ops[0].outputs[0].dtype, ops[-1].outputs[0].dtype) == ("uint8", "int8", "uint8")
+    depthwise = ops[2].inputs[1]
+    assert depthwise.dtype == "int8" and depthwise.scale.size == 8 and depthwise.quantized_dimension == 3
+    np.testing.assert_allclose(depthwise.scale, grids.weights[1].scales, rtol=1e-7)
+    pixels = torch.randint(0, 256, (3, 128, 128, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    for kernels, resolver in (
+        ("reference", OpResolverType.BUILTIN_REF),
+        ("optimized", OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES),
+    ):
+        interpreter = Interpreter(model_path=str(path), experimental_op_resolver_type=resolver)
+        interpreter.allocate_tensors()
+        outs = []
+        for image in pixels:
+            interpreter.set_tensor(interpreter.get_input_details()[0]["index"], image[None].numpy())
+            interpreter.invoke()
+            outs.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0])
+        emulated = Int8MobileNetV1(ops, kernels=kernels)(pixels)
+        assert torch.equal(torch.from_numpy(np.stack(outs)), emulated), kernels

@@ -22,7 +22,7 @@ from mobilenet_v1.train import qat
 from mobilenet_v1.train.config import TrainConfig
 from mobilenet_v1.train.setup import build_model
 from mobilenet_v1.weights import load_weights
-from mobilenet_v1.weights.grids import Int8Grids, int8_grids, layers_on_grids, quantized_layers
+from mobilenet_v1.weights.grids import ChannelGrid, Grid, Int8Grids, int8_grids, layers_on_grids, quantized_layers
 
 pytest.importorskip("onnxruntime")
 
@@ -51,6 +51,13 @@ def test_qat_run_says_so_and_saves_weights_on_the_grids_they_carry(qat_run):
     model, loaded = load_weights(run / "model-final.safetensors")
     grids = int8_grids(loaded)
     assert isinstance(grids, Int8Grids) and len(grids.weights) == 28
+    # a step per output channel for each convolution trained off Google's grids (TFLite's
+    # int8 scheme; a layer these few steps left on its Google grid keeps it), one grid for the classifier
+    google = int8_grids(load_weights(GOOGLE)[1])
+    convs = list(zip(grids.weights[:-1], google.weights[:-1], strict=True))
+    assert all(isinstance(w, ChannelGrid) or w == g for w, g in convs)
+    assert sum(isinstance(w, ChannelGrid) for w, _ in convs) >= 20
+    assert [len(w.scales) for w in grids.weights[:3]] == [8, 8, 16] and isinstance(grids.weights[-1], Grid)
     assert layers_on_grids(fuse_bn(model), grids) == [True] * 28  # every layer, so every export keeps them all
     with safe_open(run / "model-final.safetensors", "pt") as f:  # a plain model: no QAT state saved with it
         assert not any("parametrizations" in key or qat.RANGES in key for key in f.keys())
@@ -142,7 +149,8 @@ def test_every_int8_export_keeps_the_qat_grids_and_computes_the_qat_model(qat_ru
     hook.remove()
     litert, _ = load_exported(tmp_path / "m.tflite")
     pixels = litert.to_pixels(images).permute(0, 2, 3, 1).contiguous()
-    ours = Int8MobileNetV1(read_tflite(tmp_path / "m.tflite"), kernels="xnnpack").forward_intermediates(pixels)[0][1]
+    emulated = Int8MobileNetV1(read_tflite(tmp_path / "m.tflite"), kernels="xnnpack")
+    ours = dict(emulated.forward_intermediates(pixels))["conv0"]  # int8 in the file: its values + 128
     grid = grids.outputs[0]
     expected = (first[0] / grid.scale).round() + grid.zero_point
     difference = (ours.permute(0, 3, 1, 2).float() - expected).abs()

@@ -34,13 +34,14 @@ import torch
 
 from ..fold import fuse_bn
 from ..model import MobileNetV1
-from ..weights.grids import Grid, Int8Grids, layers_on_grids, minmax_grid
+from ..weights.grids import ChannelGrid, Int8Grids, WeightGrid, channel_steps, layers_on_grids, minmax_grid
 
 __all__ = [
     "check_qat_grids",
     "grids_used",
     "int8_weight_steps",
     "per_channel_int8",
+    "per_channel_steps",
     "per_tensor_uint8",
     "pixel_shift",
 ]
@@ -76,12 +77,16 @@ def pixel_shift(grids: Int8Grids | None, keep: Sequence[bool]) -> float:
     return grids.input.scale / 4 if grids is not None and keep and keep[0] else 0.0
 
 
-def int8_weight_steps(grid: Grid, values: np.ndarray) -> np.ndarray:
-    """A per-tensor uint8 weight grid ``s * (q - z)`` as per-output-channel *symmetric*
-    int8 steps (zero point 0), the form ONNX Runtime's and XNNPACK's fast int8 kernels
-    take. A channel whose steps ``q - z`` all lie in [-127, 127] keeps the grid exactly
-    (step ``s``); a channel reaching further gets ``s * max|q - z| / 127``. ``values`` are
-    the weights on the grid, output channels first."""
+def int8_weight_steps(grid: WeightGrid, values: np.ndarray) -> np.ndarray:
+    """A weight grid as per-output-channel *symmetric* int8 steps (zero point 0), the form
+    ONNX Runtime's and XNNPACK's fast int8 kernels take: a :class:`ChannelGrid`'s own; for
+    a per-tensor uint8 grid ``s * (q - z)``, ``s`` for a channel whose steps ``q - z`` all
+    lie in [-127, 127] (exact), ``s * max|q - z| / 127`` for a channel reaching further.
+    ``values`` are the weights on the grid, output channels first."""
+    if isinstance(grid, ChannelGrid):
+        if len(grid.scales) != len(values):
+            raise ValueError(f"{len(grid.scales)} channel scales for a weight of {len(values)} channels")
+        return np.asarray(grid.scales, np.float32)
     reach = np.abs(np.rint(values / grid.scale)).reshape(len(values), -1).max(axis=1)
     return np.where(reach <= 127, grid.scale, grid.scale * reach / 127).astype(np.float32)
 
@@ -92,9 +97,14 @@ def per_tensor_uint8(weight: torch.Tensor) -> torch.Tensor:
     return (torch.clamp(torch.round(weight / grid.scale) + grid.zero_point, 0, 255) - grid.zero_point) * grid.scale
 
 
+def per_channel_steps(weight: torch.Tensor) -> torch.Tensor:
+    """Symmetric int8 steps per output channel (first dimension), ``max|w| / 127`` (ONNX
+    Runtime's and XNNPACK's quantizers, LiteRT's int8 files)."""
+    return channel_steps(weight, floor=2**-12)
+
+
 def per_channel_int8(weight: torch.Tensor) -> torch.Tensor:
-    """``weight`` on symmetric int8 grids per output channel, ``max|w| / 127`` (ONNX
-    Runtime's and XNNPACK's quantizers)."""
+    """``weight`` on its symmetric int8 grids per output channel (:func:`per_channel_steps`)."""
     shape = (-1,) + (1,) * (weight.ndim - 1)
-    scale = (weight.abs().flatten(1).amax(1) / 127).clamp_min(2**-12).view(shape)
+    scale = per_channel_steps(weight).view(shape)
     return torch.clamp(torch.round(weight / scale), -127, 127) * scale

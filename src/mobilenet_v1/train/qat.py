@@ -6,12 +6,14 @@ backward pass goes straight through the rounding, and the network learns weights
 ranges that survive it. ``train --qat-epochs N`` does this for the last N epochs of a run,
 on the grids every int8 export keeps (:mod:`mobilenet_v1.weights.grids`):
 
-* weights: one symmetric grid per tensor, step ``max|w| / 127`` (uint8 zero point 128:
-  LiteRT's uint8 files take it as it is, ONNX Runtime and XNNPACK per output channel
-  with the same step, exactly); a layer that still lies on the grids of the Google
-  checkpoint the run started from (all but the classifier after a classifier-only
+* weights: each convolution on symmetric int8 grids per output channel, step
+  ``max|w_c| / 127`` (:class:`~mobilenet_v1.weights.grids.ChannelGrid`: TFLite's int8
+  scheme, ONNX Runtime's and XNNPACK's per-channel weights; one grid per tensor cannot
+  follow depthwise channels whose ranges differ a hundredfold), the classifier on one
+  symmetric grid (uint8 zero point 128); a layer that still lies on the grids of the
+  Google checkpoint the run started from (all but the classifier after a classifier-only
   fine-tune) keeps those, and its output range, fixed;
-* biases: the int32 grid ``s_in * s_w`` of the layer's input and weight steps;
+* biases: the int32 grid ``s_in * s_w`` of the layer's input and weight steps (per channel);
 * activations: the input as the uint8 pixels it came from; each layer's output after its ReLU6
   and the logits, uint8 per tensor on
   the min/max grid (zero included) of an exponential moving average of the batches'
@@ -36,8 +38,11 @@ from torch.nn.utils import parametrize
 from ..data.transforms import Preprocessing
 from ..model import ConvBNAct, MobileNetV1
 from ..weights.grids import (
+    ChannelGrid,
     Grid,
     Int8Grids,
+    WeightGrid,
+    channel_steps,
     correct_biases,
     input_grid,
     layers_on_grids,
@@ -87,42 +92,59 @@ def fake_quantize(x: torch.Tensor, grid: Grid) -> torch.Tensor:
     return torch.fake_quantize_per_tensor_affine(x.float(), grid.scale, grid.zero_point, 0, 255).to(x.dtype)
 
 
-def weight_grid(weight: torch.Tensor) -> Grid:
-    """The symmetric per-tensor grid of a weight: step ``max|w| / 127``, zero point 128."""
+def weight_grid(weight: torch.Tensor) -> WeightGrid:
+    """A weight's symmetric grid: per output channel for a convolution
+    (:func:`channel_steps`), one per tensor for the classifier (step ``max|w| / 127``,
+    zero point 128)."""
+    if weight.ndim == 4:
+        return ChannelGrid(tuple(channel_steps(weight).tolist()))
     return Grid(float(np.float32(max(float(weight.detach().abs().max()), 1e-12) / 127)), 128)
 
 
 class _WeightOnGrid(nn.Module):
     """The weight on its symmetric grid (:func:`weight_grid`), or on a fixed trained ``grid``."""
 
-    def __init__(self, grid: Grid | None = None) -> None:
+    def __init__(self, grid: WeightGrid | None = None) -> None:
         super().__init__()
         self.fixed = grid
 
-    def grid(self, weight: torch.Tensor) -> Grid:
+    def grid(self, weight: torch.Tensor) -> WeightGrid:
         return self.fixed if self.fixed is not None else weight_grid(weight)
 
+    def steps(self, weight: torch.Tensor) -> torch.Tensor:
+        """The weight's step, per output channel for a convolution (float32)."""
+        if self.fixed is None:
+            return channel_steps(weight) if weight.ndim == 4 else torch.tensor([self.grid(weight).scale])
+        if isinstance(self.fixed, ChannelGrid):
+            return torch.tensor(self.fixed.scales, dtype=torch.float32)
+        return torch.tensor([self.fixed.scale], dtype=torch.float32)
+
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        grid = self.grid(weight)
-        return torch.fake_quantize_per_tensor_affine(weight, grid.scale, grid.zero_point, 0, 255)
+        if isinstance(self.fixed, Grid) or (self.fixed is None and weight.ndim != 4):
+            grid = self.grid(weight)
+            return torch.fake_quantize_per_tensor_affine(weight, grid.scale, grid.zero_point, 0, 255)
+        steps = self.steps(weight).to(weight.device)
+        zeros = torch.zeros_like(steps, dtype=torch.int32)
+        return torch.fake_quantize_per_channel_affine(weight, steps, zeros, 0, -127, 127)
 
 
 class _BiasOnGrid(nn.Module):
-    """Rounds a bias to ``s_in * s_w`` (as TFLite's kernels compute it, in float32 steps)."""
+    """Rounds a bias to ``s_in * s_w`` per output channel (as TFLite's kernels compute it,
+    from float32 steps)."""
 
     def __init__(self, layer: nn.Module, input_grid: Grid | ActivationRange) -> None:
         super().__init__()
         self.layer = [layer]  # not a submodule: the layer owns this parametrization
         self.input = input_grid if isinstance(input_grid, Grid) else [input_grid]
 
-    def step(self) -> float:
+    def step(self) -> torch.Tensor:
         source = self.input if isinstance(self.input, Grid) else self.input[0].grid()
         weight = self.layer[0].parametrizations.weight
-        return float(np.float32(source.scale)) * float(np.float32(weight[0].grid(weight.original).scale))
+        return np.float32(source.scale).item() * weight[0].steps(weight.original).double()
 
     def forward(self, bias: torch.Tensor) -> torch.Tensor:
-        step = self.step()
-        return bias + ((bias.detach() / step).round() * step - bias.detach())
+        step = self.step().to(bias.device)
+        return bias + ((bias.detach().double() / step).round() * step - bias.detach()).to(bias.dtype)
 
 
 def is_instrumented(model: MobileNetV1) -> bool:
@@ -195,10 +217,10 @@ def instrument(
 
 @torch.no_grad()
 def _correct_biases(model: MobileNetV1, calibration: torch.Tensor, kept: Sequence[bool]) -> None:
-    """Bias correction (Nagel et al., 2019) of the layers put on new grids: one per-tensor
-    grid rounds a depthwise layer's small channels coarsely (after a whole-network
-    fine-tune of 0.25/128 the fake-quantized model starts 14 pt below float, 2 pt with the
-    correction); the phase starts from the corrected model."""
+    """Bias correction (Nagel et al., 2019) of the layers put on new grids: the mean shift
+    each channel's rounded weights cause is removed before the first step (with one grid
+    per tensor it took the fake-quantized 0.25/128 after a whole-network fine-tune from
+    14 pt below float to 2 pt); the phase starts from the corrected model."""
     training = model.training
     corrected = correct_biases(model.eval(), calibration, _WeightOnGrid(), [not k for k in kept])
     model.train(training)

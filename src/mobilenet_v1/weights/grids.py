@@ -3,7 +3,8 @@ layers of a checkpoint still lie on them.
 
 Google's quantized checkpoints carry, for each layer, a per-tensor uint8 weight grid
 ``s * (q - z)`` and the range of its output (learned with quantization in the loop); a
-quantization-aware training phase (``train --qat-epochs``) ends with the same, stored in
+quantization-aware training phase (``train --qat-epochs``) ends with the same, its
+convolutions on symmetric int8 grids per output channel (:class:`ChannelGrid`), stored in
 the weights' metadata. :class:`Int8Grids` is that table, read from Google's ``.tflite``
 or from the metadata; :func:`layers_on_grids` says which layers of a model still lie on
 it, which every int8 export keeps (:mod:`mobilenet_v1.deploy.int8`). A layer put on a new
@@ -31,8 +32,11 @@ from .records import WeightsRecord
 
 __all__ = [
     "GRID_TOLERANCE",
+    "ChannelGrid",
     "Grid",
     "Int8Grids",
+    "bias_steps",
+    "channel_steps",
     "correct_biases",
     "google_tflite",
     "input_grid",
@@ -43,6 +47,7 @@ __all__ = [
 ]
 
 GRID_TOLERANCE = 0.01  # of a step: a value this close to a grid point rounds to it in every format
+MAX_CHANNELS = 1 << 16  # per-channel scales of one layer read from untrusted metadata (1.0/224: 1024)
 
 
 @dataclass(frozen=True)
@@ -57,14 +62,54 @@ class Grid:
 
 
 @dataclass(frozen=True)
+class ChannelGrid:
+    """Symmetric int8 weight grids, one per output channel: real value ``scales[c] * q``,
+    ``q`` in [-127, 127]. TFLite's int8 scheme for convolution weights, and the per-channel
+    weights of ONNX Runtime and XNNPACK: a depthwise layer's channels, whose ranges differ a
+    hundredfold, each get their own step."""
+
+    scales: tuple[float, ...]
+
+    def steps(self, ndim: int, axis: int = 0) -> np.ndarray:
+        """The scales as float64, shaped to broadcast over a weight of ``ndim`` dimensions
+        whose output channels lie along ``axis``."""
+        shape = [1] * ndim
+        shape[axis] = len(self.scales)
+        return np.asarray(self.scales, np.float64).reshape(shape)
+
+    def quantize(self, values: np.ndarray, axis: int = 0) -> np.ndarray:
+        if values.shape[axis] != len(self.scales):
+            raise ValueError(f"{len(self.scales)} channel scales for a weight of {values.shape[axis]} channels")
+        return np.clip(np.rint(values / self.steps(values.ndim, axis)), -127, 127).astype(np.int8)
+
+
+WeightGrid = Grid | ChannelGrid
+
+
+def channel_steps(weight: torch.Tensor, floor: float = 2**-16) -> torch.Tensor:
+    """The symmetric int8 steps of a weight per output channel (first dimension),
+    ``max|w_c| / 127`` in float32; at least ``floor``, so that a channel of (nearly) zero
+    weights keeps its bias within the int32 grid ``s_in * s_w``."""
+    return (weight.detach().abs().flatten(1).amax(1).float() / 127).clamp_min(floor)
+
+
+def bias_steps(source: Grid, weight: WeightGrid) -> np.ndarray:
+    """The int32 grid of a layer's bias, ``s_in * s_w`` per output channel (one entry for a
+    per-tensor weight grid), each factor rounded to float32 as TFLite's kernels take them."""
+    scales = np.float32(weight.scales) if isinstance(weight, ChannelGrid) else np.float32([weight.scale])
+    return np.float32(source.scale).astype(np.float64) * scales.astype(np.float64)
+
+
+@dataclass(frozen=True)
 class Int8Grids:
-    """A network's uint8 grids, Google's form: the input, then for each quantized layer
-    (:func:`quantized_layers`) its weights and its output (after the activation). The
-    pooled features keep the last convolution's output grid, as TFLite's AVERAGE_POOL_2D
-    requires (and Google's files have)."""
+    """A network's int8 grids, Google's form: the input, then for each quantized layer
+    (:func:`quantized_layers`) its weights and its output (after the activation), uint8
+    per tensor; a QAT run's convolutions have per-channel weight grids. The pooled
+    features keep the last convolution's output grid, as TFLite's AVERAGE_POOL_2D requires
+    (and Google's files have)."""
 
     input: Grid
-    weights: tuple[Grid, ...]
+    weights: tuple[WeightGrid, ...]
     outputs: tuple[Grid, ...]
     source: str = ""
     qat_run: bool = False  # the grids a ``train --qat-epochs`` run ended with (the weights' metadata)
@@ -91,9 +136,18 @@ class Int8Grids:
             source,
         )
 
+    @property
+    def per_channel(self) -> bool:
+        """Whether any layer's weights have per-channel grids (an int8 LiteRT file then)."""
+        return any(isinstance(w, ChannelGrid) for w in self.weights)
+
     def to_json(self) -> str:
-        rows = lambda grids: [[g.scale, g.zero_point] for g in grids]  # noqa: E731
-        data = {"input": rows([self.input])[0], "weights": rows(self.weights), "outputs": rows(self.outputs)}
+        row = lambda g: {"scales": list(g.scales)} if isinstance(g, ChannelGrid) else [g.scale, g.zero_point]  # noqa: E731
+        data = {
+            "input": row(self.input),
+            "weights": [row(g) for g in self.weights],
+            "outputs": [row(g) for g in self.outputs],
+        }
         return json.dumps(data)
 
     @classmethod
@@ -101,20 +155,36 @@ class Int8Grids:
         """The grids a checkpoint's metadata carries (untrusted: every value checked)."""
         data = parse_json(text, what=f"{source}: int8 grids")
         try:
-            grids = {key: [_checked_grid(row) for row in data[key]] for key in ("weights", "outputs")}
+            weights = [_checked_weight_grid(row) for row in data["weights"]]
+            outputs = [_checked_grid(row) for row in data["outputs"]]
             first = _checked_grid(data["input"])
         except (KeyError, TypeError, ValueError):
-            raise ValueError(f"{source}: int8 grids are not [scale, zero point] pairs") from None
-        if not grids["weights"] or len(grids["weights"]) != len(grids["outputs"]):
-            counts = f"{len(grids['weights'])} weights, {len(grids['outputs'])} outputs"
-            raise ValueError(f"{source}: int8 grids name {counts}")
-        return cls(first, tuple(grids["weights"]), tuple(grids["outputs"]), source, qat_run=True)
+            raise ValueError(
+                f"{source}: int8 grids are not [scale, zero point] pairs (or {{'scales': [...]}} for weights)"
+            ) from None
+        if not weights or len(weights) != len(outputs):
+            raise ValueError(f"{source}: int8 grids name {len(weights)} weights, {len(outputs)} outputs")
+        if isinstance(weights[-1], ChannelGrid):
+            raise ValueError(f"{source}: int8 grids give the classifier per-channel weights (one grid expected)")
+        return cls(first, tuple(weights), tuple(outputs), source, qat_run=True)
 
 
 def _tflite_grid(tensor: TFLiteTensor, source: str) -> Grid:
     if tensor.dtype != "uint8" or tensor.scale.size != 1:
         raise ValueError(f"{source}: tensor {tensor.name!r} is not per-tensor uint8 ({tensor.dtype}), no grid to copy")
     return Grid(float(tensor.scale[0]), int(tensor.zero_point[0]))
+
+
+def _checked_weight_grid(row: object) -> WeightGrid:
+    if not isinstance(row, dict):
+        return _checked_grid(row)
+    (key,) = row  # one key, "scales"
+    scales = row["scales"]
+    if key != "scales" or not isinstance(scales, list) or not 0 < len(scales) <= MAX_CHANNELS:
+        raise ValueError("not a list of channel scales")
+    if not all(isinstance(s, float | int) and not isinstance(s, bool) and 1e-12 < s < 1e6 for s in scales):
+        raise ValueError("out of range")
+    return ChannelGrid(tuple(float(s) for s in scales))
 
 
 def _checked_grid(row: object) -> Grid:
@@ -132,8 +202,8 @@ def quantized_layers(folded: MobileNetV1) -> list[torch.nn.Module]:
     return [m.conv for m in folded.modules() if isinstance(m, ConvBNAct)] + [folded.classifier]
 
 
-def _on_grid(values: torch.Tensor, step: float, zero: int, low: int, high: int) -> bool:
-    q = values.detach().double() / step
+def _on_grid(values: torch.Tensor, step: float | np.ndarray, zero: int, low: int, high: int) -> bool:
+    q = values.detach().double() / torch.as_tensor(step, dtype=torch.float64)
     nearest = q.round()
     slack = GRID_TOLERANCE + 2**-20 * q.abs()  # float32 storage of a large integer multiple
     levels = nearest + zero
@@ -141,7 +211,7 @@ def _on_grid(values: torch.Tensor, step: float, zero: int, low: int, high: int) 
 
 
 def layers_on_grids(folded: MobileNetV1, grids: Int8Grids) -> list[bool]:
-    """For each of :func:`quantized_layers`, whether its weights lie on its uint8 weight grid
+    """For each of :func:`quantized_layers`, whether its weights lie on its weight grid
     and its bias on the int32 grid ``s_in * s_w`` (within ``GRID_TOLERANCE`` of a step):
     those layers keep their grids. ``folded`` has its batch norm folded (``fuse_bn``)."""
     layers = quantized_layers(folded)
@@ -149,11 +219,19 @@ def layers_on_grids(folded: MobileNetV1, grids: Int8Grids) -> list[bool]:
         raise ValueError(f"{grids.source} has {len(grids.weights)} layers, the model {len(layers)}")
     keep = []
     for index, (layer, w) in enumerate(zip(layers, grids.weights, strict=True)):
-        bias_step = float(np.float32(grids.input_of(index).scale)) * float(np.float32(w.scale))  # as TFLite's
+        if isinstance(w, ChannelGrid) and len(w.scales) != layer.weight.shape[0]:
+            raise ValueError(
+                f"{grids.source}: layer {index} has {len(w.scales)} channel scales for {layer.weight.shape[0]} channels"
+            )
+        on_weights = (
+            _on_grid(layer.weight, w.steps(layer.weight.ndim), 0, -127, 127)
+            if isinstance(w, ChannelGrid)
+            else _on_grid(layer.weight, w.scale, w.zero_point, 0, 255)
+        )
         keep.append(
             layer.bias is not None
-            and _on_grid(layer.weight, w.scale, w.zero_point, 0, 255)
-            and _on_grid(layer.bias, bias_step, 0, -(2**31), 2**31 - 1)
+            and on_weights
+            and _on_grid(layer.bias, bias_steps(grids.input_of(index), w), 0, -(2**31), 2**31 - 1)
         )
     return keep
 

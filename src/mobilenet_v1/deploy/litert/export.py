@@ -25,7 +25,7 @@ from ...weights.google_tflite.int8 import Int8MobileNetV1
 from ...weights.google_tflite.reader import read_tflite
 from ...weights.grids import Int8Grids, correct_biases, layers_on_grids
 from ..common import FP32_TOLERANCE, ExportReport, compare_with_torch, metadata_props, random_inputs
-from ..int8 import check_qat_grids, grids_used, per_tensor_uint8
+from ..int8 import check_qat_grids, grids_used, per_channel_int8, per_tensor_uint8
 from ..qat import qat_finetune
 from .graph import Layer, build_graph, conv_layers
 from .grids import calibrated_grids, kept_grids
@@ -67,7 +67,7 @@ def export_tflite(
     res = preprocessing.resolution
     folded = fuse_bn(model)
     layers = conv_layers(folded, res)
-    grid_map = None
+    grid_map, channels = None, False
     if int8:
         _check_int8_layers(layers)
         source = folded
@@ -82,17 +82,20 @@ def export_tflite(
                 "fmt='tflite-int8' needs calibration images for the layers without Google's int8 grids "
                 f"({len(keep) - sum(keep)} of {len(keep)})"
             )
-        if not all(keep):  # the calibrated layers' biases corrected for their per-tensor weight grids
-            source = correct_biases(source, calibration, per_tensor_uint8, [not kept for kept in keep])
+        # TFLite's int8 scheme (per-channel weights) for a QAT run's per-channel grids, else Google's uint8
+        channels = grids is not None and grids.per_channel and any(keep)
+        if not all(keep):  # the calibrated layers' biases corrected for their weight grids
+            rounding = per_channel_int8 if channels else per_tensor_uint8
+            source = correct_biases(source, calibration, rounding, [not kept for kept in keep])
             layers = conv_layers(source, res)
-        grid_map = calibrated_grids(source, layers, calibration, preprocessing) if not all(keep) else {}
+        grid_map = calibrated_grids(source, layers, calibration, preprocessing, channels) if not all(keep) else {}
         if any(keep):
             grid_map |= kept_grids(layers, grids, keep)
     fmt = "tflite-int8" if int8 else "tflite"
     props = metadata_props(preprocessing, labels, folded.config, fmt)
     if int8:
         props["mobilenet_v1.quantization"] = grids_used(keep)
-    tensors, ops = build_graph(layers, res, grid_map)
+    tensors, ops = build_graph(layers, res, grid_map, int8=channels)
     data = write_model(tensors, ops, metadata={METADATA_NAME: json.dumps(props).encode()}, description=fmt)
     inputs = calibration if calibration is not None else _random_inputs(preprocessing, int8)
     with atomic_write(path) as tmp:

@@ -11,6 +11,11 @@ an explicit PAD before a ``VALID`` convolution elsewhere.
 In a uint8 graph every tensor carries one (scale, zero point) pair (:class:`Grid`),
 weights are uint8 with their own pair and biases int32 at ``s_in * s_w``, as in Google's
 files and as the int8-exact emulation (:mod:`mobilenet_v1.weights.google_tflite.int8`) runs them.
+An int8 graph is TFLite's int8 scheme inside, for weights on per-channel grids
+(:class:`ChannelGrid`, a QAT run's): int8 activations on the same grids (zero point
+``z - 128``), int8 weights per output channel and int32 biases at ``s_in * s_w[c]``,
+uint8 at both ends (a QUANTIZE after the uint8 pixels and one before the uint8 softmax,
+both exact: the same scale, the zero point moved by 128).
 """
 
 from __future__ import annotations
@@ -21,12 +26,15 @@ import numpy as np
 from torch import nn
 
 from ...model import Conv2dSame, ConvBNAct, MobileNetV1, same_padding
-from ...weights.grids import Grid
+from ...weights.grids import ChannelGrid, Grid, WeightGrid, bias_steps
+from ..int8 import int8_weight_steps
 from .schema import Op, Tensor
 
 __all__ = ["Layer", "build_graph", "conv_layers"]
 
 SOFTMAX_GRID = (1 / 256, 0)  # TFLite's uint8 softmax output: probability q / 256
+# Operator versions of an int8 graph (what LiteRT's converter writes for these tensor types)
+INT8_VERSIONS = {"CONV_2D": 3, "DEPTHWISE_CONV_2D": 3, "AVERAGE_POOL_2D": 2, "PAD": 2}
 
 
 @dataclass(frozen=True)
@@ -96,14 +104,18 @@ def _layer(module: ConvBNAct, name: str, size: int) -> Layer:
 
 
 def build_graph(
-    layers: list[Layer], resolution: int, grids: dict[str, Grid] | None = None
+    layers: list[Layer], resolution: int, grids: dict[str, WeightGrid] | None = None, *, int8: bool = False
 ) -> tuple[list[Tensor], list[Op]]:
-    """Tensors and ops of the network: float32 without ``grids``; with them uint8, where
-    ``grids`` maps ``"input"``, each layer's name and ``"<name>.weight"`` to a
-    :class:`Grid` (the pooled features keep the last convolution's grid, as TFLite's
-    AVERAGE_POOL_2D requires) and the graph ends with a uint8 SOFTMAX."""
-    graph = _Graph(grids)
-    x = graph.activation("input", (1, resolution, resolution, layers[0].weight.shape[-1]), "input")
+    """Tensors and ops of the network: float32 without ``grids``; with them quantized,
+    where ``grids`` maps ``"input"``, each layer's name and ``"<name>.weight"`` to a grid
+    (the pooled features keep the last convolution's grid, as TFLite's AVERAGE_POOL_2D
+    requires) and the graph ends with a uint8 SOFTMAX: uint8 throughout, or ``int8``
+    inside (every weight on per-channel int8 grids)."""
+    graph = _Graph(grids, int8)
+    shape = (1, resolution, resolution, layers[0].weight.shape[-1])
+    x = graph.activation("input", shape, "input", "uint8")
+    if int8:
+        x = graph.requantize(x, "input/int8", "input", "int8")
     for layer in layers[:-1]:
         x = graph.conv(layer, x)
     last = layers[-2]
@@ -115,6 +127,8 @@ def build_graph(
     shape = graph.add(Tensor("logits_shape", (2,), "int32", np.array([1, classes], np.int32)))
     out = graph.activation("logits", (1, classes), layers[-1].name)
     graph.op("RESHAPE", (logits, shape), out)
+    if int8:
+        out = graph.requantize(out, "logits/uint8", layers[-1].name, "uint8")
     if grids is not None:
         probs = graph.add(Tensor("probabilities", (1, classes), "uint8", None, *SOFTMAX_GRID))
         graph.op("SOFTMAX", (out,), probs, beta=1.0)
@@ -124,21 +138,31 @@ def build_graph(
 class _Graph:
     """Tensors and ops being appended in execution order."""
 
-    def __init__(self, grids: dict[str, Grid] | None) -> None:
-        self.grids, self.tensors, self.ops = grids, [], []
+    def __init__(self, grids: dict[str, WeightGrid] | None, int8: bool) -> None:
+        self.grids, self.int8, self.tensors, self.ops = grids, int8, [], []
 
     def add(self, tensor: Tensor) -> int:
         self.tensors.append(tensor)
         return len(self.tensors) - 1
 
     def op(self, name: str, inputs: tuple[int, ...], output: int, **options: object) -> None:
-        self.ops.append(Op(name, inputs, (output,), options))
+        version = INT8_VERSIONS.get(name, 1) if self.int8 else 1
+        self.ops.append(Op(name, inputs, (output,), options, version))
 
-    def activation(self, name: str, shape: tuple[int, ...], grid: str) -> int:
+    def activation(self, name: str, shape: tuple[int, ...], grid: str, dtype: str | None = None) -> int:
+        """A tensor on the uint8 grid ``grids[grid]``, as int8 (zero point ``z - 128``) inside an int8 graph."""
         if self.grids is None:
             return self.add(Tensor(name, shape))
         g = self.grids[grid]
-        return self.add(Tensor(name, shape, "uint8", None, g.scale, g.zero_point))
+        dtype = dtype or ("int8" if self.int8 else "uint8")
+        zero = g.zero_point - 128 if dtype == "int8" else g.zero_point
+        return self.add(Tensor(name, shape, dtype, None, g.scale, zero))
+
+    def requantize(self, x: int, name: str, grid: str, dtype: str) -> int:
+        """QUANTIZE between uint8 and int8 on the same grid (exact: the values move by 128)."""
+        out = self.activation(name, self.tensors[x].shape, grid, dtype)
+        self.ops.append(Op("QUANTIZE", (x,), (out,), {}, 2 if dtype == "int8" else 1))
+        return out
 
     def conv(self, layer: Layer, x: int) -> int:
         x_grid = self._grid_of(x)
@@ -185,17 +209,19 @@ class _Graph:
             bias = Tensor(f"{layer.name}/bias", layer.bias.shape, "float32", layer.bias.astype(np.float32))
             return self.add(weight), self.add(bias)
         w_grid = self.grids[f"{layer.name}.weight"]
-        bias_scale = float(np.float32(x_grid.scale)) * float(np.float32(w_grid.scale))  # as TFLite's kernels
+        axis = 3 if layer.depthwise else 0  # the output channels of 1HWC / OHWI
+        if self.int8 and isinstance(w_grid, Grid):  # exact where a channel lies within 127 steps of its zero
+            w_grid = ChannelGrid(tuple(int8_weight_steps(w_grid, np.moveaxis(layer.weight, axis, 0)).tolist()))
+        bias_scale = bias_steps(x_grid, w_grid)
         q_bias = np.rint(layer.bias.astype(np.float64) / bias_scale)
         if np.abs(q_bias).max(initial=0) >= 2**31:
-            raise ValueError(f"{layer.name}: a bias does not fit int32 at scale {bias_scale:.3g}")
-        w = Tensor(
-            f"{layer.name}/weight",
-            layer.weight.shape,
-            "uint8",
-            w_grid.quantize(layer.weight),
-            w_grid.scale,
-            w_grid.zero_point,
-        )
+            raise ValueError(f"{layer.name}: a bias does not fit int32 at scale {bias_scale.min():.3g}")
+        name, shape = f"{layer.name}/weight", layer.weight.shape
+        if isinstance(w_grid, ChannelGrid):
+            w = Tensor(name, shape, "int8", w_grid.quantize(layer.weight, axis), w_grid.scales, 0, axis)
+            bias_scale = tuple(bias_scale.tolist())
+        else:
+            w = Tensor(name, shape, "uint8", w_grid.quantize(layer.weight), w_grid.scale, w_grid.zero_point)
+            bias_scale = float(bias_scale[0])
         b = Tensor(f"{layer.name}/bias", layer.bias.shape, "int32", q_bias.astype(np.int32), bias_scale, 0)
         return self.add(w), self.add(b)

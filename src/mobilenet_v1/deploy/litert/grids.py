@@ -1,4 +1,4 @@
-"""The uint8 grids of a LiteRT int8 export: carried over, or calibrated.
+"""The grids of a LiteRT int8 export: carried over, or calibrated.
 
 Google's quantized checkpoints were trained with their quantization in the loop (Jacob
 et al. 2018): every activation range and weight grid is part of the model, as after a
@@ -9,18 +9,21 @@ byte for byte in its arithmetic. Every other layer gets :func:`calibrated_grids`
 min/max over calibration images for each activation (always including 0, as TFLite's
 converter does) and per-tensor asymmetric min/max for each weight, the uint8 form of
 Google's files that LiteRT runs on its fast XNNPACK path and the int8-exact emulation
-reproduces.
+reproduces; in an int8 file (a QAT run's per-channel grids, :mod:`.graph`), symmetric
+int8 weights per output channel instead.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
 from ...data.transforms import Preprocessing
 from ...model import ConvBNAct, MobileNetV1
-from ...weights.grids import Grid, Int8Grids, input_grid, minmax_grid
+from ...weights.grids import ChannelGrid, Int8Grids, WeightGrid, input_grid, minmax_grid
+from ..int8 import per_channel_steps
 from .graph import Layer
 
 __all__ = ["calibrated_grids", "kept_grids"]
@@ -28,7 +31,7 @@ __all__ = ["calibrated_grids", "kept_grids"]
 CALIBRATION_BATCH = 16
 
 
-def kept_grids(layers: Sequence[Layer], grids: Int8Grids, keep: Sequence[bool] | None = None) -> dict[str, Grid]:
+def kept_grids(layers: Sequence[Layer], grids: Int8Grids, keep: Sequence[bool] | None = None) -> dict[str, WeightGrid]:
     """``grids`` (Google's own, or a QAT checkpoint's) for the layers ``keep`` names
     (:func:`~mobilenet_v1.weights.grids.layers_on_grids`; default all): the k-th layer of the
     grids is our k-th layer."""
@@ -44,10 +47,15 @@ def kept_grids(layers: Sequence[Layer], grids: Int8Grids, keep: Sequence[bool] |
 
 @torch.no_grad()
 def calibrated_grids(
-    folded: MobileNetV1, layers: Sequence[Layer], calibration: torch.Tensor, preprocessing: Preprocessing
-) -> dict[str, Grid]:
+    folded: MobileNetV1,
+    layers: Sequence[Layer],
+    calibration: torch.Tensor,
+    preprocessing: Preprocessing,
+    int8: bool = False,
+) -> dict[str, WeightGrid]:
     """Grids from the float activations of ``folded`` on ``calibration`` (preprocessed
-    float images) and from the weights' own ranges."""
+    float images) and from the weights' own ranges: per tensor, or per output channel
+    for an ``int8`` file."""
     modules = [m for m in folded.features.modules() if isinstance(m, ConvBNAct)] + [folded.classifier]
     if len(modules) != len(layers):
         raise ValueError(f"the model has {len(modules)} layers, the graph {len(layers)}")
@@ -68,10 +76,14 @@ def calibrated_grids(
         for handle in handles:
             handle.remove()
     try:
-        grids = {"input": input_grid(preprocessing)}
+        grids: dict[str, WeightGrid] = {"input": input_grid(preprocessing)}
     except ValueError as exc:
         raise ValueError(f"{exc}; export fmt='tflite' (float) instead") from None
     for layer, (low, high) in zip(layers, ranges, strict=True):
         grids[layer.name] = minmax_grid(low, high)
-        grids[f"{layer.name}.weight"] = minmax_grid(float(layer.weight.min()), float(layer.weight.max()))
+        if int8:
+            channels_first = torch.from_numpy(np.moveaxis(layer.weight, 3 if layer.depthwise else 0, 0))
+            grids[f"{layer.name}.weight"] = ChannelGrid(tuple(per_channel_steps(channels_first).tolist()))
+        else:
+            grids[f"{layer.name}.weight"] = minmax_grid(float(layer.weight.min()), float(layer.weight.max()))
     return grids

@@ -23,7 +23,7 @@ __all__ = ["Op", "Tensor", "write_model"]
 
 SCHEMA_VERSION = 3  # TFL3
 ALIGNMENT = 16  # constant buffers: what LiteRT's own converter aligns them to
-_DTYPES = {"float32": "FLOAT32", "uint8": "UINT8", "int32": "INT32"}
+_DTYPES = {"float32": "FLOAT32", "uint8": "UINT8", "int8": "INT8", "int32": "INT32"}
 # Builtin options written per op: (options table, its fields in our key -> schema name).
 _OPTIONS: dict[str, tuple[str, dict[str, str]]] = {
     "CONV_2D": ("Conv2DOptions", {"padding": "Padding", "stride": "Stride", "activation": "FusedActivationFunction"}),
@@ -37,34 +37,39 @@ _OPTIONS: dict[str, tuple[str, dict[str, str]]] = {
     ),
     "SOFTMAX": ("SoftmaxOptions", {"beta": "Beta"}),
     "PAD": ("PadOptions", {}),
+    "QUANTIZE": ("QuantizeOptions", {}),
     "RESHAPE": ("", {}),  # the new shape is its second input, as in Google's files
 }
 
 
 @dataclass(frozen=True, eq=False)
 class Tensor:
-    """One tensor: NHWC ``shape``, ``dtype`` (float32, uint8, int32), constant ``data``
-    for weights, biases and shapes, and for quantized tensors one ``scale`` and
-    ``zero_point`` (real value ``scale * (q - zero_point)``, per tensor)."""
+    """One tensor: NHWC ``shape``, ``dtype`` (float32, uint8, int8, int32), constant
+    ``data`` for weights, biases and shapes, and for quantized tensors a ``scale`` and
+    ``zero_point`` (real value ``scale * (q - zero_point)``): one per tensor, or a scale
+    per channel along ``axis`` (zero points 0: int8 weights and their int32 biases)."""
 
     name: str
     shape: tuple[int, ...]
     dtype: str = "float32"
     data: np.ndarray | None = None
-    scale: float | None = None
+    scale: float | tuple[float, ...] | None = None
     zero_point: int = 0
+    axis: int = 0
 
 
 @dataclass(frozen=True)
 class Op:
     """One builtin operator on tensor indices; ``options`` as in :data:`_OPTIONS` (enum
     values by name: ``padding="SAME"``, ``activation="RELU6"``; ``stride``/``filter`` one
-    int for both axes)."""
+    int for both axes); ``version`` the operator version its tensor types need (int8
+    convolutions 3, as LiteRT's converter writes them)."""
 
     name: str
     inputs: tuple[int, ...]
     outputs: tuple[int, ...]
     options: dict[str, Any] = field(default_factory=dict)
+    version: int = 1
 
 
 def write_model(
@@ -75,7 +80,7 @@ def write_model(
     tfl = require("tflite", "tflite", "writing .tflite files")
     flatbuffers = require("flatbuffers", "tflite", "writing .tflite files")
     builder = flatbuffers.Builder(1 << 20)
-    codes = sorted({op.name for op in ops})
+    codes = sorted({(op.name, op.version) for op in ops})
     datas = [t.data for t in tensors if t.data is not None]
     buffers = [_buffer(tfl, builder, None)] + [_buffer(tfl, builder, d) for d in datas]
     buffers += [_buffer(tfl, builder, value) for value in metadata.values()]
@@ -85,7 +90,7 @@ def write_model(
         index += t.data is not None
     graph = _subgraph(tfl, builder, tensors, ops, codes, buffer_of)
     meta = [_metadata(tfl, builder, name, index + i) for i, name in enumerate(metadata)]
-    opcodes = [_opcode(tfl, builder, name) for name in codes]
+    opcodes = [_opcode(tfl, builder, name, version) for name, version in codes]
     vectors = {
         "OperatorCodes": opcodes,
         "Subgraphs": [graph],
@@ -133,12 +138,12 @@ def _metadata(tfl: Any, builder: Any, name: str, buffer: int) -> int:
     return tfl.MetadataEnd(builder)
 
 
-def _opcode(tfl: Any, builder: Any, name: str) -> int:
+def _opcode(tfl: Any, builder: Any, name: str, version: int) -> int:
     code = getattr(tfl.BuiltinOperator, name)
     tfl.OperatorCodeStart(builder)
     tfl.OperatorCodeAddDeprecatedBuiltinCode(builder, min(code, 127))  # the schema's int8 field
     tfl.OperatorCodeAddBuiltinCode(builder, code)
-    tfl.OperatorCodeAddVersion(builder, 1)
+    tfl.OperatorCodeAddVersion(builder, version)
     return tfl.OperatorCodeEnd(builder)
 
 
@@ -147,10 +152,15 @@ def _ints(builder: Any, values: Sequence[int]) -> int:
 
 
 def _subgraph(
-    tfl: Any, builder: Any, tensors: Sequence[Tensor], ops: Sequence[Op], codes: list[str], buffer_of: list[int]
+    tfl: Any,
+    builder: Any,
+    tensors: Sequence[Tensor],
+    ops: Sequence[Op],
+    codes: list[tuple[str, int]],
+    buffer_of: list[int],
 ) -> int:
     written = [_tensor(tfl, builder, t, b) for t, b in zip(tensors, buffer_of, strict=True)]
-    operators = [_operator(tfl, builder, op, codes.index(op.name)) for op in ops]
+    operators = [_operator(tfl, builder, op, codes.index((op.name, op.version))) for op in ops]
     tensor_vec = _table_vector(tfl, "SubGraph", builder, "Tensors", written)
     op_vec = _table_vector(tfl, "SubGraph", builder, "Operators", operators)
     inputs, outputs = _ints(builder, [ops[0].inputs[0]]), _ints(builder, [ops[-1].outputs[0]])
@@ -167,11 +177,13 @@ def _subgraph(
 def _tensor(tfl: Any, builder: Any, tensor: Tensor, buffer: int) -> int:
     quant = None
     if tensor.scale is not None:
-        scale = builder.CreateNumpyVector(np.array([tensor.scale], np.float32))
-        zero = builder.CreateNumpyVector(np.array([tensor.zero_point], np.int64))
+        scales = np.atleast_1d(np.array(tensor.scale, np.float32))
+        zeros = np.full(len(scales), tensor.zero_point, np.int64)
+        scale, zero = builder.CreateNumpyVector(scales), builder.CreateNumpyVector(zeros)
         tfl.QuantizationParametersStart(builder)
         tfl.QuantizationParametersAddScale(builder, scale)
         tfl.QuantizationParametersAddZeroPoint(builder, zero)
+        tfl.QuantizationParametersAddQuantizedDimension(builder, tensor.axis)
         quant = tfl.QuantizationParametersEnd(builder)
     shape, name = _ints(builder, tensor.shape), builder.CreateString(tensor.name)
     tfl.TensorStart(builder)

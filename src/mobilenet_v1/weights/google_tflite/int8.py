@@ -23,6 +23,12 @@ Average pooling (``(sum + count/2) / count``) and reshape are the same in all th
 uint8 softmax of the optimized and XNNPACK paths is a float32 table of ``exp`` summed left
 to right; the reference kernels use gemmlowp's fixed-point softmax (:mod:`.fixed_point`).
 
+Our own int8 exports of a QAT run (TFLite's int8 scheme: int8 activations, weights int8
+per output channel, between a QUANTIZE from the uint8 pixels and one back to uint8 before
+the softmax) run here too: an int8 tensor on ``(s, z)`` is the uint8 tensor ``q + 128``
+on ``(s, z + 128)``, the same arithmetic, and each channel is requantized with its own
+``s_in * s_w[c] / s_out``.
+
 Accumulators are exact integers (see :class:`_Conv` for how, without an integer
 convolution in torch) and requantization runs on int64 tensors (:mod:`.fixed_point`).
 """
@@ -61,25 +67,38 @@ def _pad(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: s
 
 
 def _per_tensor(tensor: TFLiteTensor) -> tuple[float, int]:
-    if tensor.dtype != "uint8" or tensor.scale.size != 1:
+    """A tensor's (scale, zero point) as uint8: an int8 tensor's zero point moved by 128."""
+    if tensor.dtype not in ("uint8", "int8") or tensor.scale.size != 1:
         raise ValueError(
-            f"tensor {tensor.name!r}: expected a per-tensor quantized uint8 tensor, "
+            f"tensor {tensor.name!r}: expected a per-tensor quantized uint8 or int8 tensor, "
             f"got {tensor.dtype} with {tensor.scale.size} scales"
         )
-    return float(tensor.scale[0]), int(tensor.zero_point[0])
+    return float(tensor.scale[0]), int(tensor.zero_point[0]) + (128 if tensor.dtype == "int8" else 0)
+
+
+def _weight(tensor: TFLiteTensor) -> tuple[np.ndarray, np.ndarray, int]:
+    """A weight as uint8 values ``q``, its scales (one, or one per output channel) and its zero point."""
+    if tensor.dtype == "int8" and not tensor.zero_point.any():  # TFLite's int8 weights: symmetric
+        return tensor.data.astype(np.int64) + 128, tensor.scale.astype(np.float32), 128
+    scale, zero_point = _per_tensor(tensor)
+    return tensor.data.astype(np.int64), np.float32([scale]), zero_point
 
 
 class _Requantize(nn.Module):
-    """int32 accumulator -> uint8 with the rounding of the chosen LiteRT kernels (see ``KERNELS``)."""
+    """int32 accumulator -> uint8 with the rounding of the chosen LiteRT kernels (see
+    ``KERNELS``), one scale per tensor or per output channel."""
 
-    def __init__(self, s_in: float, s_w: float, out: TFLiteTensor, act: str, kernels: str) -> None:
+    def __init__(self, s_in: float, s_w: np.ndarray, out: TFLiteTensor, act: str, kernels: str) -> None:
         super().__init__()
         s_out, self.zero_point = _per_tensor(out)
         self.kernels = kernels
-        # reference/optimized (GetQuantizedConvolutionMultipler): float32 product, then a double division
-        self.multiplier, self.shift = quantize_multiplier(float(np.float32(s_in) * np.float32(s_w)) / s_out)
+        # reference/optimized: per tensor (GetQuantizedConvolutionMultipler) a float32 product, then a
+        # double division; per channel (PopulateConvolutionQuantizationParams) all in double
+        products = np.float64(np.float32(s_in)) * s_w.astype(np.float64) if len(s_w) > 1 else np.float32(s_in) * s_w
+        self.multipliers = [quantize_multiplier(float(p) / s_out) for p in products]
         # XNNPACK: the same scale, computed in float32
-        self.register_buffer("scale_f32", torch.tensor(np.float32(s_in) * np.float32(s_w) / np.float32(s_out)))
+        scales = np.float32(s_in) * s_w / np.float32(s_out)
+        self.register_buffer("scale_f32", torch.from_numpy(scales.astype(np.float32)).view(-1, 1, 1))
         self.lo, self.hi = activation_range(act, s_out, self.zero_point)
 
     def forward(self, acc: Tensor) -> Tensor:
@@ -87,8 +106,14 @@ class _Requantize(nn.Module):
             out = acc.to(torch.float32).mul_(self.scale_f32).round_().add_(self.zero_point)
         else:
             ties_up = self.kernels == "optimized"
-            out = multiply_by_quantized_multiplier(acc.long(), self.multiplier, self.shift, ties_up=ties_up)
-            out = out.add_(self.zero_point)
+            acc = acc.long()
+            channels = [
+                multiply_by_quantized_multiplier(
+                    acc[:, c : c + 1] if len(self.multipliers) > 1 else acc, m, shift, ties_up=ties_up
+                )
+                for c, (m, shift) in enumerate(self.multipliers)
+            ]
+            out = torch.cat(channels, 1).add_(self.zero_point)
         return out.clamp_(self.lo, self.hi).to(torch.uint8)
 
 
@@ -105,14 +130,14 @@ class _Conv(nn.Module):
         super().__init__()
         x, w, b = op.inputs
         s_in, self.in_zero_point = _per_tensor(x)
-        s_w, w_zero_point = _per_tensor(w)
+        values, s_w, w_zero_point = _weight(w)
         opts = op.options
         if opts.get("dilation_h", 1) != 1 or opts.get("dilation_w", 1) != 1:
             raise ValueError(f"{op.name}: dilated convolutions are not supported")
         self.stride = (opts["stride_h"], opts["stride_w"])
         self.padding = opts["padding"]
         self.kernel = tuple(w.shape[1:3])
-        weight = torch.from_numpy(w.data.astype(np.int64))  # OHWI, or 1HWC for depthwise
+        weight = torch.from_numpy(values)  # OHWI, or 1HWC for depthwise
         bias = torch.from_numpy(b.data.astype(np.int64))
         self.pointwise = self.kernel == (1, 1) and self.stride == (1, 1) and op.name == "CONV_2D"
         if self.pointwise:
@@ -148,7 +173,8 @@ class _Conv(nn.Module):
 
 
 class _AveragePool(nn.Module):
-    """AVERAGE_POOL_2D on uint8: integer sum, ``(sum + count / 2) / count`` (same scale in and out)."""
+    """AVERAGE_POOL_2D: integer sum, ``(sum + count / 2) / count`` on uint8 (same scale in
+    and out); on int8 the sum of the int8 values, its mean rounded half away from zero."""
 
     def __init__(self, op: TFLiteOp) -> None:
         super().__init__()
@@ -160,11 +186,17 @@ class _AveragePool(nn.Module):
         self.stride = (opts["stride_h"], opts["stride_w"])
         self.padding = opts["padding"]
         self.lo, self.hi = activation_range(opts["fused_activation"], *_per_tensor(y))
+        self.int8 = x.dtype == "int8"
 
     def forward(self, x: Tensor) -> Tensor:
         total = self._window_sum(x.to(torch.float64)).to(torch.int64)
         count = self._window_sum(torch.ones_like(x[:1, :1], dtype=torch.float64)).to(torch.int64)  # in-image taps
-        return torch.div(total + count // 2, count, rounding_mode="floor").clamp(self.lo, self.hi).to(torch.uint8)
+        if self.int8:  # TFLite's int8 kernel: the int8 sum's mean rounded half away from zero
+            total = total - 128 * count
+            mean = torch.div(total.abs() + count // 2, count, rounding_mode="floor") * total.sign() + 128
+        else:
+            mean = torch.div(total + count // 2, count, rounding_mode="floor")
+        return mean.clamp(self.lo, self.hi).to(torch.uint8)
 
     def _window_sum(self, x: Tensor) -> Tensor:
         x = _pad(x, self.kernel, self.stride, self.padding)
@@ -197,6 +229,19 @@ class _Softmax(nn.Module):
         inv = 1.0 / (total * torch.tensor(self.out_scale, dtype=torch.float32))
         prob = exps * inv.unsqueeze(-1) + torch.tensor(0.5, dtype=torch.float32)
         return (prob.to(torch.int64) + self.zero_point).clamp(0, 255).to(torch.uint8)
+
+
+class _Quantize(nn.Module):
+    """QUANTIZE between uint8 and int8 on the same grid: the values move by 128, the
+    identity on their uint8 form (the only requantization our int8 files have)."""
+
+    def __init__(self, op: TFLiteOp) -> None:
+        super().__init__()
+        if _per_tensor(op.inputs[0]) != _per_tensor(op.outputs[0]):
+            raise ValueError(f"{op.name} {op.outputs[0].name!r}: a requantization to another grid is not supported")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
 
 
 class _Reshape(nn.Module):
@@ -259,7 +304,8 @@ class Int8MobileNetV1(nn.Module):
         return self.forward_intermediates(x)[-1][1]
 
     def forward_intermediates(self, x: Tensor) -> list[tuple[str, Tensor]]:
-        """Every operator's uint8 output, named as in the file, in TFLite's layout (NHWC)."""
+        """Every operator's output, named as in the file, in TFLite's layout (NHWC), as
+        uint8 (an int8 tensor's values plus 128)."""
         x = self._check_input(x)
         outs = []
         for name, layer in zip(self.names, self.layers, strict=True):
@@ -291,8 +337,11 @@ def _build(op: TFLiteOp, prev: TFLiteOp | None, kernels: str) -> nn.Module:
         return _Reshape(op)
     if op.name == "SOFTMAX":
         return _Softmax(op, kernels)
+    if op.name == "QUANTIZE":
+        return _Quantize(op)
     raise ValueError(
-        f"unsupported operator {op.name} (expected CONV_2D, DEPTHWISE_CONV_2D, AVERAGE_POOL_2D, RESHAPE, SOFTMAX)"
+        f"unsupported operator {op.name} "
+        "(expected CONV_2D, DEPTHWISE_CONV_2D, AVERAGE_POOL_2D, RESHAPE, SOFTMAX, QUANTIZE)"
     )
 
 
