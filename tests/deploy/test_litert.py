@@ -84,14 +84,18 @@ def test_google_int8_export_is_googles_file_byte_for_byte(shared_data, tmp_path)
     )
 
 
-def test_calibrated_int8_export_of_any_checkpoint(tmp_path):
-    model = small_model(padding="same", activation="relu6")
+@pytest.mark.parametrize("padding", ["same", "symmetric"])
+def test_calibrated_int8_export_of_any_checkpoint(padding, tmp_path):
+    """Any checkpoint, Google's SAME padding or torchvision's symmetric padding (a model
+    trained from scratch: an explicit PAD with the zero point before each stride-2 layer)."""
+    model = small_model(padding=padding, activation="relu6" if padding == "same" else "relu")
     x = images(16)
     path = tmp_path / "q.tflite"
     report = export_tflite(model, path, PRESET, labels=LABELS, int8=True, calibration=x)
     assert "100.00%" in report.checked_on  # else export_tflite raises: LiteRT == emulation, byte for byte
     ops = read_tflite(path)
     assert {op.outputs[0].dtype for op in ops} == {"uint8"} and ops[-1].name == "SOFTMAX"
+    assert ("PAD" in [op.name for op in ops]) == (padding == "symmetric")
     model_out, info = load_litert(path)
     assert info.classes == LABELS
     probs = torch.softmax(model_out(x), 1)
@@ -104,7 +108,6 @@ def test_calibrated_int8_export_of_any_checkpoint(tmp_path):
     [
         ({"int8": True}, "needs calibration images"),
         ({"qat_steps": 2}, "qat_steps=2 needs fmt='tflite-int8'"),
-        ({"int8": True, "calibration": images(2), "model": {"padding": "symmetric"}}, "needs TensorFlow SAME padding"),
         ({"int8": True, "calibration": images(2), "preset": Preprocessing(64, mean=(0.485, 0.456, 0.406))}, "one grid"),
     ],
 )

@@ -27,7 +27,7 @@ from ...weights.grids import Int8Grids, correct_biases, layers_on_grids
 from ..common import FP32_TOLERANCE, ExportReport, compare_with_torch, metadata_props, random_inputs
 from ..int8 import check_qat_grids, grids_used, per_channel_int8, per_tensor_uint8
 from ..qat import qat_finetune
-from .graph import Layer, build_graph, conv_layers
+from .graph import build_graph, conv_layers
 from .grids import calibrated_grids, kept_grids
 from .runtime import METADATA_NAME, LiteRTModel
 from .schema import write_model
@@ -69,7 +69,6 @@ def export_tflite(
     layers = conv_layers(folded, res)
     grid_map, channels = None, False
     if int8:
-        _check_int8_layers(layers)
         source = folded
         if qat_steps:
             if calibration is None:
@@ -109,15 +108,6 @@ def export_tflite(
             raise ValueError(f"exported model differs from PyTorch: max |logit diff| {diff:.3g} > {FP32_TOLERANCE:g}")
     given = "calibration" if calibration is not None else "random"
     return ExportReport(Path(path), fmt, diff, agree, f"{len(inputs)} {given} inputs under LiteRT (XNNPACK)")
-
-
-def _check_int8_layers(layers: Sequence[Layer]) -> None:
-    padded = [layer.name for layer in layers if layer.pads is not None]
-    if padded:
-        raise ValueError(
-            f"fmt='tflite-int8' needs TensorFlow SAME padding: {', '.join(padded)} pad symmetrically at stride 2 "
-            "(a PAD op the int8-exact check does not run); export fmt='tflite' for a float file"
-        )
 
 
 def _random_inputs(preprocessing: Preprocessing, int8: bool) -> torch.Tensor:

@@ -231,6 +231,24 @@ class _Softmax(nn.Module):
         return (prob.to(torch.int64) + self.zero_point).clamp(0, 255).to(torch.uint8)
 
 
+class _Pad(nn.Module):
+    """PAD of the NHWC spatial axes with the tensor's zero point (real 0), before a ``VALID``
+    convolution (symmetric padding where TensorFlow's SAME would put the extra pixel after)."""
+
+    def __init__(self, op: TFLiteOp) -> None:
+        super().__init__()
+        x, pads = op.inputs
+        if _per_tensor(x) != _per_tensor(op.outputs[0]):
+            raise ValueError(f"{op.name}: input and output quantization differ ({x.name!r})")
+        if pads.data is None or pads.data.shape != (4, 2) or pads.data[[0, 3]].any() or (pads.data < 0).any():
+            raise ValueError(f"{op.name} {op.outputs[0].name!r}: only constant spatial paddings are supported")
+        (top, bottom), (left, right) = pads.data[1:3].tolist()
+        self.pads, self.value = (left, right, top, bottom), _per_tensor(x)[1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.pad(x, self.pads, value=self.value)
+
+
 class _Quantize(nn.Module):
     """QUANTIZE between uint8 and int8 on the same grid: the values move by 128, the
     identity on their uint8 form (the only requantization our int8 files have)."""
@@ -339,9 +357,11 @@ def _build(op: TFLiteOp, prev: TFLiteOp | None, kernels: str) -> nn.Module:
         return _Softmax(op, kernels)
     if op.name == "QUANTIZE":
         return _Quantize(op)
+    if op.name == "PAD":
+        return _Pad(op)
     raise ValueError(
         f"unsupported operator {op.name} "
-        "(expected CONV_2D, DEPTHWISE_CONV_2D, AVERAGE_POOL_2D, RESHAPE, SOFTMAX, QUANTIZE)"
+        "(expected CONV_2D, DEPTHWISE_CONV_2D, AVERAGE_POOL_2D, RESHAPE, SOFTMAX, QUANTIZE, PAD)"
     )
 
 
