@@ -103,6 +103,18 @@ def test_calibrated_int8_export_of_any_checkpoint(padding, tmp_path):
     assert model_out.metadata["quantization"] == "calibrated" and model_out.metadata["format"] == "tflite-int8"
 
 
+def test_qat_steps_give_the_int8_form_they_trained_for(tmp_path):
+    """``qat_steps`` fine-tunes with per-channel weight grids (``deploy.qat``): the file is
+    TFLite's int8 form, per-channel weights between uint8 ends, equal to the emulation."""
+    path = tmp_path / "q.tflite"
+    model = small_model(padding="same", activation="relu6")
+    report = export_tflite(model, path, PRESET, labels=LABELS, int8=True, calibration=images(16), qat_steps=2)
+    assert "100.00%" in report.checked_on
+    ops = read_tflite(path)
+    assert ops[0].name == "QUANTIZE" and ops[1].inputs[1].dtype == "int8" and ops[1].inputs[1].scale.size == 8
+    assert ops[0].inputs[0].dtype == ops[-1].outputs[0].dtype == "uint8"
+
+
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
     [

@@ -81,8 +81,9 @@ def export_tflite(
                 "fmt='tflite-int8' needs calibration images for the layers without Google's int8 grids "
                 f"({len(keep) - sum(keep)} of {len(keep)})"
             )
-        # TFLite's int8 scheme (per-channel weights) for a QAT run's per-channel grids, else Google's uint8
-        channels = grids is not None and grids.per_channel and any(keep)
+        # TFLite's int8 scheme (per-channel weights) for a QAT run's per-channel grids and after the
+        # export's own QAT steps (per-channel weights too, deploy.qat), else Google's uint8 form
+        channels = bool(qat_steps) or (grids is not None and grids.per_channel and any(keep))
         if not all(keep):  # the calibrated layers' biases corrected for their weight grids
             rounding = per_channel_int8 if channels else per_tensor_uint8
             source = correct_biases(source, calibration, rounding, [not kept for kept in keep])
