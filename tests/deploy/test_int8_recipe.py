@@ -5,6 +5,7 @@ that still hold the weights of Google's quantized file keep Google's grids in ``
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 
 import numpy as np
@@ -260,3 +261,8 @@ def test_per_channel_grids_give_an_int8_litert_file_that_runs_exactly(google, pe
             outs.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0])
         emulated = Int8MobileNetV1(ops, kernels=kernels)(pixels)
         assert torch.equal(torch.from_numpy(np.stack(outs)), emulated), kernels
+    # a file whose per-channel scales do not match its channels is a one-line error
+    short = dataclasses.replace(depthwise, scale=depthwise.scale[:5], zero_point=depthwise.zero_point[:5])
+    broken = dataclasses.replace(ops[2], inputs=(ops[2].inputs[0], short, ops[2].inputs[2]))
+    with pytest.raises(ValueError, match="expected 8 per-channel scales with zero points 0, got 5"):
+        Int8MobileNetV1([*ops[:2], broken, *ops[3:]])

@@ -12,7 +12,7 @@ In a uint8 graph every tensor carries one (scale, zero point) pair (:class:`Grid
 weights are uint8 with their own pair and biases int32 at ``s_in * s_w``, as in Google's
 files and as the int8-exact emulation (:mod:`mobilenet_v1.weights.google_tflite.int8`) runs them.
 An int8 graph is TFLite's int8 scheme inside, for weights on per-channel grids
-(:class:`ChannelGrid`, a QAT run's): int8 activations on the same grids (zero point
+(:class:`ChannelGrid`: a QAT run's, or after the export's own QAT steps): int8 activations on the same grids (zero point
 ``z - 128``), int8 weights per output channel and int32 biases at ``s_in * s_w[c]``,
 uint8 at both ends (a QUANTIZE after the uint8 pixels and one before the uint8 softmax,
 both exact: the same scale, the zero point moved by 128).

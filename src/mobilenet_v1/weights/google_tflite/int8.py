@@ -76,25 +76,33 @@ def _per_tensor(tensor: TFLiteTensor) -> tuple[float, int]:
     return float(tensor.scale[0]), int(tensor.zero_point[0]) + (128 if tensor.dtype == "int8" else 0)
 
 
-def _weight(tensor: TFLiteTensor) -> tuple[np.ndarray, np.ndarray, int]:
-    """A weight as uint8 values ``q``, its scales (one, or one per output channel) and its zero point."""
-    if tensor.dtype == "int8" and not tensor.zero_point.any():  # TFLite's int8 weights: symmetric
-        return tensor.data.astype(np.int64) + 128, tensor.scale.astype(np.float32), 128
-    scale, zero_point = _per_tensor(tensor)
-    return tensor.data.astype(np.int64), np.float32([scale]), zero_point
+def _weight(tensor: TFLiteTensor, channels: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """A weight as uint8 values ``q``, its scales (one, or one per each of its ``channels``
+    output channels: TFLite's int8 weights, zero points 0) and its zero point."""
+    if tensor.dtype != "int8" or tensor.scale.size == 1:
+        scale, zero_point = _per_tensor(tensor)
+        return tensor.data.astype(np.int64) + (128 if tensor.dtype == "int8" else 0), np.float32([scale]), zero_point
+    if tensor.scale.size != channels or tensor.zero_point.any():
+        raise ValueError(
+            f"tensor {tensor.name!r}: expected {channels} per-channel scales with zero points 0, "
+            f"got {tensor.scale.size} scales"
+        )
+    return tensor.data.astype(np.int64) + 128, tensor.scale.astype(np.float32), 128
 
 
 class _Requantize(nn.Module):
     """int32 accumulator -> uint8 with the rounding of the chosen LiteRT kernels (see
     ``KERNELS``), one scale per tensor or per output channel."""
 
-    def __init__(self, s_in: float, s_w: np.ndarray, out: TFLiteTensor, act: str, kernels: str) -> None:
+    def __init__(
+        self, s_in: float, s_w: np.ndarray, out: TFLiteTensor, act: str, kernels: str, per_channel: bool = False
+    ) -> None:
         super().__init__()
         s_out, self.zero_point = _per_tensor(out)
         self.kernels = kernels
-        # reference/optimized: per tensor (GetQuantizedConvolutionMultipler) a float32 product, then a
-        # double division; per channel (PopulateConvolutionQuantizationParams) all in double
-        products = np.float64(np.float32(s_in)) * s_w.astype(np.float64) if len(s_w) > 1 else np.float32(s_in) * s_w
+        # reference/optimized: uint8 (GetQuantizedConvolutionMultipler) a float32 product, then a double
+        # division; int8 weights (per channel, PopulateConvolutionQuantizationParams) all in double
+        products = np.float64(np.float32(s_in)) * s_w.astype(np.float64) if per_channel else np.float32(s_in) * s_w
         self.multipliers = [quantize_multiplier(float(p) / s_out) for p in products]
         # XNNPACK: the same scale, computed in float32
         scales = np.float32(s_in) * s_w / np.float32(s_out)
@@ -130,7 +138,7 @@ class _Conv(nn.Module):
         super().__init__()
         x, w, b = op.inputs
         s_in, self.in_zero_point = _per_tensor(x)
-        values, s_w, w_zero_point = _weight(w)
+        values, s_w, w_zero_point = _weight(w, w.shape[3] if op.name == "DEPTHWISE_CONV_2D" else w.shape[0])
         opts = op.options
         if opts.get("dilation_h", 1) != 1 or opts.get("dilation_w", 1) != 1:
             raise ValueError(f"{op.name}: dilated convolutions are not supported")
@@ -154,7 +162,8 @@ class _Conv(nn.Module):
             exact_f32 = weight[0].numel() * 255**2 < 2**24
             self.register_buffer("weight", weight.to(torch.float32 if exact_f32 else torch.float64))
         self.register_buffer("bias", bias.to(torch.int32))  # TFLite accumulates in int32: no overflow
-        self.requantize = _Requantize(s_in, s_w, op.outputs[0], opts["fused_activation"], kernels)
+        act, int8 = opts["fused_activation"], w.dtype == "int8"
+        self.requantize = _Requantize(s_in, s_w, op.outputs[0], act, kernels, per_channel=int8)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.requantize(self._gemm(x) if self.pointwise else self._conv(x))
