@@ -31,6 +31,7 @@ from torch.nn.utils import parametrize
 
 from ..fold import fuse_bn
 from ..model import ConvBNAct, MobileNetV1
+from ..weights.grids import channel_steps
 
 __all__ = ["qat_finetune"]
 
@@ -40,7 +41,7 @@ class _FakeQuantWeight(nn.Module):
     per-channel weights (grid [-127, 127]); gradients pass straight through."""
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        scale = (w.detach().abs().flatten(1).amax(1) / 127).clamp_min(1e-12)
+        scale = channel_steps(w, floor=1e-12)
         zero = torch.zeros(len(w), dtype=torch.int32, device=w.device)
         return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -127, 127)
 
