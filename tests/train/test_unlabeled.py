@@ -103,15 +103,17 @@ def _photos_and_teacher(photos):
 
 
 def test_stored_soft_labels_are_the_teachers_outputs_on_the_views_replayed(photos):
-    """Epoch e replays view e mod VIEWS: its stored top-k logits are the teacher's on the
+    """Epoch e replays view e mod views: its stored top-k logits are the teacher's on the
     very augmentation the student sees then (float16)."""
-    from mobilenet_v1.train.loaders import VIEWS, sample_seed
+    from mobilenet_v1.train.loaders import sample_seed
     from mobilenet_v1.train.soft_labels import SoftLabels
     from mobilenet_v1.train.torchrun import DistEnv
 
     samples, dataset, teacher = _photos_and_teacher(photos)
-    store = SoftLabels._label(teacher, dataset, seed=3, num_classes=4, batch_size=4, workers=0, env=DistEnv())
-    epoch = VIEWS + 1  # replays view 1
+    views = 3
+    store = SoftLabels._label(teacher, dataset, 3, views, num_classes=4, batch_size=4, workers=0, env=DistEnv())
+    assert store.values.shape[:2] == (views, len(samples))
+    epoch = views + 1  # replays view 1
     indices = torch.arange(len(samples))
     images = torch.stack([dataset[(i, sample_seed(3, 1, i))][0] for i in range(len(samples))])
     live = teacher(images)
@@ -128,7 +130,7 @@ def test_each_process_labels_its_share_and_the_shares_sum_to_the_store(photos):
     from mobilenet_v1.train.torchrun import DistEnv
 
     samples, dataset, teacher = _photos_and_teacher(photos)
-    label = lambda env: SoftLabels._label(teacher, dataset, 3, 4, 3, 0, env)  # noqa: E731
+    label = lambda env: SoftLabels._label(teacher, dataset, 3, 2, 4, 3, 0, env)  # noqa: E731
     whole = label(DistEnv())
     shares = [label(DistEnv(rank=r, world_size=3, local_rank=r)) for r in range(3)]
     for r, share in enumerate(shares):
@@ -179,12 +181,15 @@ def test_a_second_run_reuses_the_store_and_other_settings_label_again(photos, tm
     again = run_cli([*common, "--output", tmp_path / "b"])
     seed = run_cli([*common, "--seed", "1", "--output", tmp_path / "c"])
     live = run_cli([*common, "--teacher-labels", "live", "--output", tmp_path / "d"])
-    for run in (first, again, seed, live):
+    views = run_cli([*common, "--teacher-views", "2", "--output", tmp_path / "e"])
+    for run in (first, again, seed, live, views):
         assert run.returncode == 0, run.stderr
     assert "soft labels: the teacher labelled 4 views x 64 photos" in first.stderr
     assert "soft labels: 4 views x 64 photos from the cache" in again.stderr
     assert "the teacher labelled" in seed.stderr  # another seed draws other views: a stale store is not used
     assert "soft labels" not in live.stderr and "its outputs live on every batch" in live.stderr
+    assert "stored once for 2 views of each photo" in views.stderr
+    assert "the teacher labelled 2 views x 64 photos" in views.stderr  # another count of views: another store
     a, b = load_file(tmp_path / "a" / "model-final.safetensors"), load_file(tmp_path / "b" / "model-final.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)  # the cached store is the one labelled
 
@@ -214,3 +219,22 @@ def test_a_run_saved_before_stored_soft_labels_resumes_with_the_live_teacher():
     old = {"data": "d", "output": "o", "teacher": GOOGLE}  # a config.json without teacher_labels
     assert TrainConfig.from_dict(old, "config.json").teacher_labels == "live"
     assert TrainConfig(data="d", output="o", teacher=GOOGLE).teacher_labels == "stored"  # new runs
+    assert TrainConfig.from_dict(old | {"teacher_labels": "stored"}, "config.json").teacher_views == 4
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"teacher_views": 0}, "teacher_views must be an integer >= 1, got 0"),
+        ({"teacher_views": 2.5}, "teacher_views must be an integer >= 1, got 2.5"),
+        ({"teacher_views": 1001}, "teacher_views must be at most 1000, got 1001"),
+        ({"teacher_views": 2, "teacher_labels": "live"}, "teacher_views needs stored soft labels"),
+        ({"teacher_views": 2, "teacher": None}, "teacher_views needs a teacher (--teacher WEIGHTS)"),
+    ],
+)
+def test_teacher_views_are_checked(settings, message):
+    from mobilenet_v1.train.config import TrainConfig
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TrainConfig(**({"data": "d", "output": "o", "teacher": GOOGLE} | settings))
+    assert TrainConfig(data="d", output="o", teacher=GOOGLE, teacher_views=7).teacher_views == 7

@@ -44,6 +44,7 @@ FLAGS = {
     "qat_epochs": "--qat-epochs",
     "unlabeled": "--unlabeled",
     "teacher_labels": "--teacher-labels",
+    "teacher_views": "--teacher-views",
     "epochs": "--epochs",
     "ema": "--ema",
     "float_layers": "--float-layers",

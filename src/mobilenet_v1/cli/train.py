@@ -17,6 +17,7 @@ from ..train.config import (
     RECIPES,
     SCRATCH_ALPHA,
     SCRATCH_RESOLUTION,
+    TEACHER_VIEWS,
     TrainConfig,
     check_device,
     default,
@@ -129,8 +130,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--teacher-labels",
         choices=("stored", "live"),
-        help="with --teacher: its outputs stored once for 4 seeded views of each photo and replayed (default, "
-        "cached for later runs), or computed on every batch",
+        help="with --teacher: its outputs stored once for --teacher-views seeded views of each photo and replayed "
+        "(default, cached for later runs), or computed on every batch",
+    )
+    p.add_argument(
+        "--teacher-views",
+        type=types.positive_int,
+        help=f"with stored soft labels: views of each photo the teacher labels once; epoch e replays view e mod N "
+        f"(default {TEACHER_VIEWS}; more views, more distinct crops over a long run, one teacher pass each)",
     )
     p.add_argument(
         "--unlabeled",
@@ -152,7 +159,7 @@ def _settings(args: argparse.Namespace) -> dict[str, object]:
         "weights scratch alpha variant resolution recipe optimizer epochs batch_size lr weight_decay label_smoothing "
         "warmup_epochs freeze_backbone train_backbone val_fraction seed workers worker_nice worker_idle ema ema_decay "
         "precision channels_last checkpoint_minutes checkpoint_steps sync_bn device teacher distill_temperature "
-        "distill_weight qat_epochs unlabeled teacher_labels"
+        "distill_weight qat_epochs unlabeled teacher_labels teacher_views"
     ).split()
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 

@@ -36,6 +36,7 @@ __all__ = [
     "SCRATCH_ALPHA",
     "SCRATCH_RESOLUTION",
     "TEACHER_LABELS",
+    "TEACHER_VIEWS",
     "Recipe",
     "TrainConfig",
     "changed_fixed_settings",
@@ -124,6 +125,10 @@ DISTILL_TEMPERATURE = 4.0
 # The teacher's outputs: stored once for a few seeded views of each photo and replayed
 # (train/soft_labels.py, FKD), or computed on every batch of every epoch.
 TEACHER_LABELS = ("stored", "live")
+# Stored soft labels: augmented views of each photo the teacher labels; epoch e replays view
+# e mod views. More views, more distinct crops over a long run, at one teacher pass each.
+TEACHER_VIEWS = 4
+MAX_TEACHER_VIEWS = 1000
 # From scratch, without --alpha/--resolution: the paper's base model (Table 1).
 SCRATCH_ALPHA = 1.0
 SCRATCH_RESOLUTION = 224
@@ -151,6 +156,7 @@ FIXED_AT_START: dict[str, str] = {
     "teacher": "the distillation targets",
     "unlabeled": "the training photos",
     "teacher_labels": "the distillation targets",
+    "teacher_views": "the distillation targets and the crops of each epoch",
     "distill_temperature": "the distillation targets",
     "distill_weight": "the loss",
     "optimizer": "the optimizer state",
@@ -200,6 +206,7 @@ class TrainConfig:
     qat_epochs: int = 0  # the last epochs train with fake quantization (train/qat.py)
     unlabeled: str | None = None  # a folder of photos without labels: the teacher's soft labels only
     teacher_labels: str | None = None  # None: "stored" with a teacher (train/soft_labels.py), or "live"
+    teacher_views: int | None = None  # None: TEACHER_VIEWS with stored soft labels
 
     def __post_init__(self) -> None:
         # Every value is checked (and made a plain Python value) before anything is read or
@@ -300,7 +307,7 @@ class TrainConfig:
 
     def _check_distillation(self) -> None:
         if self.teacher is None:
-            names = ("distill_temperature", "distill_weight", "unlabeled", "teacher_labels")
+            names = ("distill_temperature", "distill_weight", "unlabeled", "teacher_labels", "teacher_views")
             given = [n for n in names if getattr(self, n) is not None]
             if given:
                 raise ValueError(f"{given[0]} needs a teacher (--teacher WEIGHTS)")
@@ -313,6 +320,14 @@ class TrainConfig:
         if labels not in TEACHER_LABELS:
             raise ValueError(f"unknown teacher_labels {labels!r}; choose from {', '.join(TEACHER_LABELS)}")
         self._set("teacher_labels", labels)
+        if labels == "live":
+            if self.teacher_views is not None:
+                raise ValueError("teacher_views needs stored soft labels (teacher_labels 'stored')")
+            return
+        views = TEACHER_VIEWS if self.teacher_views is None else _check_int("teacher_views", self.teacher_views, 1)
+        if views > MAX_TEACHER_VIEWS:
+            raise ValueError(f"teacher_views must be at most {MAX_TEACHER_VIEWS}, got {views}")
+        self._set("teacher_views", views)
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)  # normalise a frozen field (e.g. a Path to str)

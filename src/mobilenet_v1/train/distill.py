@@ -21,7 +21,6 @@ from ..data.transforms import float_input
 from ..untrusted import printable
 from ..weights import load_weights
 from .config import TrainConfig
-from .loaders import VIEWS
 from .setup import head_names
 
 __all__ = ["Teacher", "distillation_loss", "teacher_rows"]
@@ -60,7 +59,7 @@ class Teacher:
         model, loaded = load_weights(config.teacher)
         self.spec = config.teacher
         self.temperature, self.weight = config.distill_temperature, config.distill_weight
-        self.stored = config.teacher_labels == "stored"
+        self.views = config.teacher_views if config.teacher_labels == "stored" else 0
         self.rows = torch.tensor(teacher_rows(config.teacher, loaded.classes, classes), device=device)
         self.preprocessing = loaded.preprocessing
         memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
@@ -69,7 +68,9 @@ class Teacher:
 
     def describe(self) -> str:
         """One line for the start of the run: the teacher, the loss and where its outputs come from."""
-        outputs = f"stored once for {VIEWS} views of each photo and replayed" if self.stored else "live on every batch"
+        outputs = "live on every batch"
+        if self.views:
+            outputs = f"stored once for {self.views} views of each photo and replayed"
         return (
             f"distilling from {printable(self.spec)} (it sees each of the student's crops at its own "
             f"{self.preprocessing.resolution} px): loss {self.weight:g} x teacher (temperature {self.temperature:g}) "

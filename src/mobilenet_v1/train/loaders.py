@@ -27,7 +27,6 @@ from .config import TrainConfig
 __all__ = [
     "CALIBRATION_IMAGES",
     "PREFETCH_FACTOR",
-    "VIEWS",
     "IndexedFolder",
     "PairedViews",
     "SeededSampler",
@@ -40,7 +39,6 @@ __all__ = [
 ]
 
 CALIBRATION_IMAGES = 200  # training photos whose mean the QAT phase's bias correction takes
-VIEWS = 4  # stored soft labels: augmented views of each photo; epoch e replays view e mod VIEWS
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -174,7 +172,7 @@ def build_loaders(
         augment = PairedViews(augment, augmentation(config, preprocessing, teacher_resolution))
     train_set = IndexedFolder(split.train + unlabeled, augment, skip_unreadable=True)
     val_set = ImageFolder(split.val, eval_transform(preprocessing, to_float=False), skip_unreadable=True)
-    views = VIEWS if config.teacher_labels == "stored" else 0
+    views = config.teacher_views if config.teacher_labels == "stored" else 0
     base = dist.make_sampler(train_set, env, shuffle=True, seed=config.seed)
     sampler = SeededSampler(base, seed=config.seed, views=views)
     common: dict[str, Any] = {

@@ -427,9 +427,17 @@ class Trainer:
             "strong": recipe.strong_augment,
             "classes": self.classes,
         }
-        key = store_key(cfg.teacher, self.teacher_sha256, dataset, cfg.seed, settings)
+        key = store_key(cfg.teacher, self.teacher_sha256, dataset, cfg.seed, cfg.teacher_views, settings)
         return SoftLabels.load_or_label(
-            key, self.teacher, dataset, cfg.seed, len(self.classes), self.env, cfg.batch_size, cfg.workers
+            key,
+            self.teacher,
+            dataset,
+            cfg.seed,
+            cfg.teacher_views,
+            len(self.classes),
+            self.env,
+            cfg.batch_size,
+            cfg.workers,
         )
 
     def _start_grids(self) -> Int8Grids | None:
