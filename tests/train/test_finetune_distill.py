@@ -13,7 +13,7 @@ from test_train import assert_same_final_model, kill_and_resume, run_cli
 
 from mobilenet_v1.cli import main
 from mobilenet_v1.fold import fuse_bn
-from mobilenet_v1.train.config import DISTILL_TEMPERATURE, DISTILL_WEIGHT, TrainConfig
+from mobilenet_v1.train.config import DISTILL_TEMPERATURE, DISTILL_WEIGHT, RECIPES, TrainConfig
 from mobilenet_v1.train.distill import distillation_loss, teacher_rows
 from mobilenet_v1.train.distributed import DistEnv
 from mobilenet_v1.train.setup import prepare_run
@@ -129,8 +129,11 @@ def test_distillation_settings_default_and_validate():
     assert (config.recipe, config.epochs) == ("distill", 24)
     assert (TrainConfig(data="d", output="o").recipe, TrainConfig(data="d", output="o").epochs) == ("finetune", 10)
     assert TrainConfig(data="d", output="o", teacher="t", epochs=4).epochs == 4
+    # From scratch a teacher brings the paper recipe with its rate decayed to 0 by a cosine.
     scratch = TrainConfig(data="d", output="o", teacher="t", scratch=True)
-    assert (scratch.recipe, scratch.epochs) == ("paper", 10)
+    assert (scratch.recipe, scratch.epochs, scratch.resolved_lr(32)) == ("distill-scratch", 10, 0.045)
+    assert RECIPES["distill-scratch"] == replace(RECIPES["paper"], schedule="cosine")
+    assert TrainConfig(data="d", output="o", scratch=True).recipe == "paper"
     assert config.resolved_lr(32) == TrainConfig(data="d", output="o").resolved_lr(32) == pytest.approx(0.0045)
     with pytest.raises(ValueError, match="recipe 'distill' needs pretrained weights"):
         TrainConfig(data="d", output="o", teacher="t", scratch=True, recipe="distill")
@@ -206,6 +209,7 @@ def test_distillation_end_to_end_and_exact_resume(photos, tmp_path):
     common += ["--workers", "0", "--teacher", GOOGLE, "--distill-weight", "0.9", "--checkpoint-steps", "3"]
     ref = run_cli([*common, "--output", tmp_path / "ref"])
     assert ref.returncode == 0, ref.stderr
+    assert "starting from scratch (random weights); recipe distill-scratch, 2 epochs" in ref.stderr
     assert (
         f"distilling from {GOOGLE} (it sees each of the student's crops at its own 128 px): loss 0.9 x teacher "
         "(temperature 4) + 0.1 x labels; its outputs stored once for 4 views of each photo and replayed"

@@ -58,8 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=tuple(RECIPES),
         help="paper: RMSprop (TF) + exp. decay; modern: SGD + cosine; finetune: linear probe, then the whole "
         "network with a 0.03x backbone lr; distill: 24 epochs, linear probe, then the whole network with a 0.5x "
-        "backbone lr and batch norm unfolded (default: distill with pretrained weights and --teacher, "
-        "finetune with pretrained weights, else paper)",
+        "backbone lr and batch norm unfolded; distill-scratch: paper with a cosine decay to 0 (default: distill "
+        "with pretrained weights and --teacher, finetune with pretrained weights, distill-scratch from scratch "
+        "with --teacher, else paper)",
     )
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="override the recipe's optimizer")
     p.add_argument(
